@@ -1,0 +1,43 @@
+//! The `echod` binary: parse the command line, start logging, run the chosen
+//! part, and turn an error into a sentence and an exit status.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use echod::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level());
+    match cli.command {
+        None => serve(&cli),
+    }
+}
+
+fn init_logging(level: log::LevelFilter) {
+    // Logging to stderr is all this program does with the logger; if it
+    // cannot be set up there is nobody to tell, so carry on without it.
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_utc_timestamps()
+        .init();
+}
+
+fn serve(cli: &Cli) -> ExitCode {
+    let config = cli.serve.to_config();
+    let server = match echod::server::Server::bind(&config) {
+        Ok(server) => server,
+        Err(err) => {
+            eprintln!("echod: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("the server stopped on an error it cannot recover from: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! `Connection`: one TCP peer, its `State`, and the echo logic.
+//!
+//! The logic is generic over [`Stream`] (anything `Read + Write` that can
+//! shut down its sending side), so unit tests drive it over a scripted fake
+//! stream that returns short writes, WouldBlock and resets on cue.
+//!
+//! The echo path, in the order the code tries it:
+//!
+//! 1. Nothing pending: read into the loop's shared scratch buffer and write
+//!    the bytes straight back. Most echoes end here and never touch a
+//!    per-connection buffer.
+//! 2. The socket refused part of that write: the rest goes into a [`Ring`]
+//!    taken from the loop's spare rings. From now on new input is read into
+//!    the ring, behind the pending bytes, so order is kept.
+//! 3. The ring drains: it goes back to the spares, and the connection is on
+//!    path 1 again. An idle connection holds no buffer.
+//!
+//! The ring's capacity is the backpressure bound: when it is full the
+//! connection stops reading, the kernel's receive window fills, and TCP
+//! flow control slows the client down.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::time::Instant;
+
+use crate::ring::Ring;
+
+/// What the connection logic needs of a socket.
+pub trait Stream: Read + Write {
+    /// Shuts down the sending side: the peer reads end-of-file after the
+    /// bytes already sent.
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+impl Stream for mio::net::TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+/// Where a connection is in its life; see the diagram in DESIGN and
+/// [`Connection::set_state`], the one place it changes.
+///
+/// ```text
+///  Open ──read()==0──► Flushing ──ring empty──► Closed
+///    │                     │
+///    ├── server closes ──► Draining ──peer EOF──► Closed
+///    └──── error / RST ────┴───────────────────► Closed
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Echoing: reading what the peer sends and writing it back.
+    Open,
+    /// The peer shut down its sending side (a read returned 0). Write what
+    /// is pending, then close: the FIN tells the client it has everything.
+    Flushing,
+    /// The server is closing on its own initiative (shutdown, idle peer):
+    /// the sending side is shut down and input is read and discarded until
+    /// the peer's EOF, because closing a socket with unread input makes the
+    /// kernel send an RST, which can destroy echo bytes still in flight.
+    Draining(CloseReason),
+    /// Finished; the server removes the connection.
+    Closed(CloseReason),
+}
+
+/// Why a connection ended; logged at close and counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer finished sending and received every byte back.
+    Eof,
+    /// The peer reset the connection or went away (ECONNRESET, EPIPE).
+    Reset,
+    /// Another error, by kind.
+    Error(io::ErrorKind),
+    /// The server shut down.
+    Shutdown,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Eof => f.write_str("peer finished, all echoed"),
+            CloseReason::Reset => f.write_str("reset by peer"),
+            CloseReason::Error(kind) => write!(f, "error: {kind}"),
+            CloseReason::Shutdown => f.write_str("server shutdown"),
+        }
+    }
+}
+
+impl CloseReason {
+    fn from_error(err: &io::Error) -> CloseReason {
+        match err.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => CloseReason::Reset,
+            kind => CloseReason::Error(kind),
+        }
+    }
+}
+
+/// What the socket is known to be ready for. mio is edge-triggered: an
+/// event says readiness *changed*; it stays until a call returns
+/// WouldBlock (or a short read or write shows the kernel is drained), and
+/// no new event comes for readiness we did not use up. Remembering it is
+/// what lets a connection that stopped early (ring full, turn over) go on
+/// later without waiting for an edge that will never come.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// A read may return bytes, EOF or an error.
+    pub readable: bool,
+    /// A write may take bytes or return an error.
+    pub writable: bool,
+    /// The peer's FIN (or an error) has arrived: a read will return 0 or
+    /// the error after the bytes before it. Once seen it stays set, and a
+    /// short read no longer means "drained" (see [`Connection::read`]).
+    pub read_closed: bool,
+}
+
+impl Readiness {
+    /// Nothing new: used when serving a connection from the ready queue.
+    pub const NONE: Readiness = Readiness {
+        readable: false,
+        writable: false,
+        read_closed: false,
+    };
+
+    /// What a mio event says. Errors and hang-ups count as both, because
+    /// the next read or write is what reports them.
+    pub fn of(event: &mio::event::Event) -> Readiness {
+        Readiness {
+            readable: event.is_readable() || event.is_read_closed() || event.is_error(),
+            writable: event.is_writable() || event.is_write_closed() || event.is_error(),
+            read_closed: event.is_read_closed() || event.is_error(),
+        }
+    }
+}
+
+/// The outcome of one turn of [`Connection::on_ready`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Turn {
+    /// Nothing more can be done until the next event.
+    Wait,
+    /// The turn's budget ran out with work left: serve it again before the
+    /// loop blocks in poll.
+    Yield,
+    /// The connection is finished; remove it.
+    Closed(CloseReason),
+}
+
+/// The buffers one event loop shares among its connections.
+pub struct Buffers {
+    /// Where a connection with nothing pending reads; its length is the
+    /// ring capacity, so whatever the socket refuses of an echo always fits
+    /// in a fresh ring.
+    scratch: Box<[u8]>,
+    /// Rings given back by drained connections, kept for the next one.
+    spare: Vec<Ring>,
+}
+
+/// How many drained rings the loop keeps for reuse: enough to absorb a
+/// burst of slow readers without an allocation each, few enough that the
+/// memory of a burst long gone is given back.
+const SPARE_RINGS: usize = 64;
+
+impl Buffers {
+    /// Buffers for connections whose rings hold `capacity` bytes.
+    pub fn new(capacity: usize) -> Buffers {
+        Buffers {
+            scratch: vec![0; capacity].into_boxed_slice(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// The capacity of each connection's ring.
+    pub fn ring_capacity(&self) -> usize {
+        self.scratch.len()
+    }
+
+    fn take_ring(&mut self) -> Ring {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| Ring::with_capacity(self.scratch.len()))
+    }
+
+    fn give_back(&mut self, mut ring: Ring) {
+        if self.spare.len() < SPARE_RINGS {
+            ring.clear();
+            self.spare.push(ring);
+        }
+    }
+}
+
+/// How many reads one connection may do per turn before others are served.
+/// With the default 16 KiB buffer that is up to 256 KiB per turn: enough to
+/// stream at full speed, small enough that one fast client cannot make 500
+/// others wait long.
+const READS_PER_TURN: usize = 16;
+
+/// What one step of the state machine achieved.
+enum Step {
+    /// Something moved; try again.
+    Progress,
+    /// Blocked until the next event.
+    Blocked,
+}
+
+/// One TCP peer.
+pub struct Connection<S> {
+    stream: S,
+    state: State,
+    ready: Readiness,
+    /// Bytes read but not yet written back; `None` while nothing is
+    /// pending, so an idle connection holds no buffer.
+    ring: Option<Ring>,
+    /// Bytes read from the peer.
+    pub bytes_in: u64,
+    /// Bytes written back to the peer.
+    pub bytes_out: u64,
+    /// When it was accepted.
+    pub opened: Instant,
+}
+
+impl<S: Stream> Connection<S> {
+    /// A freshly accepted connection, assumed ready for nothing until its
+    /// first event says otherwise.
+    pub fn new(stream: S) -> Connection<S> {
+        Connection {
+            stream,
+            state: State::Open,
+            ready: Readiness::default(),
+            ring: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            opened: Instant::now(),
+        }
+    }
+
+    /// The socket.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    /// Where it is in its life.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Bytes received and not yet echoed.
+    pub fn pending(&self) -> usize {
+        self.ring.as_ref().map_or(0, Ring::len)
+    }
+
+    /// The one place the state changes, so every transition can be traced.
+    fn set_state(&mut self, key: usize, next: State) {
+        log::trace!("connection {key}: state {:?} -> {next:?}", self.state);
+        self.state = next;
+    }
+
+    /// Serves an event (or, with [`Readiness::NONE`], a turn from the ready
+    /// queue): moves bytes until the socket blocks, the turn's budget is
+    /// spent, or the connection ends. `key` names it in trace lines.
+    pub fn on_ready(&mut self, key: usize, new: Readiness, bufs: &mut Buffers) -> Turn {
+        self.ready.readable |= new.readable;
+        self.ready.writable |= new.writable;
+        self.ready.read_closed |= new.read_closed;
+        let mut reads_left = READS_PER_TURN;
+        loop {
+            let step = match self.state {
+                State::Open => self.echo(key, bufs, &mut reads_left),
+                State::Flushing => self.flush(key, bufs),
+                State::Draining(reason) => self.discard(key, bufs, reason, &mut reads_left),
+                State::Closed(reason) => return Turn::Closed(reason),
+            };
+            match step {
+                Ok(Step::Progress) => {}
+                Ok(Step::Blocked) => return Turn::Wait,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    log::trace!("connection {key}: {err}");
+                    self.release_ring(bufs);
+                    self.set_state(key, State::Closed(CloseReason::from_error(&err)));
+                }
+            }
+            if let State::Closed(reason) = self.state {
+                return Turn::Closed(reason);
+            }
+            if reads_left == 0 {
+                return Turn::Yield;
+            }
+        }
+    }
+
+    /// Closes on the server's initiative without an RST: shut down the
+    /// sending side, then read and discard until the peer's EOF. Bytes not
+    /// yet echoed are dropped (the caller decided they will not be sent).
+    pub fn begin_close(&mut self, key: usize, reason: CloseReason, bufs: &mut Buffers) {
+        if let State::Closed(_) | State::Draining(_) = self.state {
+            return;
+        }
+        self.release_ring(bufs);
+        let next = match self.stream.shutdown_write() {
+            Ok(()) => State::Draining(reason),
+            // Not connected any more: nothing left to protect.
+            Err(_) => State::Closed(reason),
+        };
+        self.set_state(key, next);
+    }
+
+    /// `Open`: echo whatever can be echoed.
+    fn echo(&mut self, key: usize, bufs: &mut Buffers, reads_left: &mut usize) -> io::Result<Step> {
+        if self.ring.is_none() {
+            self.echo_through_scratch(key, bufs, reads_left)
+        } else {
+            self.echo_through_ring(key, bufs, reads_left)
+        }
+    }
+
+    /// Nothing pending: read into the shared scratch buffer, write straight
+    /// back, and keep only what the socket refuses.
+    fn echo_through_scratch(
+        &mut self,
+        key: usize,
+        bufs: &mut Buffers,
+        reads_left: &mut usize,
+    ) -> io::Result<Step> {
+        if !self.ready.readable {
+            return Ok(Step::Blocked);
+        }
+        *reads_left -= 1;
+        let Some(n) = self.read(key, &mut bufs.scratch)? else {
+            return Ok(Step::Blocked);
+        };
+        if n == 0 {
+            self.peer_finished(key);
+            return Ok(Step::Progress);
+        }
+        let written = if self.ready.writable {
+            self.write(key, &bufs.scratch[..n])?.unwrap_or(0)
+        } else {
+            0
+        };
+        if written < n {
+            let mut ring = bufs.take_ring();
+            ring.push(&bufs.scratch[written..n]);
+            self.ring = Some(ring);
+        }
+        Ok(Step::Progress)
+    }
+
+    /// Bytes pending: write from the ring, read behind them into the ring.
+    fn echo_through_ring(
+        &mut self,
+        key: usize,
+        bufs: &mut Buffers,
+        reads_left: &mut usize,
+    ) -> io::Result<Step> {
+        let mut moved = self.write_ring(key)?;
+        if self.pending() == 0 {
+            self.release_ring(bufs);
+            return Ok(Step::Progress);
+        }
+        let Some(ring) = self.ring.as_mut() else {
+            return Ok(Step::Progress);
+        };
+        // A full ring is the backpressure point: stop reading. `readable`
+        // stays set, so once a write frees space the next step reads again
+        // without waiting for an event that may never come.
+        if self.ready.readable && !ring.is_full() {
+            *reads_left -= 1;
+            let free = ring.free();
+            match ring.read_from(&mut self.stream) {
+                Ok(0) => {
+                    log::trace!("connection {key}: EOF");
+                    self.peer_finished(key);
+                    moved = true;
+                }
+                Ok(n) => {
+                    log::trace!("connection {key}: read {n} into ring");
+                    self.bytes_in += n as u64;
+                    // Short read: drained (see `read`).
+                    self.ready.readable = n == free || self.ready.read_closed;
+                    moved = true;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    log::trace!("connection {key}: read WouldBlock");
+                    self.ready.readable = false;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(if moved { Step::Progress } else { Step::Blocked })
+    }
+
+    /// `Flushing`: write what is pending; close when it is all out.
+    fn flush(&mut self, key: usize, bufs: &mut Buffers) -> io::Result<Step> {
+        let moved = self.write_ring(key)?;
+        if self.pending() == 0 {
+            self.release_ring(bufs);
+            // Protohackers Smoke Test: "once you've reached end-of-file on
+            // your receiving side, and sent back all the data you've
+            // received, close the socket so that the client knows you've
+            // finished."
+            self.set_state(key, State::Closed(CloseReason::Eof));
+            return Ok(Step::Progress);
+        }
+        Ok(if moved { Step::Progress } else { Step::Blocked })
+    }
+
+    /// `Draining`: read and throw away until the peer's EOF.
+    fn discard(
+        &mut self,
+        key: usize,
+        bufs: &mut Buffers,
+        reason: CloseReason,
+        reads_left: &mut usize,
+    ) -> io::Result<Step> {
+        if !self.ready.readable {
+            return Ok(Step::Blocked);
+        }
+        *reads_left -= 1;
+        match self.read(key, &mut bufs.scratch)? {
+            None => Ok(Step::Blocked),
+            Some(0) => {
+                self.set_state(key, State::Closed(reason));
+                Ok(Step::Progress)
+            }
+            Some(_) => Ok(Step::Progress),
+        }
+    }
+
+    /// The peer shut down its sending side.
+    fn peer_finished(&mut self, key: usize) {
+        let next = if self.pending() == 0 {
+            State::Closed(CloseReason::Eof)
+        } else {
+            State::Flushing
+        };
+        self.set_state(key, next);
+    }
+
+    /// One read into `buf`; `None` for WouldBlock. Keeps `readable` true
+    /// only while more may be waiting: the read filled the whole buffer, or
+    /// the peer's FIN is known to be behind the bytes.
+    fn read(&mut self, key: usize, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match self.stream.read(buf) {
+            Ok(0) => {
+                log::trace!("connection {key}: EOF");
+                Ok(Some(0))
+            }
+            Ok(n) => {
+                log::trace!("connection {key}: read {n}");
+                self.bytes_in += n as u64;
+                // A short read means the kernel had no more bytes: the
+                // socket is drained, and bytes arriving later bring a new
+                // edge. Skipping the read that would only say WouldBlock
+                // saves a system call per message. The exception is a FIN
+                // that arrived with the bytes: its edge came with the event
+                // we are serving, so no other will come, and only another
+                // read reports the EOF.
+                self.ready.readable = n == buf.len() || self.ready.read_closed;
+                Ok(Some(n))
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                log::trace!("connection {key}: read WouldBlock");
+                self.ready.readable = false;
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// One write of `bytes`; `None` for WouldBlock. A short write means the
+    /// send buffer is full, so `writable` is cleared until the next edge.
+    fn write(&mut self, key: usize, bytes: &[u8]) -> io::Result<Option<usize>> {
+        match self.stream.write(bytes) {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                self.bytes_out += n as u64;
+                if n < bytes.len() {
+                    log::trace!("connection {key}: write {n} (short)");
+                    self.ready.writable = false;
+                } else {
+                    log::trace!("connection {key}: write {n}");
+                }
+                Ok(Some(n))
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                log::trace!("connection {key}: write WouldBlock");
+                self.ready.writable = false;
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// One vectored write from the ring, if writable; true if bytes moved.
+    fn write_ring(&mut self, key: usize) -> io::Result<bool> {
+        let Some(ring) = self.ring.as_mut() else {
+            return Ok(false);
+        };
+        if !self.ready.writable || ring.is_empty() {
+            return Ok(false);
+        }
+        match ring.write_to(&mut self.stream) {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                self.bytes_out += n as u64;
+                if ring.is_empty() {
+                    log::trace!("connection {key}: write {n} from ring");
+                } else {
+                    // Everything pending was offered: a short write means
+                    // the send buffer is full.
+                    log::trace!("connection {key}: write {n} from ring (short)");
+                    self.ready.writable = false;
+                }
+                Ok(true)
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                log::trace!("connection {key}: write WouldBlock");
+                self.ready.writable = false;
+                Ok(false)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn release_ring(&mut self, bufs: &mut Buffers) {
+        if let Some(ring) = self.ring.take() {
+            bufs.give_back(ring);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,336 @@
+//! The state machine over a scripted fake stream: each test says what the
+//! "kernel" answers to every read and write, and checks what the connection
+//! did with it.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+
+use super::*;
+
+/// What the fake socket answers to the next read.
+#[derive(Debug)]
+enum OnRead {
+    /// These bytes arrived (a read takes as many as fit; the rest stays).
+    Data(Vec<u8>),
+    /// The peer shut down its sending side.
+    Eof,
+    WouldBlock,
+    Fail(io::ErrorKind),
+}
+
+/// What the fake socket answers to the next write.
+#[derive(Debug)]
+enum OnWrite {
+    /// Take at most this many bytes.
+    Take(usize),
+    WouldBlock,
+    Fail(io::ErrorKind),
+}
+
+/// A socket whose every answer is scripted. With the read script empty a
+/// read says WouldBlock; with the write script empty a write takes all.
+#[derive(Debug, Default)]
+struct Fake {
+    reads: VecDeque<OnRead>,
+    writes: VecDeque<OnWrite>,
+    sent: Vec<u8>,
+    read_calls: usize,
+    shut_down: std::cell::Cell<bool>,
+}
+
+impl Read for Fake {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_calls += 1;
+        match self.reads.pop_front() {
+            None | Some(OnRead::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+            Some(OnRead::Eof) => Ok(0),
+            Some(OnRead::Fail(kind)) => Err(kind.into()),
+            Some(OnRead::Data(mut bytes)) => {
+                let n = bytes.len().min(buf.len());
+                buf[..n].copy_from_slice(&bytes[..n]);
+                if n < bytes.len() {
+                    self.reads.push_front(OnRead::Data(bytes.split_off(n)));
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl Write for Fake {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        let n = match self.writes.pop_front() {
+            None => all.len(),
+            Some(OnWrite::Take(limit)) => limit.min(all.len()),
+            Some(OnWrite::WouldBlock) => return Err(io::ErrorKind::WouldBlock.into()),
+            Some(OnWrite::Fail(kind)) => return Err(kind.into()),
+        };
+        self.sent.extend_from_slice(&all[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stream for Fake {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shut_down.set(true);
+        Ok(())
+    }
+}
+
+const BOTH: Readiness = Readiness {
+    readable: true,
+    writable: true,
+    read_closed: false,
+};
+const READABLE: Readiness = Readiness {
+    readable: true,
+    ..Readiness::NONE
+};
+const WRITABLE: Readiness = Readiness {
+    writable: true,
+    ..Readiness::NONE
+};
+/// Bytes and the peer's FIN arrived before the event was taken.
+const BOTH_AND_FIN: Readiness = Readiness {
+    read_closed: true,
+    ..BOTH
+};
+
+fn conn(reads: Vec<OnRead>, writes: Vec<OnWrite>) -> Connection<Fake> {
+    Connection::new(Fake {
+        reads: reads.into(),
+        writes: writes.into(),
+        ..Fake::default()
+    })
+}
+
+fn data(bytes: &[u8]) -> OnRead {
+    OnRead::Data(bytes.to_vec())
+}
+
+mod open {
+    use super::*;
+
+    #[test]
+    fn echoes_straight_back_without_a_ring() {
+        let mut bufs = Buffers::new(16);
+        let mut c = conn(vec![data(b"hello")], vec![]);
+        assert_eq!(c.on_ready(1, BOTH, &mut bufs), Turn::Wait);
+        assert_eq!(c.stream().sent, b"hello");
+        assert!(c.ring.is_none(), "nothing pending, so no buffer is held");
+        assert_eq!((c.bytes_in, c.bytes_out), (5, 5));
+        // A short read means "drained": no extra read just to see WouldBlock.
+        assert_eq!(c.stream().read_calls, 1);
+    }
+
+    #[test]
+    fn short_write_keeps_the_rest_until_writable() {
+        let mut bufs = Buffers::new(16);
+        let mut c = conn(vec![data(b"hello")], vec![OnWrite::Take(2)]);
+        assert_eq!(c.on_ready(1, BOTH, &mut bufs), Turn::Wait);
+        assert_eq!(c.stream().sent, b"he");
+        assert_eq!(c.pending(), 3);
+        assert_eq!(c.on_ready(1, WRITABLE, &mut bufs), Turn::Wait);
+        assert_eq!(c.stream().sent, b"hello");
+        assert!(c.ring.is_none(), "a drained ring is given back");
+        assert_eq!(bufs.spare.len(), 1);
+    }
+
+    #[test]
+    fn would_block_at_every_step_loses_nothing() {
+        let mut bufs = Buffers::new(4);
+        let mut c = conn(
+            vec![
+                OnRead::WouldBlock,
+                data(b"abcd"),
+                OnRead::WouldBlock,
+                data(b"ef"),
+                OnRead::WouldBlock,
+            ],
+            vec![
+                OnWrite::WouldBlock,
+                OnWrite::WouldBlock,
+                OnWrite::Take(1),
+                OnWrite::WouldBlock,
+            ],
+        );
+        for _ in 0..10 {
+            c.on_ready(1, BOTH, &mut bufs);
+        }
+        assert_eq!(c.stream().sent, b"abcdef");
+        assert_eq!(c.state(), State::Open);
+    }
+
+    #[test]
+    fn input_waits_behind_pending_bytes() {
+        let mut bufs = Buffers::new(8);
+        let mut c = conn(
+            vec![data(b"12345678"), data(b"abc")],
+            vec![OnWrite::Take(3)],
+        );
+        c.on_ready(1, BOTH, &mut bufs);
+        assert_eq!(c.stream().sent, b"123");
+        // "abc" was read into the ring behind "45678", in order.
+        assert_eq!(c.pending(), 8);
+        c.on_ready(1, WRITABLE, &mut bufs);
+        assert_eq!(c.stream().sent, b"12345678abc");
+    }
+
+    #[test]
+    fn full_ring_stops_reading_and_resumes_without_a_read_event() {
+        let mut bufs = Buffers::new(4);
+        let mut c = conn(
+            vec![data(b"abcdefghijkl")],
+            vec![OnWrite::WouldBlock, OnWrite::WouldBlock],
+        );
+        assert_eq!(c.on_ready(1, BOTH, &mut bufs), Turn::Wait);
+        assert_eq!(c.pending(), 4, "the ring is full: reading stops");
+        assert_eq!(c.stream().read_calls, 1);
+        // The kernel drains the send buffer and says "writable" only. No
+        // readable edge will come for the 8 bytes still waiting, so the
+        // connection must read them on its own.
+        assert_eq!(c.on_ready(1, WRITABLE, &mut bufs), Turn::Wait);
+        assert_eq!(c.on_ready(1, WRITABLE, &mut bufs), Turn::Wait);
+        assert_eq!(c.stream().sent, b"abcdefghijkl");
+    }
+
+    #[test]
+    fn a_busy_peer_yields_its_turn() {
+        let mut bufs = Buffers::new(4);
+        let reads = (0..100).map(|_| data(b"xxxx")).collect();
+        let mut c = conn(reads, vec![]);
+        assert_eq!(c.on_ready(1, BOTH, &mut bufs), Turn::Yield);
+        assert_eq!(c.stream().read_calls, READS_PER_TURN);
+        // Served again from the ready queue, with no new event.
+        assert_eq!(c.on_ready(1, Readiness::NONE, &mut bufs), Turn::Yield);
+        assert_eq!(c.stream().read_calls, 2 * READS_PER_TURN);
+    }
+
+    #[test]
+    fn not_readable_means_no_read() {
+        let mut bufs = Buffers::new(4);
+        let mut c = conn(vec![data(b"ab")], vec![]);
+        assert_eq!(c.on_ready(1, WRITABLE, &mut bufs), Turn::Wait);
+        assert_eq!(c.stream().read_calls, 0);
+        assert_eq!(c.on_ready(1, READABLE, &mut bufs), Turn::Wait);
+        assert_eq!(c.stream().sent, b"ab");
+    }
+
+    #[test]
+    fn eof_with_nothing_pending_closes_at_once() {
+        let mut bufs = Buffers::new(8);
+        let mut c = conn(vec![data(b"12345678"), OnRead::Eof], vec![]);
+        assert_eq!(
+            c.on_ready(1, BOTH, &mut bufs),
+            Turn::Closed(CloseReason::Eof)
+        );
+        assert_eq!(c.stream().sent, b"12345678");
+    }
+
+    /// Regression: `printf hello | nc -N` hung. Data and FIN arrived
+    /// together, the short read was taken for "drained", and no edge came
+    /// for the EOF.
+    #[test]
+    fn fin_behind_a_short_read_is_still_read() {
+        let mut bufs = Buffers::new(16);
+        let mut c = conn(vec![data(b"hello"), OnRead::Eof], vec![]);
+        assert_eq!(
+            c.on_ready(1, BOTH_AND_FIN, &mut bufs),
+            Turn::Closed(CloseReason::Eof)
+        );
+        assert_eq!(c.stream().sent, b"hello");
+    }
+
+    #[test]
+    fn reset_while_reading_closes_with_reset() {
+        let mut bufs = Buffers::new(8);
+        let mut c = conn(vec![OnRead::Fail(io::ErrorKind::ConnectionReset)], vec![]);
+        assert_eq!(
+            c.on_ready(1, BOTH, &mut bufs),
+            Turn::Closed(CloseReason::Reset)
+        );
+    }
+}
+
+mod flushing {
+    use super::*;
+
+    #[test]
+    fn eof_with_bytes_pending_flushes_then_closes() {
+        let mut bufs = Buffers::new(8);
+        let mut c = conn(vec![data(b"12345678"), OnRead::Eof], vec![OnWrite::Take(5)]);
+        assert_eq!(c.on_ready(1, BOTH, &mut bufs), Turn::Wait);
+        assert_eq!(c.state(), State::Flushing);
+        assert_eq!(c.pending(), 3);
+        assert_eq!(
+            c.on_ready(1, WRITABLE, &mut bufs),
+            Turn::Closed(CloseReason::Eof)
+        );
+        assert_eq!(c.stream().sent, b"12345678");
+    }
+
+    #[test]
+    fn flushing_reads_nothing_more() {
+        let mut bufs = Buffers::new(8);
+        let mut c = conn(
+            vec![data(b"abc"), OnRead::Eof, data(b"never")],
+            vec![OnWrite::WouldBlock],
+        );
+        // The first read is short, so a new readable edge brings the EOF.
+        c.on_ready(1, BOTH, &mut bufs);
+        c.on_ready(1, READABLE, &mut bufs);
+        assert_eq!(c.state(), State::Flushing);
+        let reads = c.stream().read_calls;
+        c.on_ready(1, BOTH, &mut bufs);
+        assert_eq!(c.stream().read_calls, reads);
+        assert_eq!(c.stream().sent, b"abc");
+    }
+
+    #[test]
+    fn reset_while_flushing_closes_with_reset() {
+        let mut bufs = Buffers::new(8);
+        let mut c = conn(
+            vec![data(b"12345678"), OnRead::Eof],
+            vec![
+                OnWrite::Take(2),
+                OnWrite::Fail(io::ErrorKind::ConnectionReset),
+            ],
+        );
+        assert_eq!(c.on_ready(1, BOTH, &mut bufs), Turn::Wait);
+        assert_eq!(c.state(), State::Flushing);
+        assert_eq!(
+            c.on_ready(1, WRITABLE, &mut bufs),
+            Turn::Closed(CloseReason::Reset)
+        );
+        assert!(c.ring.is_none(), "the ring is given back on error too");
+    }
+}
+
+mod draining {
+    use super::*;
+
+    #[test]
+    fn server_close_reads_to_eof_before_closing() {
+        let mut bufs = Buffers::new(8);
+        let mut c = conn(vec![data(b"late"), OnRead::Eof], vec![]);
+        c.begin_close(1, CloseReason::Shutdown, &mut bufs);
+        assert_eq!(c.state(), State::Draining(CloseReason::Shutdown));
+        assert!(c.stream().shut_down.get(), "the peer is told with a FIN");
+        assert_eq!(c.on_ready(1, READABLE, &mut bufs), Turn::Wait);
+        assert_eq!(
+            c.on_ready(1, READABLE, &mut bufs),
+            Turn::Closed(CloseReason::Shutdown)
+        );
+        assert!(
+            c.stream().sent.is_empty(),
+            "nothing is echoed while draining"
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! UDP echo: each datagram goes back to its sender unchanged.
+//!
+//! RFC 862: "When a datagram is received, the data from it is sent back in
+//! an answering datagram." Sizes from 0 to 65,507 bytes (the most an IPv4
+//! datagram carries) come back whole: the receive buffer holds the largest.
+//!
+//! The loop must never block, so when `send_to` says WouldBlock the reply
+//! waits in a small bounded queue; beyond it, datagrams are dropped and
+//! counted, as a router would.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+
+use mio::net::UdpSocket;
+
+use super::connection::{Readiness, Turn};
+use crate::net::display_addr;
+
+/// Large enough for any UDP payload: 65,535 minus the 8-byte UDP header is
+/// 65,527 (IPv6 over loopback); IPv4 carries at most 65,507.
+pub const MAX_DATAGRAM: usize = 65_536;
+
+/// Replies waiting for the socket to become writable, at most.
+const QUEUE_DATAGRAMS: usize = 64;
+
+/// Bytes of replies waiting, at most (with the count, this bounds memory).
+const QUEUE_BYTES: usize = 1024 * 1024;
+
+/// Datagrams served per turn before other sockets get theirs.
+const DATAGRAMS_PER_TURN: usize = 64;
+
+/// A reply that the socket would not take yet.
+struct Reply {
+    to: SocketAddr,
+    payload: Box<[u8]>,
+}
+
+/// Counters of one UDP socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpCounters {
+    /// Datagrams received.
+    pub received: u64,
+    /// Datagrams echoed.
+    pub sent: u64,
+    /// Replies dropped because the queue was full.
+    pub dropped_queue_full: u64,
+    /// Replies dropped because sending failed.
+    pub dropped_send_error: u64,
+}
+
+/// One UDP socket and its queue of replies not yet sent.
+pub struct UdpEcho {
+    socket: UdpSocket,
+    local: SocketAddr,
+    ready: Readiness,
+    queue: VecDeque<Reply>,
+    queued_bytes: usize,
+    /// What happened on this socket so far.
+    pub counters: UdpCounters,
+}
+
+impl UdpEcho {
+    /// Wraps a bound socket.
+    pub fn new(socket: UdpSocket, local: SocketAddr) -> UdpEcho {
+        UdpEcho {
+            socket,
+            local,
+            ready: Readiness::default(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            counters: UdpCounters::default(),
+        }
+    }
+
+    /// The socket, for registering with the poll.
+    pub fn socket_mut(&mut self) -> &mut UdpSocket {
+        &mut self.socket
+    }
+
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Serves an event: sends queued replies, then receives and echoes
+    /// until WouldBlock or the turn's budget is spent. `buf` is the loop's
+    /// datagram buffer, [`MAX_DATAGRAM`] bytes.
+    pub fn on_ready(&mut self, new: Readiness, buf: &mut [u8]) -> Turn {
+        self.ready.readable |= new.readable;
+        self.ready.writable |= new.writable;
+        self.send_queued();
+        for _ in 0..DATAGRAMS_PER_TURN {
+            if !self.ready.readable {
+                return Turn::Wait;
+            }
+            match self.socket.recv_from(buf) {
+                Ok((n, peer)) => {
+                    self.counters.received += 1;
+                    log::trace!("udp {}: {n} bytes from {}", self.local, display_addr(peer));
+                    self.echo(&buf[..n], peer);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.ready.readable = false;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    // An ICMP error from an earlier reply (port unreachable)
+                    // can surface here; it concerns that peer, not us.
+                    log::debug!("udp {}: receive failed: {err}", self.local);
+                }
+            }
+        }
+        if self.ready.readable {
+            Turn::Yield
+        } else {
+            Turn::Wait
+        }
+    }
+
+    /// Sends one reply now, or queues it if the socket is not writable (or
+    /// earlier replies still wait, to keep them in order).
+    fn echo(&mut self, payload: &[u8], peer: SocketAddr) {
+        if self.queue.is_empty() && self.ready.writable {
+            match self.socket.send_to(payload, peer) {
+                Ok(_) => {
+                    self.counters.sent += 1;
+                    return;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.ready.writable = false;
+                }
+                Err(err) => {
+                    self.send_failed(peer, &err);
+                    return;
+                }
+            }
+        }
+        if self.queue.len() >= QUEUE_DATAGRAMS || self.queued_bytes + payload.len() > QUEUE_BYTES {
+            self.counters.dropped_queue_full += 1;
+            log::debug!(
+                "udp {}: reply to {} dropped, send queue full",
+                self.local,
+                display_addr(peer)
+            );
+            return;
+        }
+        self.queued_bytes += payload.len();
+        self.queue.push_back(Reply {
+            to: peer,
+            payload: payload.into(),
+        });
+    }
+
+    /// Sends queued replies, oldest first, while the socket takes them.
+    fn send_queued(&mut self) {
+        while self.ready.writable {
+            let Some(reply) = self.queue.front() else {
+                return;
+            };
+            match self.socket.send_to(&reply.payload, reply.to) {
+                Ok(_) => self.counters.sent += 1,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.ready.writable = false;
+                    return;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    let to = reply.to;
+                    self.send_failed(to, &err);
+                }
+            }
+            if let Some(sent) = self.queue.pop_front() {
+                self.queued_bytes -= sent.payload.len();
+            }
+        }
+    }
+
+    fn send_failed(&mut self, peer: SocketAddr, err: &io::Error) {
+        self.counters.dropped_send_error += 1;
+        log::debug!(
+            "udp {}: reply to {} failed: {err}",
+            self.local,
+            display_addr(peer)
+        );
+    }
+}
