@@ -2,4 +2,8 @@
 //! IPv6, in-process and as the built binary, plus real `nc` and `socat`.
 //! One test crate with a module per topic.
 
+mod cli;
+mod interop;
+mod tcp;
+mod udp;
 mod util;

@@ -1,0 +1,135 @@
+//! The command line of the server: help, the PORT variable, and start-up
+//! errors a person can act on.
+
+use std::process::{Command, Stdio};
+
+use crate::util::{Binary, ECHOD, echo_tcp, free_port};
+
+#[test]
+fn help_teaches_by_example() {
+    let out = Command::new(ECHOD).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "--port",
+        "--bind",
+        "--no-udp",
+        "--buffer",
+        "[env: PORT=]",
+        "Examples:",
+        "nc -N",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = Command::new(ECHOD).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.trim(), format!("echod {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn port_environment_variable_is_honoured() {
+    let port = free_port();
+    let server = Binary::start_with(Command::new(ECHOD).env("PORT", port.to_string()).args([
+        "-b",
+        "127.0.0.1",
+        "--no-udp",
+    ]));
+    assert_eq!(server.tcp.unwrap().port(), port);
+    assert_eq!(echo_tcp(server.tcp.unwrap(), b"env"), b"env");
+}
+
+#[test]
+fn port_flag_overrides_the_environment() {
+    let port = free_port();
+    let server = Binary::start_with(Command::new(ECHOD).env("PORT", "1").args([
+        "-b",
+        "127.0.0.1",
+        "--no-udp",
+        "--port",
+        &port.to_string(),
+    ]));
+    assert_eq!(server.tcp.unwrap().port(), port);
+}
+
+#[test]
+fn a_taken_port_is_explained_and_fails() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = Command::new(ECHOD)
+        .args(["-b", "127.0.0.1", "--port", &port])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!(
+            "tcp port {port} on 127.0.0.1 is already in use by another program"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("--port 0 picks a free one"), "{err}");
+}
+
+#[test]
+fn a_bad_bind_address_is_explained() {
+    let out = Command::new(ECHOD)
+        .args(["-b", "example.org"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("'example.org' is not an IP address"), "{err}");
+}
+
+#[test]
+fn an_address_not_on_this_machine_is_explained() {
+    // 192.0.2.0/24 is TEST-NET-1 (RFC 5737): never assigned to a host.
+    let out = Command::new(ECHOD)
+        .args(["-b", "192.0.2.1", "--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("address 192.0.2.1 is not available on this machine"),
+        "{err}"
+    );
+}
+
+/// Ports below 1024 need privileges; as root the bind would succeed, so
+/// the test runs the binary as `nobody` (and says so when it cannot).
+#[test]
+fn a_privileged_port_without_privileges_is_explained() {
+    if !crate::util::have("setpriv") {
+        println!("skipped: setpriv is not installed");
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .args([ECHOD, "-b", "127.0.0.1", "--port", "7"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("setpriv:") {
+        println!("skipped: setpriv cannot drop privileges here: {err}");
+        return;
+    }
+    assert!(!out.status.success());
+    assert!(
+        err.contains("permission denied binding tcp port 7 on 127.0.0.1"),
+        "{err}"
+    );
+    assert!(err.contains("--port 7007"), "{err}");
+}
