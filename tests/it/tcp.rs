@@ -169,3 +169,34 @@ fn the_real_binary_echoes() {
     let addr = server.tcp.unwrap();
     assert_eq!(echo_tcp(addr, b"from the binary"), b"from the binary");
 }
+
+/// The server holds echo bytes it could not write yet when the client's
+/// FIN arrives: it must send them all before closing (Protohackers: "sent
+/// back all the data you've received, close the socket").
+#[test]
+fn half_close_with_echo_still_queued_gets_every_byte() {
+    // The ring is larger than the payload, and the payload larger than the
+    // kernel can queue towards a client that is not reading (its send
+    // buffer tops out at a few MiB): so the server reads every byte and the
+    // FIN while still holding echo bytes.
+    let server = InProcess::start(ServerConfig {
+        buffer: 16 * 1024 * 1024,
+        ..ServerConfig::default()
+    });
+    let payload = random_bytes(5, 12 * 1024 * 1024);
+    let mut stream = connect(server.tcp_addr());
+    let mut writer = stream.try_clone().unwrap();
+    let sent = payload.clone();
+    let sender = thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    sender.join().unwrap();
+    thread::sleep(std::time::Duration::from_millis(100)); // let the FIN arrive
+    let mut back = Vec::with_capacity(payload.len());
+    stream
+        .read_to_end(&mut back)
+        .expect("EOF after every byte, not a reset");
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload);
+}
