@@ -37,7 +37,10 @@ Examples:
 
 Talk to it:
   nc -N localhost 7007 < file       TCP: the file comes back, then EOF
-  nc -u localhost 7007              UDP: each line comes back as a datagram";
+  nc -u localhost 7007              UDP: each line comes back as a datagram
+
+Exit status: 0 after a clean stop, 1 when the server cannot start or stops on
+an error (the message says why and what to do), 2 for a command-line mistake.";
 
 /// An RFC 862 echo service for TCP and UDP on one single-threaded event loop.
 ///

@@ -1,7 +1,65 @@
-//! echod: an RFC 862 echo service for TCP and UDP on one single-threaded
-//! mio event loop. (The guided tour is written alongside the server.)
+//! echod: an RFC 862 echo service, TCP and UDP, on one single-threaded mio
+//! event loop.
+//!
+//! RFC 862 is short: a TCP server sends back every byte it receives until
+//! the client closes; a UDP server answers each datagram with the same
+//! data. Doing that well for many clients at once, in one thread, with
+//! bounded memory and without losing a byte, is a compact lesson in
+//! nonblocking I/O. This crate is written to be read as one.
+//!
+//! # Reading order
+//!
+//! 1. [`ring`]: the byte ring buffer that holds what a socket would not take.
+//! 2. [`server`]'s `connection` module: one TCP peer, its state machine, and
+//!    the echo path (scratch buffer first, ring only for leftovers).
+//! 3. [`server`]: the loop itself: poll, dispatch by token, the ready queue.
+//! 4. [`server`]'s `udp` module: datagram echo with a bounded reply queue.
+//! 5. [`net`]: binding sockets (dual-stack IPv6) and bind errors as sentences.
+//! 6. [`cli`]: the command line, turned into a validated configuration.
+//!
+//! # A primer on the loop
+//!
+//! **Readiness, not completion.** `mio` (epoll on Linux, kqueue on BSD and
+//! macOS) tells the program that a socket *may* now be read or written; the
+//! program then makes the call itself, and the call may still say
+//! `WouldBlock`. Completion-based APIs (io_uring, Windows IOCP) work the
+//! other way round: you hand over a buffer and are told when it is done.
+//!
+//! **Edge-triggered: drain until WouldBlock.** mio reports a *change* of
+//! readiness once. If a connection reads only part of what is waiting and
+//! then waits for another event, it may wait forever: no new edge comes
+//! for bytes that were already there. So each handler reads (and writes)
+//! until the kernel says `WouldBlock`, or remembers that it stopped early
+//! and is served again from a ready queue before the loop blocks.
+//! Connections here remember their readiness per direction
+//! (`Readiness`), which is also what lets a connection whose buffer was
+//! full start reading again as soon as a write frees space.
+//!
+//! **Spurious events are normal.** An event may arrive when nothing can be
+//! done (a slab key reused by a new connection, a wakeup that raced with a
+//! read). Every handler must treat "WouldBlock right away" as harmless.
+//!
+//! **Read-closed is a hint.** A peer's FIN shows up as a readable event;
+//! the bytes before it must still be read, and only a read returning 0
+//! says the stream has ended. Half-close is part of the echo contract: a
+//! client that shuts down its sending side still receives every byte it
+//! sent, and then the server's FIN.
+//!
+//! # Layout
+//!
+//! ```text
+//! src/main.rs                  parse, start logging, run, error -> sentence + exit code
+//! src/cli.rs                   clap types -> ServerConfig
+//! src/net.rs                   binding, socket options, bind errors with hints
+//! src/ring.rs                  Ring: fixed-capacity byte ring, vectored I/O
+//! src/server/mod.rs            Server: Poll, tokens, slab, the one loop
+//! src/server/listener.rs       accept and what its errors mean
+//! src/server/connection.rs     Connection + State: the echo state machine
+//! src/server/udp.rs            datagram echo and its bounded reply queue
+//! ```
 
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod net;
