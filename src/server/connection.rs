@@ -40,7 +40,7 @@ impl Stream for mio::net::TcpStream {
 }
 
 /// Where a connection is in its life; see the diagram in DESIGN and
-/// [`Connection::set_state`], the one place it changes.
+/// `Connection::set_state`, the one place it changes.
 ///
 /// ```text
 ///  Open ──read()==0──► Flushing ──ring empty──► Closed
@@ -113,7 +113,7 @@ pub struct Readiness {
     pub writable: bool,
     /// The peer's FIN (or an error) has arrived: a read will return 0 or
     /// the error after the bytes before it. Once seen it stays set, and a
-    /// short read no longer means "drained" (see [`Connection::read`]).
+    /// short read no longer means "drained" (see `Connection::read`).
     pub read_closed: bool,
 }
 
