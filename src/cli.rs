@@ -6,6 +6,7 @@
 //! argument struct in its own module.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
@@ -19,6 +20,14 @@ pub const RFC862_PORT: u16 = 7;
 /// memory one connection can hold (connections × capacity in all) and is
 /// also the most the server reads from a socket in one call.
 pub const DEFAULT_BUFFER: usize = 16 * 1024;
+
+/// Default `--idle-timeout`: five minutes without a byte either way. Long
+/// enough for a person typing into `nc`, short enough that abandoned or
+/// hostile idle connections do not hold descriptors for long.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Default `--grace`: how long a shutdown lets sessions finish.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// The smallest `--buffer` accepted: below this, every echo costs more
 /// system calls than it moves bytes.
@@ -34,6 +43,8 @@ Examples:
   echod -p 7007 -b 127.0.0.1 -v     loopback only, log every connection
   echod -p 0                        pick a free port (the log line shows which)
   PORT=7007 echod --no-udp          TCP only, port taken from the environment
+  kill -USR1 $(pidof echod)         log the counters (connections, bytes, datagrams)
+  kill -TERM $(pidof echod)         stop gracefully: sessions get --grace seconds to finish
 
 Talk to it:
   nc -N localhost 7007 < file       TCP: the file comes back, then EOF
@@ -97,6 +108,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUFFER,
           value_parser = parse_buffer_size)]
     pub buffer: usize,
+
+    /// Most connections open at once; beyond it, new clients wait in the
+    /// kernel's backlog until one closes. Default: the open-files limit
+    /// (raised to its hard maximum at start) less 32 kept for other uses.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// Close a connection after this many seconds in which no byte moved
+    /// either way; 0 never closes idle connections.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
+    pub idle_timeout: u64,
+
+    /// On SIGINT or SIGTERM, let open sessions finish for up to this many
+    /// seconds, then close the rest. A second signal exits at once.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs())]
+    pub grace: u64,
 }
 
 impl ServeArgs {
@@ -108,6 +135,15 @@ impl ServeArgs {
             tcp: !self.no_tcp,
             udp: !self.no_udp,
             buffer: self.buffer,
+            max_connections: self
+                .max_connections
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            idle_timeout: match self.idle_timeout {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+            grace: Duration::from_secs(self.grace),
+            signals: true,
         }
     }
 }

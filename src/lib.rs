@@ -65,3 +65,4 @@ pub mod cli;
 pub mod net;
 pub mod ring;
 pub mod server;
+pub mod stats;

@@ -19,12 +19,11 @@
 //! connection stops reading, the kernel's receive window fills, and TCP
 //! flow control slows the client down.
 
+use super::clock::Millis;
+use crate::ring::Ring;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::time::Instant;
-
-use crate::ring::Ring;
 
 /// What the connection logic needs of a socket.
 pub trait Stream: Read + Write {
@@ -73,6 +72,8 @@ pub enum CloseReason {
     Reset,
     /// Another error, by kind.
     Error(io::ErrorKind),
+    /// No bytes moved in either direction for `--idle-timeout`.
+    Idle,
     /// The server shut down.
     Shutdown,
 }
@@ -83,6 +84,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Eof => f.write_str("peer finished, all echoed"),
             CloseReason::Reset => f.write_str("reset by peer"),
             CloseReason::Error(kind) => write!(f, "error: {kind}"),
+            CloseReason::Idle => f.write_str("idle too long"),
             CloseReason::Shutdown => f.write_str("server shutdown"),
         }
     }
@@ -217,8 +219,10 @@ pub struct Connection<S> {
     pub bytes_in: u64,
     /// Bytes written back to the peer.
     pub bytes_out: u64,
-    /// When it was accepted.
-    pub opened: Instant,
+    /// When it was accepted, on the loop's clock.
+    pub opened: Millis,
+    /// When bytes last moved, or when the server began closing it.
+    pub active: Millis,
 }
 
 impl<S: Stream> Connection<S> {
@@ -232,8 +236,21 @@ impl<S: Stream> Connection<S> {
             ring: None,
             bytes_in: 0,
             bytes_out: 0,
-            opened: Instant::now(),
+            opened: Millis::ZERO,
+            active: Millis::ZERO,
         }
+    }
+
+    /// The same connection, stamped as accepted `now`.
+    pub fn accepted_at(mut self, now: Millis) -> Connection<S> {
+        self.opened = now;
+        self.active = now;
+        self
+    }
+
+    /// Bytes moved so far in both directions; a change means progress.
+    pub fn bytes_moved(&self) -> u64 {
+        self.bytes_in + self.bytes_out
     }
 
     /// The socket.

@@ -11,11 +11,17 @@
 //! 3. Serve the ready queue: connections (and sockets) that stopped early
 //!    on purpose, with readiness left unused, get another turn. Without
 //!    this an edge-triggered loop stalls them forever.
+//! 4. Timers: retry accepting after descriptor exhaustion, close idle
+//!    connections, end a shutdown's grace period. There is no timer
+//!    thread: the nearest deadline is the next poll's timeout.
 
+mod clock;
 mod connection;
 mod listener;
+mod signals;
 mod udp;
 
+pub use clock::Millis;
 pub use connection::{Buffers, CloseReason, Connection, Readiness, State, Stream, Turn};
 pub use udp::{MAX_DATAGRAM, UdpCounters};
 
@@ -30,7 +36,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::net::{self, BindError, Transport, display_addr};
+use crate::stats::{Stats, TcpStats};
+use clock::Clock;
 use listener::{Accepted, Listener};
+use signals::{Request, Signals};
 use udp::UdpEcho;
 
 /// What the server is asked to do; built from the command line by
@@ -47,10 +56,21 @@ pub struct ServerConfig {
     pub udp: bool,
     /// Capacity of each connection's ring, in bytes.
     pub buffer: usize,
+    /// Most connections open at once; `None` derives it from the
+    /// open-files limit (see [`default_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// Close a connection after this long without progress; `None` never.
+    pub idle_timeout: Option<Duration>,
+    /// How long a shutdown waits for open sessions to finish.
+    pub grace: Duration,
+    /// Handle SIGINT, SIGTERM (graceful shutdown) and SIGUSR1 (counters).
+    /// Off for servers embedded in another program, such as tests.
+    pub signals: bool,
 }
 
 impl Default for ServerConfig {
-    /// Everything on loopback IPv4, a free port: what tests want.
+    /// Everything on loopback IPv4, a free port, no signal handling: what
+    /// tests want.
     fn default() -> ServerConfig {
         ServerConfig {
             port: 0,
@@ -58,8 +78,35 @@ impl Default for ServerConfig {
             tcp: true,
             udp: true,
             buffer: crate::cli::DEFAULT_BUFFER,
+            max_connections: None,
+            idle_timeout: Some(crate::cli::DEFAULT_IDLE_TIMEOUT),
+            grace: crate::cli::DEFAULT_GRACE,
+            signals: false,
         }
     }
+}
+
+/// Descriptors kept free for everything that is not a connection: the
+/// listeners and UDP sockets, the poll, the waker, the signal pipe, stdio,
+/// and slack for a log file or a library that opens one.
+pub const RESERVED_DESCRIPTORS: u64 = 32;
+
+/// Raises the soft open-files limit to the hard limit (servers need many
+/// descriptors; the soft limit is often 1,024) and returns the connection
+/// limit that leaves [`RESERVED_DESCRIPTORS`] free.
+pub fn default_max_connections() -> usize {
+    let soft = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => {
+            log::debug!("open-files limit raised to {soft} (the hard limit)");
+            soft
+        }
+        Err(err) => {
+            let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+            log::debug!("open-files limit stays {soft}: raising it failed: {err}");
+            soft
+        }
+    };
+    usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS).max(1)).unwrap_or(usize::MAX)
 }
 
 /// The most addresses one server binds (each gets a TCP and a UDP token).
@@ -68,7 +115,8 @@ const MAX_BINDS: usize = 256;
 // Fixed tokens sit at the top of the token space so that a slab key is a
 // connection's token as it is. mio reserves none of these.
 const WAKER: Token = Token(usize::MAX - 1);
-const LISTENER_BASE: usize = usize::MAX - 1 - MAX_BINDS;
+const SIGNALS: Token = Token(usize::MAX - 2);
+const LISTENER_BASE: usize = usize::MAX - 2 - MAX_BINDS;
 const UDP_BASE: usize = LISTENER_BASE - MAX_BINDS;
 
 /// What a token stands for.
@@ -77,12 +125,14 @@ enum Source {
     Listener(usize),
     Udp(usize),
     Waker,
+    Signals,
 }
 
 impl Source {
     fn of(token: Token) -> Source {
         match token.0 {
             t if t == WAKER.0 => Source::Waker,
+            t if t == SIGNALS.0 => Source::Signals,
             t if t > LISTENER_BASE => Source::Listener(t - LISTENER_BASE - 1),
             t if t > UDP_BASE => Source::Udp(t - UDP_BASE - 1),
             key => Source::Connection(key),
@@ -95,6 +145,7 @@ impl Source {
             Source::Listener(i) => LISTENER_BASE + 1 + i,
             Source::Udp(i) => UDP_BASE + 1 + i,
             Source::Waker => WAKER.0,
+            Source::Signals => SIGNALS.0,
         })
     }
 }
@@ -103,6 +154,20 @@ impl Source {
 /// long enough not to spin on EMFILE, short enough that clients waiting in
 /// the backlog are taken soon after a connection closes.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How often connections are checked for idleness and for draining too
+/// long. Idle timeouts are whole seconds, so a check a second is precise
+/// enough, and costs one pass over the slab.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a connection the server closes may take to send its EOF
+/// after the server's FIN (see `State::Draining`) before it is closed
+/// regardless.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The connection limit is warned about at most this often; it is counted
+/// every time.
+const LIMIT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Events taken from the kernel per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;
@@ -129,7 +194,7 @@ impl StopHandle {
 pub enum StartError {
     /// A socket could not be bound.
     Bind(BindError),
-    /// The event loop could not be created.
+    /// The event loop (or its signal handlers) could not be set up.
     Poll(io::Error),
     /// Both TCP and UDP were turned off.
     NothingToServe,
@@ -169,13 +234,58 @@ pub struct Server {
     buffers: Buffers,
     /// Where datagrams are received; one per loop.
     datagram: Box<[u8]>,
+    /// Counters of UDP sockets already closed by a shutdown.
+    closed_udp: UdpCounters,
     /// Sources that stopped early with readiness unused (see the module
     /// docs). Served after each batch of events.
     ready: Vec<Token>,
-    /// Accepting pauses until then after running out of descriptors.
-    accept_paused_until: Option<Instant>,
+    /// Why accepting is paused, if it is.
+    accept_pause: AcceptPause,
+    /// True from the first EMFILE until an accept succeeds again, so the
+    /// warning is given once per episode rather than per retry.
+    out_of_descriptors: bool,
+    /// When the connection limit was last warned about.
+    limit_warned_at: Option<Instant>,
+    max_connections: usize,
+    idle_timeout: Option<Duration>,
+    grace: Duration,
+    clock: Clock,
+    next_sweep: Instant,
+    phase: Phase,
+    stats: TcpStats,
+    signals: Option<Signals>,
     waker: Arc<Waker>,
     stop_requested: Arc<AtomicBool>,
+}
+
+/// Why the listeners are not being accepted from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AcceptPause {
+    /// Accepting.
+    No,
+    /// `--max-connections` are open: clients wait in the kernel's backlog
+    /// until one closes.
+    AtLimit,
+    /// The process or system ran out of descriptors: retry then.
+    OutOfDescriptors { retry_at: Instant },
+}
+
+/// Serving, or how far a shutdown has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Listeners closed; open sessions may finish until `cut_at`.
+    Grace {
+        cut_at: Instant,
+        sessions: u64,
+    },
+    /// Sessions still open after the grace were told to close (FIN sent,
+    /// reading to their EOF) and are dropped at `until` whatever happens.
+    Cutting {
+        until: Instant,
+        sessions: u64,
+        cut: u64,
+    },
 }
 
 impl Server {
@@ -188,6 +298,14 @@ impl Server {
         let poll = Poll::new().map_err(StartError::Poll)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(StartError::Poll)?);
         let (listeners, udp) = bind_all(config)?;
+        let max_connections = config
+            .max_connections
+            .unwrap_or_else(default_max_connections);
+        let signals = if config.signals {
+            Some(Signals::new().map_err(StartError::Poll)?)
+        } else {
+            None
+        };
         let mut server = Server {
             poll,
             listeners,
@@ -195,17 +313,35 @@ impl Server {
             connections: Slab::new(),
             buffers: Buffers::new(config.buffer),
             datagram: vec![0; MAX_DATAGRAM].into_boxed_slice(),
+            closed_udp: UdpCounters::default(),
             ready: Vec::new(),
-            accept_paused_until: None,
+            accept_pause: AcceptPause::No,
+            out_of_descriptors: false,
+            limit_warned_at: None,
+            max_connections,
+            idle_timeout: config.idle_timeout,
+            grace: config.grace,
+            clock: Clock::new(),
+            next_sweep: Instant::now() + SWEEP_EVERY,
+            phase: Phase::Serving,
+            stats: TcpStats::default(),
+            signals,
             waker,
             stop_requested: Arc::new(AtomicBool::new(false)),
         };
         server.register_sockets().map_err(StartError::Poll)?;
+        log::debug!(
+            "serving at most {max_connections} connections, {} bytes of buffer each",
+            config.buffer
+        );
         Ok(server)
     }
 
     fn register_sockets(&mut self) -> io::Result<()> {
         let registry = self.poll.registry();
+        if let Some(signals) = self.signals.as_mut() {
+            registry.register(signals.source_mut(), SIGNALS, Interest::READABLE)?;
+        }
         for (i, listener) in self.listeners.iter_mut().enumerate() {
             registry.register(
                 &mut listener.socket,
@@ -244,8 +380,9 @@ impl Server {
         }
     }
 
-    /// Runs the loop until stopped. Returns an error only if polling
-    /// itself fails, which no client can cause.
+    /// Runs the loop until stopped: by the [`StopHandle`], by the end of a
+    /// graceful shutdown, or by a second SIGINT/SIGTERM. Returns an error
+    /// only if polling itself fails, which no client can cause.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         let mut queued = Vec::new();
@@ -261,6 +398,7 @@ impl Server {
                 }
                 return Err(err);
             }
+            self.clock.tick();
             for event in events.iter() {
                 self.dispatch(event.token(), Readiness::of(event));
             }
@@ -273,10 +411,29 @@ impl Server {
             }
             self.run_timers();
             if self.stop_requested.load(Ordering::SeqCst) {
-                log::info!("stopping");
+                log::info!("stopping at once; {}", self.stats());
+                return Ok(());
+            }
+            if self.phase != Phase::Serving && self.connections.is_empty() {
+                self.log_receipt();
                 return Ok(());
             }
         }
+    }
+
+    /// The counters, with the bytes of connections still open added in.
+    pub fn stats(&self) -> Stats {
+        let mut tcp = self.stats;
+        for (_, conn) in &self.connections {
+            tcp.bytes_in += conn.bytes_in;
+            tcp.bytes_out += conn.bytes_out;
+        }
+        let mut udp = UdpCounters::default();
+        for socket in &self.udp {
+            udp.add(&socket.counters);
+        }
+        udp.add(&self.closed_udp);
+        Stats { tcp, udp }
     }
 
     fn dispatch(&mut self, token: Token, readiness: Readiness) {
@@ -293,6 +450,7 @@ impl Server {
             }
             // Only wakes the loop; the stop flag is checked after each turn.
             Source::Waker => {}
+            Source::Signals => self.on_signals(),
         }
     }
 
@@ -303,38 +461,91 @@ impl Server {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
-        match conn.on_ready(key, readiness, &mut self.buffers) {
+        let moved = conn.bytes_moved();
+        let turn = conn.on_ready(key, readiness, &mut self.buffers);
+        if conn.bytes_moved() != moved {
+            conn.active = self.clock.now();
+        }
+        match turn {
             Turn::Wait => {}
             Turn::Yield => self.ready.push(Source::Connection(key).token()),
             Turn::Closed(reason) => self.close(key, reason),
         }
     }
 
-    /// Accepts from listener `i` until the backlog is empty.
+    /// Accepts from listener `i` until the backlog is empty, the connection
+    /// limit is reached, or descriptors run out.
     fn accept(&mut self, i: usize) {
-        if self.accept_paused_until.is_some() {
-            return; // the timer retries every listener
+        if self.accept_pause != AcceptPause::No {
+            return; // a close or the retry timer accepts again
         }
         loop {
+            if self.connections.len() >= self.max_connections {
+                self.pause_at_limit();
+                return;
+            }
             let Some(listener) = self.listeners.get(i) else {
                 return;
             };
             match listener.accept() {
-                Accepted::Connection(stream, peer) => self.add_connection(stream, peer),
+                Accepted::Connection(stream, peer) => {
+                    if self.out_of_descriptors {
+                        self.out_of_descriptors = false;
+                        log::info!("accepting connections again");
+                    }
+                    self.add_connection(stream, peer);
+                }
                 Accepted::Empty => return,
                 Accepted::Lost(err) => {
+                    self.stats.refused += 1;
                     log::debug!("a connection was lost before it was accepted: {err}");
                 }
                 Accepted::OutOfResources(err) => {
-                    log::warn!(
-                        "cannot accept connections: {err}; existing connections are still \
-                         served, new ones wait in the backlog and are retried every {} ms",
-                        ACCEPT_BACKOFF.as_millis()
-                    );
-                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    if !self.out_of_descriptors {
+                        self.out_of_descriptors = true;
+                        log::warn!(
+                            "cannot accept connections: {err}. Open connections are still \
+                             served; new ones wait in the backlog and are retried every {} ms. \
+                             Raise the open-files limit (ulimit -n) or lower --max-connections.",
+                            ACCEPT_BACKOFF.as_millis()
+                        );
+                    } else {
+                        log::debug!("accept retry failed: {err}");
+                    }
+                    self.accept_pause = AcceptPause::OutOfDescriptors {
+                        retry_at: Instant::now() + ACCEPT_BACKOFF,
+                    };
                     return;
                 }
             }
+        }
+    }
+
+    fn pause_at_limit(&mut self) {
+        self.accept_pause = AcceptPause::AtLimit;
+        self.stats.limit_reached += 1;
+        let now = Instant::now();
+        if self
+            .limit_warned_at
+            .is_none_or(|at| now.duration_since(at) >= LIMIT_WARN_EVERY)
+        {
+            self.limit_warned_at = Some(now);
+            log::warn!(
+                "{} connections are open, the most --max-connections allows; new clients \
+                 wait in the backlog until one closes",
+                self.max_connections
+            );
+        } else {
+            log::debug!("connection limit reached");
+        }
+    }
+
+    /// Accepts on every listener: after a pause ends, no event will come
+    /// for the clients already waiting in the backlogs (edge-triggered).
+    fn accept_all(&mut self) {
+        self.accept_pause = AcceptPause::No;
+        for i in 0..self.listeners.len() {
+            self.accept(i);
         }
     }
 
@@ -357,15 +568,19 @@ impl Server {
                 .registry()
                 .register(&mut stream, Source::Connection(key).token(), interest)
         {
+            self.stats.refused += 1;
             log::warn!("could not register the connection from {peer}: {err}; dropping it");
             return;
         }
         log::debug!("connection {key}: accepted from {}", display_addr(peer));
-        entry.insert(Connection::new(stream));
+        self.stats.accepted += 1;
+        self.stats.active += 1;
+        entry.insert(Connection::new(stream).accepted_at(self.clock.now()));
     }
 
     fn close(&mut self, key: usize, reason: CloseReason) {
         let conn = self.connections.remove(key);
+        self.stats.closed(reason, conn.bytes_in, conn.bytes_out);
         if log::log_enabled!(log::Level::Debug) {
             let peer = conn
                 .stream()
@@ -374,30 +589,168 @@ impl Server {
                 .unwrap_or_else(|_| "a peer now gone".to_string());
             log::debug!(
                 "connection {key}: closed, {peer}, {:.3} s, {} bytes in, {} echoed: {reason}",
-                conn.opened.elapsed().as_secs_f64(),
+                self.clock.now().since(conn.opened).as_secs_f64(),
                 conn.bytes_in,
                 conn.bytes_out,
             );
         }
         // Dropping the stream closes the socket, which also removes it from
         // the poll: no deregister call needed.
+        drop(conn);
+        if self.accept_pause == AcceptPause::AtLimit {
+            self.accept_all();
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let requests: Vec<Request> = signals.pending().collect();
+        for request in requests {
+            match request {
+                Request::Report => log::info!("{}", self.stats()),
+                Request::Stop(name) if self.phase == Phase::Serving => self.begin_shutdown(name),
+                Request::Stop(name) => {
+                    log::info!("{name} again: exiting now; {}", self.stats());
+                    self.stop_requested.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    /// First SIGINT/SIGTERM: stop taking new work, let sessions finish.
+    fn begin_shutdown(&mut self, signal: &str) {
+        let sessions = self.connections.len() as u64;
+        log::info!(
+            "{signal}: shutting down; no new connections or datagrams, {sessions} open \
+             sessions may finish within {} s (send the signal again to exit at once)",
+            self.grace.as_secs_f64()
+        );
+        // Dropping the sockets closes them, which removes them from the
+        // poll; a late event for their tokens finds nothing and is ignored.
+        self.listeners.clear();
+        for socket in self.udp.drain(..) {
+            self.closed_udp.add(&socket.counters);
+        }
+        self.phase = Phase::Grace {
+            cut_at: Instant::now() + self.grace,
+            sessions,
+        };
+    }
+
+    fn log_receipt(&self) {
+        let (sessions, cut) = match self.phase {
+            Phase::Serving => (0, 0),
+            Phase::Grace { sessions, .. } => (sessions, 0),
+            Phase::Cutting { sessions, cut, .. } => (sessions, cut),
+        };
+        let stats = self.stats();
+        log::info!(
+            "shutdown complete: {} of {sessions} sessions finished, {cut} cut after the grace \
+             period; tcp bytes received {}, echoed {}; {stats}",
+            sessions - cut,
+            stats.tcp.bytes_in,
+            stats.tcp.bytes_out,
+        );
     }
 
     /// How long `poll` may block: until the nearest timer, or forever.
     fn next_timeout(&self) -> Option<Duration> {
-        self.accept_paused_until
-            .map(|until| until.saturating_duration_since(Instant::now()))
+        let mut next: Option<Instant> = None;
+        let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        if let AcceptPause::OutOfDescriptors { retry_at } = self.accept_pause {
+            consider(retry_at);
+        }
+        match self.phase {
+            Phase::Serving => {}
+            Phase::Grace { cut_at, .. } => consider(cut_at),
+            Phase::Cutting { until, .. } => consider(until),
+        }
+        if self.needs_sweeping() {
+            consider(self.next_sweep);
+        }
+        next.map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether any connection may need closing by time: idle timeouts are
+    /// on, or a shutdown is under way (draining connections are bounded).
+    fn needs_sweeping(&self) -> bool {
+        !self.connections.is_empty()
+            && (self.idle_timeout.is_some() || self.phase != Phase::Serving)
     }
 
     fn run_timers(&mut self) {
-        if let Some(until) = self.accept_paused_until
-            && Instant::now() >= until
+        let now = Instant::now();
+        if let AcceptPause::OutOfDescriptors { retry_at } = self.accept_pause
+            && now >= retry_at
         {
-            self.accept_paused_until = None;
-            // No event will come for connections already in the backlog.
-            for i in 0..self.listeners.len() {
-                self.accept(i);
+            self.accept_all();
+        }
+        match self.phase {
+            Phase::Grace { cut_at, sessions } if now >= cut_at => {
+                let cut = self.cut_all();
+                self.phase = Phase::Cutting {
+                    until: now + LINGER,
+                    sessions,
+                    cut,
+                };
             }
+            Phase::Cutting { until, .. } if now >= until => {
+                let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+                for key in keys {
+                    self.close(key, CloseReason::Shutdown);
+                }
+            }
+            _ => {}
+        }
+        if self.needs_sweeping() && now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_EVERY;
+            self.sweep();
+        }
+    }
+
+    /// The grace period is over: close every session still open, without
+    /// an RST (see `State::Draining`). Returns how many there were.
+    fn cut_all(&mut self) -> u64 {
+        let now = self.clock.now();
+        let mut cut = 0;
+        for (key, conn) in self.connections.iter_mut() {
+            if let State::Open | State::Flushing = conn.state() {
+                conn.begin_close(key, CloseReason::Shutdown, &mut self.buffers);
+                conn.active = now;
+                self.ready.push(Source::Connection(key).token());
+                cut += 1;
+            }
+        }
+        log::info!("grace period over: closing {cut} sessions still open");
+        cut
+    }
+
+    /// Closes connections idle for `--idle-timeout`, and those that have
+    /// been draining for longer than [`LINGER`].
+    fn sweep(&mut self) {
+        let now = self.clock.now();
+        let mut expired = Vec::new();
+        for (key, conn) in self.connections.iter_mut() {
+            let quiet = now.since(conn.active);
+            match conn.state() {
+                State::Open | State::Flushing => {
+                    if self.idle_timeout.is_some_and(|limit| quiet >= limit) {
+                        log::debug!("connection {key}: idle for {} s, closing", quiet.as_secs());
+                        conn.begin_close(key, CloseReason::Idle, &mut self.buffers);
+                        conn.active = now;
+                        // It may have unread input, or be closed already.
+                        self.ready.push(Source::Connection(key).token());
+                    }
+                }
+                State::Draining(reason) if quiet >= LINGER => expired.push((key, reason)),
+                State::Draining(_) => {}
+                State::Closed(reason) => expired.push((key, reason)),
+            }
+        }
+        for (key, reason) in expired {
+            self.close(key, reason);
         }
     }
 }

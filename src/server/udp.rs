@@ -49,6 +49,16 @@ pub struct UdpCounters {
     pub dropped_send_error: u64,
 }
 
+impl UdpCounters {
+    /// Adds another socket's counters to these.
+    pub fn add(&mut self, other: &UdpCounters) {
+        self.received += other.received;
+        self.sent += other.sent;
+        self.dropped_queue_full += other.dropped_queue_full;
+        self.dropped_send_error += other.dropped_send_error;
+    }
+}
+
 /// One UDP socket and its queue of replies not yet sent.
 pub struct UdpEcho {
     socket: UdpSocket,

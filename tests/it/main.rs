@@ -3,6 +3,7 @@
 //! One test crate with a module per topic.
 
 mod cli;
+mod hardening;
 mod interop;
 mod tcp;
 mod udp;

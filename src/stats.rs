@@ -1,0 +1,151 @@
+//! Counters of what the server did, and their one-line summary.
+//!
+//! Plain integers bumped by the loop: no atomics, no allocation, nothing
+//! formatted until someone asks (SIGUSR1, or the shutdown receipt).
+
+use std::fmt;
+
+use crate::server::{CloseReason, UdpCounters};
+
+/// What happened to TCP connections so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Closed after the peer finished and got every byte back.
+    pub closed_eof: u64,
+    /// Closed because the peer reset or vanished.
+    pub closed_reset: u64,
+    /// Closed on another socket error.
+    pub closed_error: u64,
+    /// Closed for making no progress for `--idle-timeout`.
+    pub closed_idle: u64,
+    /// Closed by a shutdown after the grace period.
+    pub closed_shutdown: u64,
+    /// Times accepting paused because `--max-connections` were open.
+    pub limit_reached: u64,
+    /// Connections lost before or while being accepted (reset while in the
+    /// backlog, descriptors exhausted, registration failed).
+    pub refused: u64,
+    /// Bytes received from closed connections.
+    pub bytes_in: u64,
+    /// Bytes echoed to closed connections.
+    pub bytes_out: u64,
+}
+
+impl TcpStats {
+    /// Counts a closed connection.
+    pub fn closed(&mut self, reason: CloseReason, bytes_in: u64, bytes_out: u64) {
+        self.active = self.active.saturating_sub(1);
+        self.bytes_in += bytes_in;
+        self.bytes_out += bytes_out;
+        let counter = match reason {
+            CloseReason::Eof => &mut self.closed_eof,
+            CloseReason::Reset => &mut self.closed_reset,
+            CloseReason::Error(_) => &mut self.closed_error,
+            CloseReason::Idle => &mut self.closed_idle,
+            CloseReason::Shutdown => &mut self.closed_shutdown,
+        };
+        *counter += 1;
+    }
+}
+
+/// Everything, for the summary line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// TCP, with bytes of open connections added in.
+    pub tcp: TcpStats,
+    /// UDP, all sockets added up.
+    pub udp: UdpCounters,
+}
+
+impl fmt::Display for Stats {
+    /// One line: `tcp: accepted 5, active 1, closed 4 (eof 3, reset 1, …)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = &self.tcp;
+        let closed =
+            t.closed_eof + t.closed_reset + t.closed_error + t.closed_idle + t.closed_shutdown;
+        write!(
+            f,
+            "tcp: accepted {}, active {}, closed {closed} (eof {}, reset {}, error {}, idle {}, \
+             shutdown {}), limit reached {}, refused {}, bytes in {}, out {}; ",
+            t.accepted,
+            t.active,
+            t.closed_eof,
+            t.closed_reset,
+            t.closed_error,
+            t.closed_idle,
+            t.closed_shutdown,
+            t.limit_reached,
+            t.refused,
+            t.bytes_in,
+            t.bytes_out,
+        )?;
+        let u = &self.udp;
+        write!(
+            f,
+            "udp: datagrams in {}, out {}, dropped {} (queue full {}, send error {})",
+            u.received,
+            u.sent,
+            u.dropped_queue_full + u.dropped_send_error,
+            u.dropped_queue_full,
+            u.dropped_send_error,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closes_are_counted_by_reason() {
+        let mut tcp = TcpStats {
+            accepted: 3,
+            active: 3,
+            ..TcpStats::default()
+        };
+        tcp.closed(CloseReason::Eof, 10, 10);
+        tcp.closed(CloseReason::Idle, 5, 4);
+        tcp.closed(CloseReason::Reset, 1, 0);
+        assert_eq!(tcp.active, 0);
+        assert_eq!(
+            (tcp.closed_eof, tcp.closed_idle, tcp.closed_reset),
+            (1, 1, 1)
+        );
+        assert_eq!((tcp.bytes_in, tcp.bytes_out), (16, 14));
+    }
+
+    #[test]
+    fn summary_is_one_line_with_every_counter() {
+        let stats = Stats {
+            tcp: TcpStats {
+                accepted: 7,
+                closed_shutdown: 2,
+                bytes_in: 100,
+                bytes_out: 90,
+                ..TcpStats::default()
+            },
+            udp: UdpCounters {
+                received: 4,
+                sent: 3,
+                dropped_queue_full: 1,
+                ..UdpCounters::default()
+            },
+        };
+        let line = stats.to_string();
+        assert!(!line.contains('\n'));
+        assert!(
+            line.starts_with("tcp: accepted 7, active 0, closed 2 ("),
+            "{line}"
+        );
+        assert!(line.contains("shutdown 2"), "{line}");
+        assert!(line.contains("bytes in 100, out 90"), "{line}");
+        assert!(
+            line.contains("udp: datagrams in 4, out 3, dropped 1 (queue full 1"),
+            "{line}"
+        );
+    }
+}
