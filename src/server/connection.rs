@@ -157,7 +157,10 @@ pub struct Buffers {
     /// in a fresh ring.
     scratch: Box<[u8]>,
     /// Rings given back by drained connections, kept for the next one.
-    spare: Vec<Ring>,
+    /// Kept boxed as connections hold them, so reuse moves a pointer and
+    /// allocates nothing.
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<Ring>>,
 }
 
 /// How many drained rings the loop keeps for reuse: enough to absorb a
@@ -179,13 +182,13 @@ impl Buffers {
         self.scratch.len()
     }
 
-    fn take_ring(&mut self) -> Ring {
+    fn take_ring(&mut self) -> Box<Ring> {
         self.spare
             .pop()
-            .unwrap_or_else(|| Ring::with_capacity(self.scratch.len()))
+            .unwrap_or_else(|| Box::new(Ring::with_capacity(self.scratch.len())))
     }
 
-    fn give_back(&mut self, mut ring: Ring) {
+    fn give_back(&mut self, mut ring: Box<Ring>) {
         if self.spare.len() < SPARE_RINGS {
             ring.clear();
             self.spare.push(ring);
@@ -214,7 +217,10 @@ pub struct Connection<S> {
     ready: Readiness,
     /// Bytes read but not yet written back; `None` while nothing is
     /// pending, so an idle connection holds no buffer.
-    ring: Option<Ring>,
+    ///
+    /// Boxed, so that the connection itself stays small: idle connections
+    /// are the many, and each pays for this field whether it is used or not.
+    ring: Option<Box<Ring>>,
     /// Bytes read from the peer.
     pub bytes_in: u64,
     /// Bytes written back to the peer.
@@ -265,7 +271,7 @@ impl<S: Stream> Connection<S> {
 
     /// Bytes received and not yet echoed.
     pub fn pending(&self) -> usize {
-        self.ring.as_ref().map_or(0, Ring::len)
+        self.ring.as_ref().map_or(0, |ring| ring.len())
     }
 
     /// The one place the state changes, so every transition can be traced.
