@@ -463,7 +463,9 @@ impl Server {
         };
         let moved = conn.bytes_moved();
         let turn = conn.on_ready(key, readiness, &mut self.buffers);
-        if conn.bytes_moved() != moved {
+        // Progress postpones the idle timeout; but a connection the server
+        // is closing stays bounded however much its peer still sends.
+        if conn.bytes_moved() != moved && !matches!(conn.state(), State::Draining(_)) {
             conn.active = self.clock.now();
         }
         match turn {

@@ -309,3 +309,44 @@ fn sigusr1_logs_the_counters() {
     assert!(line.contains("bytes in 15, out 15"), "{line}");
     assert!(line.contains("udp: datagrams in 2, out 2"), "{line}");
 }
+
+/// A peer that keeps sending after the server began closing (idle) must
+/// not keep the connection open: draining is bounded in time.
+#[test]
+fn a_peer_cannot_hold_a_closing_connection_open_by_sending() {
+    let server = Binary::start(&[
+        "-p",
+        "0",
+        "-b",
+        "127.0.0.1",
+        "--no-udp",
+        "--idle-timeout",
+        "1",
+        "-v",
+    ]);
+    let mut stream = connect(server.tcp.unwrap());
+    // Silent until the server's FIN arrives (a read returns 0)...
+    let mut byte = [0u8; 1];
+    assert_eq!(stream.read(&mut byte).unwrap(), 0, "the idle close's FIN");
+    // ...then talk on. The server drops the connection after its linger,
+    // and the writes start failing with a reset.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let error = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the closing connection stayed open"
+        );
+        if let Err(err) = stream.write_all(b"x") {
+            break err;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        matches!(
+            error.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+        ),
+        "{error}"
+    );
+    server.wait_for_line("idle too long");
+}
