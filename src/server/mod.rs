@@ -15,9 +15,11 @@
 mod connection;
 mod listener;
 mod udp;
+mod udp_guard;
 
 pub use connection::{Buffers, CloseReason, Connection, Readiness, State, Stream, Turn};
 pub use udp::{MAX_DATAGRAM, UdpCounters};
+pub use udp_guard::{DEFAULT_UDP_RATE, GuardConfig, PortRange};
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +49,8 @@ pub struct ServerConfig {
     pub udp: bool,
     /// Capacity of each connection's ring, in bytes.
     pub buffer: usize,
+    /// Which datagrams UDP does not answer (CERT CA-1996-01, rate limit).
+    pub udp_guard: GuardConfig,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +62,7 @@ impl Default for ServerConfig {
             tcp: true,
             udp: true,
             buffer: crate::cli::DEFAULT_BUFFER,
+            udp_guard: GuardConfig::default(),
         }
     }
 }
@@ -466,7 +471,7 @@ fn bind_addrs(
             let socket = net::bind_udp(SocketAddr::new(ip, port))?;
             let local = socket.local_addr().map_err(StartError::Poll)?;
             port = local.port();
-            udp.push(UdpEcho::new(socket, local));
+            udp.push(UdpEcho::new(socket, local, &config.udp_guard));
         }
     }
     Ok((listeners, udp))
