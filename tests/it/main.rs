@@ -6,4 +6,5 @@ mod cli;
 mod interop;
 mod tcp;
 mod udp;
+mod udp_guard;
 mod util;
