@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::server::ServerConfig;
+use crate::server::{DEFAULT_UDP_RATE, GuardConfig, PortRange, ServerConfig};
 
 /// RFC 862: "A server listens for TCP connections on TCP port 7" (and for
 /// UDP datagrams on UDP port 7).
@@ -124,6 +124,21 @@ pub struct ServeArgs {
     /// seconds, then close the rest. A second signal exits at once.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs())]
     pub grace: u64,
+    /// UDP source ports to answer although they are refused by default,
+    /// as comma-separated ports and ranges (7,19,1000-1023). By default
+    /// echod does not answer datagrams from port 0, ports below 1024, or
+    /// the ports of known reflectors (1900, 2049, 3702, 5353, 5683, 11211),
+    /// so that two services cannot bounce a forged datagram between them
+    /// for ever (CERT CA-1996-01). For testing only.
+    #[arg(long, value_name = "PORTS", value_delimiter = ',')]
+    pub udp_allow_ports: Vec<PortRange>,
+
+    /// UDP datagrams answered per second per source address (per /64 for
+    /// IPv6), in bursts of as many; the rest are dropped, so echod makes a
+    /// poor reflector. 0 turns the limit off (for load tests).
+    #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE,
+          value_parser = parse_udp_rate)]
+    pub udp_rate: u32,
 }
 
 impl ServeArgs {
@@ -144,6 +159,10 @@ impl ServeArgs {
             },
             grace: Duration::from_secs(self.grace),
             signals: true,
+            udp_guard: GuardConfig {
+                allow_ports: self.udp_allow_ports.clone(),
+                rate: self.udp_rate,
+            },
         }
     }
 }
@@ -189,6 +208,15 @@ fn parse_buffer_size(text: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_udp_rate(text: &str) -> Result<u32, String> {
+    text.parse().map_err(|_| {
+        format!(
+            "'{text}' is not a number of datagrams per second, such as {DEFAULT_UDP_RATE} \
+             (0 turns the limit off)"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +242,39 @@ mod tests {
         assert_eq!(parse_buffer_size("16384"), Ok(16384));
         assert!(parse_buffer_size("0").is_err());
         assert!(parse_buffer_size("lots").is_err());
+    }
+
+    #[test]
+    fn udp_guard_flags_reach_the_config() {
+        let cli = Cli::try_parse_from([
+            "echod",
+            "--udp-allow-ports",
+            "7,1000-1023",
+            "--udp-allow-ports",
+            "19",
+            "--udp-rate",
+            "10",
+        ])
+        .unwrap();
+        let guard = cli.serve.to_config().udp_guard;
+        let allowed: Vec<String> = guard.allow_ports.iter().map(|r| r.to_string()).collect();
+        assert_eq!(allowed, ["7", "1000-1023", "19"]);
+        assert_eq!(guard.rate, 10);
+    }
+
+    #[test]
+    fn udp_guard_defaults_are_the_documented_ones() {
+        let cli = Cli::try_parse_from(["echod"]).unwrap();
+        assert_eq!(cli.serve.to_config().udp_guard, GuardConfig::default());
+        assert_eq!(GuardConfig::default().rate, DEFAULT_UDP_RATE);
+        assert!(GuardConfig::default().allow_ports.is_empty());
+    }
+
+    #[test]
+    fn udp_rate_rejects_words_with_a_sentence() {
+        let err = parse_udp_rate("fast").unwrap_err();
+        assert!(err.contains("'fast' is not a number of datagrams per second"));
+        assert_eq!(parse_udp_rate("0"), Ok(0));
     }
 
     #[test]

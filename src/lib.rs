@@ -13,7 +13,9 @@
 //! 2. [`server`]'s `connection` module: one TCP peer, its state machine, and
 //!    the echo path (scratch buffer first, ring only for leftovers).
 //! 3. [`server`]: the loop itself: poll, dispatch by token, the ready queue.
-//! 4. [`server`]'s `udp` module: datagram echo with a bounded reply queue.
+//! 4. [`server`]'s `udp` module: datagram echo with a bounded reply queue,
+//!    and `udp_guard`, which datagrams it refuses to answer (CERT
+//!    CA-1996-01 loops, reflection) and the per-source rate limit.
 //! 5. [`net`]: binding sockets (dual-stack IPv6) and bind errors as sentences.
 //! 6. [`cli`]: the command line, turned into a validated configuration.
 //!
@@ -56,6 +58,7 @@
 //! src/server/listener.rs       accept and what its errors mean
 //! src/server/connection.rs     Connection + State: the echo state machine
 //! src/server/udp.rs            datagram echo and its bounded reply queue
+//! src/server/udp_guard.rs      which datagrams not to answer; per-source rate limit
 //! ```
 
 #![deny(missing_docs)]

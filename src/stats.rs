@@ -86,10 +86,14 @@ impl fmt::Display for Stats {
         let u = &self.udp;
         write!(
             f,
-            "udp: datagrams in {}, out {}, dropped {} (queue full {}, send error {})",
+            "udp: datagrams in {}, out {}, dropped {} (service port {}, bad address {}, \
+             rate {}, queue full {}, send error {})",
             u.received,
             u.sent,
-            u.dropped_queue_full + u.dropped_send_error,
+            u.dropped(),
+            u.dropped_port,
+            u.dropped_address,
+            u.dropped_rate,
             u.dropped_queue_full,
             u.dropped_send_error,
         )
@@ -144,8 +148,9 @@ mod tests {
         assert!(line.contains("shutdown 2"), "{line}");
         assert!(line.contains("bytes in 100, out 90"), "{line}");
         assert!(
-            line.contains("udp: datagrams in 4, out 3, dropped 1 (queue full 1"),
+            line.contains("udp: datagrams in 4, out 3, dropped 1 ("),
             "{line}"
         );
+        assert!(line.contains("queue full 1"), "{line}");
     }
 }

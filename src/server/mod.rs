@@ -20,10 +20,12 @@ mod connection;
 mod listener;
 mod signals;
 mod udp;
+mod udp_guard;
 
 pub use clock::Millis;
 pub use connection::{Buffers, CloseReason, Connection, Readiness, State, Stream, Turn};
 pub use udp::{MAX_DATAGRAM, UdpCounters};
+pub use udp_guard::{DEFAULT_UDP_RATE, GuardConfig, PortRange};
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -66,6 +68,8 @@ pub struct ServerConfig {
     /// Handle SIGINT, SIGTERM (graceful shutdown) and SIGUSR1 (counters).
     /// Off for servers embedded in another program, such as tests.
     pub signals: bool,
+    /// Which datagrams UDP does not answer (CERT CA-1996-01, rate limit).
+    pub udp_guard: GuardConfig,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +86,7 @@ impl Default for ServerConfig {
             idle_timeout: Some(crate::cli::DEFAULT_IDLE_TIMEOUT),
             grace: crate::cli::DEFAULT_GRACE,
             signals: false,
+            udp_guard: GuardConfig::default(),
         }
     }
 }
@@ -821,7 +826,7 @@ fn bind_addrs(
             let socket = net::bind_udp(SocketAddr::new(ip, port))?;
             let local = socket.local_addr().map_err(StartError::Poll)?;
             port = local.port();
-            udp.push(UdpEcho::new(socket, local));
+            udp.push(UdpEcho::new(socket, local, &config.udp_guard));
         }
     }
     Ok((listeners, udp))

@@ -7,14 +7,22 @@
 //! The loop must never block, so when `send_to` says WouldBlock the reply
 //! waits in a small bounded queue; beyond it, datagrams are dropped and
 //! counted, as a router would.
+//!
+//! Before a datagram is echoed, the [`UdpGuard`] may refuse it: sources
+//! that could start or feed a loop between two services (CERT CA-1996-01)
+//! or use echod as a reflector, and senders over their rate. Each drop is
+//! counted by reason and logged at debug level; a warning sums them up at
+//! most once per reason every few seconds.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use mio::net::UdpSocket;
 
 use super::connection::{Readiness, Turn};
+use super::udp_guard::{DropReason, DropWarnings, GuardConfig, UdpGuard, Verdict, WARN_INTERVAL};
 use crate::net::display_addr;
 
 /// Large enough for any UDP payload: 65,535 minus the 8-byte UDP header is
@@ -47,6 +55,14 @@ pub struct UdpCounters {
     pub dropped_queue_full: u64,
     /// Replies dropped because sending failed.
     pub dropped_send_error: u64,
+    /// Datagrams not answered because their source port is 0 or a
+    /// service's that answers datagrams (CERT CA-1996-01).
+    pub dropped_port: u64,
+    /// Datagrams not answered because their source address is broadcast,
+    /// multicast or unspecified.
+    pub dropped_address: u64,
+    /// Datagrams not answered because their source was over `--udp-rate`.
+    pub dropped_rate: u64,
 }
 
 impl UdpCounters {
@@ -56,6 +72,18 @@ impl UdpCounters {
         self.sent += other.sent;
         self.dropped_queue_full += other.dropped_queue_full;
         self.dropped_send_error += other.dropped_send_error;
+        self.dropped_port += other.dropped_port;
+        self.dropped_address += other.dropped_address;
+        self.dropped_rate += other.dropped_rate;
+    }
+
+    /// Datagrams received but not echoed, for any reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_queue_full
+            + self.dropped_send_error
+            + self.dropped_port
+            + self.dropped_address
+            + self.dropped_rate
     }
 }
 
@@ -66,19 +94,25 @@ pub struct UdpEcho {
     ready: Readiness,
     queue: VecDeque<Reply>,
     queued_bytes: usize,
+    /// Decides which datagrams are not answered.
+    guard: UdpGuard,
+    /// When to warn about drops (at most once per reason per interval).
+    warnings: DropWarnings,
     /// What happened on this socket so far.
     pub counters: UdpCounters,
 }
 
 impl UdpEcho {
-    /// Wraps a bound socket.
-    pub fn new(socket: UdpSocket, local: SocketAddr) -> UdpEcho {
+    /// Wraps a bound socket; `guard` says which datagrams to refuse.
+    pub fn new(socket: UdpSocket, local: SocketAddr, guard: &GuardConfig) -> UdpEcho {
         UdpEcho {
             socket,
             local,
             ready: Readiness::default(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            guard: UdpGuard::new(guard, Instant::now()),
+            warnings: DropWarnings::default(),
             counters: UdpCounters::default(),
         }
     }
@@ -100,6 +134,9 @@ impl UdpEcho {
         self.ready.readable |= new.readable;
         self.ready.writable |= new.writable;
         self.send_queued();
+        // One clock reading per turn is enough for a rate in datagrams per
+        // second, and spares a call per datagram.
+        let now = Instant::now();
         for _ in 0..DATAGRAMS_PER_TURN {
             if !self.ready.readable {
                 return Turn::Wait;
@@ -108,7 +145,10 @@ impl UdpEcho {
                 Ok((n, peer)) => {
                     self.counters.received += 1;
                     log::trace!("udp {}: {n} bytes from {}", self.local, display_addr(peer));
-                    self.echo(&buf[..n], peer);
+                    match self.guard.check(peer, now) {
+                        Verdict::Answer => self.echo(&buf[..n], peer),
+                        Verdict::Drop(reason) => self.refuse(reason, peer, now),
+                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     self.ready.readable = false;
@@ -125,6 +165,42 @@ impl UdpEcho {
             Turn::Yield
         } else {
             Turn::Wait
+        }
+    }
+
+    /// Counts and logs a datagram the guard refused.
+    fn refuse(&mut self, reason: DropReason, peer: SocketAddr, now: Instant) {
+        let counter = match reason {
+            DropReason::Port => &mut self.counters.dropped_port,
+            DropReason::Address => &mut self.counters.dropped_address,
+            DropReason::Rate => &mut self.counters.dropped_rate,
+        };
+        *counter += 1;
+        let peer = display_addr(peer);
+        log::debug!("udp {}: no answer to {peer}: {reason}", self.local);
+        let Some(warning) = self.warnings.record(reason, now) else {
+            return;
+        };
+        let hint = reason.hint().map(|h| format!("; {h}")).unwrap_or_default();
+        match warning.since_last {
+            None => log::warn!(
+                "udp {}: not answering {peer}: {reason}{hint}. Further drops for this \
+                 reason are summed up at most every {} s (-v logs each one)",
+                self.local,
+                WARN_INTERVAL.as_secs(),
+            ),
+            Some(since) => log::warn!(
+                "udp {}: {} {} not answered in the last {} s (the last from {peer}): \
+                 {reason}{hint}",
+                self.local,
+                warning.dropped,
+                if warning.dropped == 1 {
+                    "datagram"
+                } else {
+                    "datagrams"
+                },
+                since.as_secs(),
+            ),
         }
     }
 
@@ -195,3 +271,6 @@ impl UdpEcho {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

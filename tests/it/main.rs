@@ -7,4 +7,5 @@ mod hardening;
 mod interop;
 mod tcp;
 mod udp;
+mod udp_guard;
 mod util;
