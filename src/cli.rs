@@ -37,7 +37,10 @@ Examples:
 
 Talk to it:
   nc -N localhost 7007 < file       TCP: the file comes back, then EOF
-  nc -u localhost 7007              UDP: each line comes back as a datagram";
+  nc -u localhost 7007              UDP: each line comes back as a datagram
+
+Under systemd, echod serves the sockets of its .socket unit (LISTEN_FDS);
+see contrib/systemd/. Man page and completions: echod generate --help.";
 
 /// An RFC 862 echo service for TCP and UDP on one single-threaded event loop.
 ///
@@ -56,7 +59,8 @@ pub struct Cli {
     #[command(flatten)]
     pub serve: ServeArgs,
 
-    /// More log output: -v logs each connection, -vv every read and write.
+    /// More log output: -v logs each connection, -vv every read and write,
+    /// -vvv also every readiness event (as --trace-events).
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
 
@@ -67,7 +71,10 @@ pub struct Cli {
 
 /// The tools that come with the server.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Print the man page or shell completions for echod.
+    Generate(crate::generate::GenerateArgs),
+}
 
 /// Options of the server (`echod` with no subcommand).
 #[derive(Debug, Args)]
@@ -94,6 +101,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUFFER,
           value_parser = parse_buffer_size)]
     pub buffer: usize,
+
+    /// Share the port with other echod processes started with
+    /// --reuseport (SO_REUSEPORT): the kernel spreads new connections and
+    /// datagrams among them. Run one per core to use every core.
+    #[arg(long)]
+    pub reuseport: bool,
+
+    /// Trace the event loop at work: log every readiness event ("token 5
+    /// (connection 5): readable writable") next to each read, write and
+    /// state change (implies -vv; same as -vvv).
+    #[arg(long, conflicts_with = "quiet")]
+    pub trace_events: bool,
 }
 
 impl ServeArgs {
@@ -105,14 +124,36 @@ impl ServeArgs {
             tcp: !self.no_tcp,
             udp: !self.no_udp,
             buffer: self.buffer,
+            reuse_port: self.reuseport,
+            // Started by systemd (or systemd-socket-activate) with sockets
+            // passed: serve those. LISTEN_PID makes sure they are ours.
+            socket_activation: true,
+            trace_events: self.trace_events,
         }
     }
 }
 
 impl Cli {
+    /// The server's configuration: the serve flags, and `-vvv` turning
+    /// the event trace on.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            trace_events: self.trace_events(),
+            ..self.serve.to_config()
+        }
+    }
+
+    /// Whether every readiness event is logged (`--trace-events`, `-vvv`).
+    pub fn trace_events(&self) -> bool {
+        self.serve.trace_events || self.verbose >= 3
+    }
+
     /// The log level the `-v`/`-q` counts ask for; info by default.
     pub fn log_level(&self) -> log::LevelFilter {
         use log::LevelFilter::*;
+        if self.trace_events() {
+            return Trace;
+        }
         match (self.verbose, self.quiet) {
             (0, 0) => Info,
             (1, _) => Debug,

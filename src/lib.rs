@@ -3,7 +3,9 @@
 
 #![deny(missing_docs)]
 
+pub mod activation;
 pub mod cli;
+pub mod generate;
 pub mod net;
 pub mod ring;
 pub mod server;

@@ -29,7 +29,8 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::net::{self, BindError, Transport, display_addr};
+use crate::activation::{self, ActivationError, Inherited};
+use crate::net::{self, BindError, BindOptions, Transport, display_addr};
 use listener::{Accepted, Listener};
 use udp::UdpEcho;
 
@@ -47,6 +48,13 @@ pub struct ServerConfig {
     pub udp: bool,
     /// Capacity of each connection's ring, in bytes.
     pub buffer: usize,
+    /// Set `SO_REUSEPORT`, so several processes can serve one port.
+    pub reuse_port: bool,
+    /// Serve the sockets a service manager passed (`LISTEN_FDS`, see
+    /// [`crate::activation`]) instead of binding, when there are any.
+    pub socket_activation: bool,
+    /// Log every readiness event at trace level: the teaching trace.
+    pub trace_events: bool,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +66,9 @@ impl Default for ServerConfig {
             tcp: true,
             udp: true,
             buffer: crate::cli::DEFAULT_BUFFER,
+            reuse_port: false,
+            socket_activation: false,
+            trace_events: false,
         }
     }
 }
@@ -129,6 +140,8 @@ impl StopHandle {
 pub enum StartError {
     /// A socket could not be bound.
     Bind(BindError),
+    /// The sockets passed by a service manager cannot be served.
+    Activation(ActivationError),
     /// The event loop could not be created.
     Poll(io::Error),
     /// Both TCP and UDP were turned off.
@@ -139,6 +152,7 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Bind(err) => err.fmt(f),
+            StartError::Activation(err) => err.fmt(f),
             StartError::Poll(err) => write!(
                 f,
                 "could not create the event loop ({err}); the system may be out of \
@@ -176,6 +190,9 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     waker: Arc<Waker>,
     stop_requested: Arc<AtomicBool>,
+    /// Log each readiness event (`--trace-events`). A plain bool, checked
+    /// before anything is formatted, so the trace costs nothing when off.
+    trace_events: bool,
 }
 
 impl Server {
@@ -199,6 +216,7 @@ impl Server {
             accept_paused_until: None,
             waker,
             stop_requested: Arc::new(AtomicBool::new(false)),
+            trace_events: config.trace_events,
         };
         server.register_sockets().map_err(StartError::Poll)?;
         Ok(server)
@@ -261,7 +279,14 @@ impl Server {
                 }
                 return Err(err);
             }
+            if self.trace_events {
+                let n = events.iter().count();
+                log::trace!("poll returned {n} event{}", if n == 1 { "" } else { "s" });
+            }
             for event in events.iter() {
+                if self.trace_events {
+                    trace_event(event);
+                }
                 self.dispatch(event.token(), Readiness::of(event));
             }
             // Serve what stopped early. Swapping with a second vector keeps
@@ -269,6 +294,13 @@ impl Server {
             // `self.ready` for the next turn, after fresh events.
             std::mem::swap(&mut queued, &mut self.ready);
             for token in queued.drain(..) {
+                if self.trace_events {
+                    log::trace!(
+                        "token {} ({}): again, from the ready queue",
+                        token.0,
+                        Source::of(token)
+                    );
+                }
                 self.dispatch(token, Readiness::NONE);
             }
             self.run_timers();
@@ -402,8 +434,46 @@ impl Server {
     }
 }
 
-/// Binds the listeners and UDP sockets for every configured address.
+/// One line for one readiness event, with every flag mio reports: what a
+/// learner should see to understand edge-triggered readiness.
+fn trace_event(event: &mio::event::Event) {
+    let flags = [
+        (event.is_readable(), "readable"),
+        (event.is_writable(), "writable"),
+        (event.is_read_closed(), "read-closed"),
+        (event.is_write_closed(), "write-closed"),
+        (event.is_error(), "error"),
+        (event.is_priority(), "priority"),
+    ];
+    let names: Vec<&str> = flags.iter().filter(|f| f.0).map(|f| f.1).collect();
+    let token = event.token();
+    log::trace!(
+        "token {} ({}): {}",
+        token.0,
+        Source::of(token),
+        names.join(" ")
+    );
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Connection(key) => write!(f, "connection {key}"),
+            Source::Listener(i) => write!(f, "tcp listener {i}"),
+            Source::Udp(i) => write!(f, "udp socket {i}"),
+            Source::Waker => f.write_str("waker"),
+        }
+    }
+}
+
+/// Binds the listeners and UDP sockets for every configured address, or
+/// takes them from the service manager when it passed some.
 fn bind_all(config: &ServerConfig) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
+    if config.socket_activation
+        && let Some(sockets) = activation::take().map_err(StartError::Activation)?
+    {
+        return serve_inherited(sockets, config);
+    }
     let explicit = !config.bind.is_empty();
     let addrs = if explicit {
         config.bind.clone()
@@ -442,6 +512,63 @@ fn bind_all(config: &ServerConfig) -> Result<(Vec<Listener>, Vec<UdpEcho>), Star
     }
 }
 
+/// Wraps the sockets a service manager passed for the loop. `--port`,
+/// `--bind` and `--reuseport` do not apply (the manager bound them);
+/// `--no-tcp` and `--no-udp` still turn a transport off.
+fn serve_inherited(
+    sockets: Vec<activation::Socket>,
+    config: &ServerConfig,
+) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
+    let passed = sockets.len();
+    let mut listeners = Vec::new();
+    let mut udp = Vec::new();
+    for socket in sockets {
+        let transport = socket.transport();
+        let activation::Socket {
+            fd,
+            name,
+            local,
+            socket,
+        } = socket;
+        let wanted = match transport {
+            Transport::Tcp => config.tcp,
+            Transport::Udp => config.udp,
+        };
+        if !wanted {
+            log::warn!(
+                "socket activation: not serving {transport} {local} (descriptor {fd}, named \
+                 {name:?}) because of --no-{transport}; remove it from the .socket unit"
+            );
+            continue;
+        }
+        log::info!(
+            "socket activation: {transport} {local} passed by the service manager as \
+             descriptor {fd}, named {name:?}"
+        );
+        match socket {
+            Inherited::Tcp(listener) => listeners.push(Listener {
+                socket: mio::net::TcpListener::from_std(listener),
+                local,
+            }),
+            Inherited::Udp(socket) => {
+                udp.push(UdpEcho::new(mio::net::UdpSocket::from_std(socket), local));
+            }
+        }
+    }
+    if listeners.len() > MAX_BINDS || udp.len() > MAX_BINDS {
+        return Err(StartError::Activation(ActivationError::TooMany {
+            passed,
+            max: MAX_BINDS,
+        }));
+    }
+    if listeners.is_empty() && udp.is_empty() {
+        return Err(StartError::Activation(ActivationError::AllTurnedOff {
+            passed,
+        }));
+    }
+    Ok((listeners, udp))
+}
+
 /// How often `--port 0` picks again when the chosen port is not free for
 /// every socket.
 const PORT_ZERO_ATTEMPTS: usize = 20;
@@ -453,17 +580,20 @@ fn bind_addrs(
     // With port 0 the kernel picks a port for the first socket; every other
     // socket uses that same port, so one number serves TCP and UDP.
     let mut port = config.port;
+    let options = BindOptions {
+        reuse_port: config.reuse_port,
+    };
     let mut listeners = Vec::new();
     let mut udp = Vec::new();
     for &ip in addrs {
         if config.tcp {
-            let socket = net::bind_tcp(SocketAddr::new(ip, port))?;
+            let socket = net::bind_tcp(SocketAddr::new(ip, port), options)?;
             let local = socket.local_addr().map_err(StartError::Poll)?;
             port = local.port();
             listeners.push(Listener { socket, local });
         }
         if config.udp {
-            let socket = net::bind_udp(SocketAddr::new(ip, port))?;
+            let socket = net::bind_udp(SocketAddr::new(ip, port), options)?;
             let local = socket.local_addr().map_err(StartError::Poll)?;
             port = local.port();
             udp.push(UdpEcho::new(socket, local));
