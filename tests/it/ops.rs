@@ -462,17 +462,26 @@ fn generate_man_prints_a_roff_page_with_the_real_options() {
 
 #[test]
 fn generate_completions_for_bash_zsh_and_fish_know_the_options() {
-    for (shell, check) in [("bash", "bash"), ("zsh", "zsh"), ("fish", "fish")] {
+    // Each shell's own way of registering completions for a command.
+    for (shell, marker) in [
+        ("bash", "complete -F _echod"),
+        ("zsh", "#compdef echod"),
+        ("fish", "complete -c echod"),
+    ] {
         let script = generate(shell);
+        assert!(
+            script.contains(marker),
+            "{shell} completions lack {marker:?}"
+        );
         for option in ["reuseport", "trace-events", "port", "generate"] {
             assert!(script.contains(option), "{shell} completions lack {option}");
         }
         // The shell itself parses the script, where it is installed.
-        if util::have(check) {
+        if util::have(shell) {
             let dir = TempDir::new(&format!("completion-{shell}"));
             let file = dir.0.join("echod-completion");
             fs::write(&file, &script).unwrap();
-            let output = run(Command::new(check).arg("-n").arg(&file));
+            let output = run(Command::new(shell).arg("-n").arg(&file));
             assert!(
                 output.status.success(),
                 "{shell} -n: {}",
