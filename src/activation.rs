@@ -190,6 +190,70 @@ pub fn take() -> Result<Option<Vec<Socket>>, ActivationError> {
     Ok(Some(sockets))
 }
 
+/// The inherited sockets to serve, by transport, ready for the loop.
+#[derive(Debug, Default)]
+pub struct Served {
+    /// TCP listeners and their addresses.
+    pub tcp: Vec<(mio::net::TcpListener, SocketAddr)>,
+    /// UDP sockets and their addresses.
+    pub udp: Vec<(mio::net::UdpSocket, SocketAddr)>,
+}
+
+/// Sorts the sockets into TCP and UDP for the loop, logging each one, and
+/// leaving out (with a warning) those of a transport turned off with
+/// `--no-tcp` or `--no-udp`. At most `max_each` of each kind.
+pub fn sort(
+    sockets: Vec<Socket>,
+    tcp: bool,
+    udp: bool,
+    max_each: usize,
+) -> Result<Served, ActivationError> {
+    let passed = sockets.len();
+    let mut served = Served::default();
+    for socket in sockets {
+        let transport = socket.transport();
+        let Socket {
+            fd,
+            name,
+            local,
+            socket,
+        } = socket;
+        let wanted = match transport {
+            Transport::Tcp => tcp,
+            Transport::Udp => udp,
+        };
+        if !wanted {
+            log::warn!(
+                "socket activation: not serving {transport} {local} (descriptor {fd}, named \
+                 {name:?}) because of --no-{transport}; remove it from the .socket unit"
+            );
+            continue;
+        }
+        log::info!(
+            "socket activation: {transport} {local} passed by the service manager as \
+             descriptor {fd}, named {name:?}"
+        );
+        match socket {
+            Inherited::Tcp(listener) => served
+                .tcp
+                .push((mio::net::TcpListener::from_std(listener), local)),
+            Inherited::Udp(socket) => served
+                .udp
+                .push((mio::net::UdpSocket::from_std(socket), local)),
+        }
+    }
+    if served.tcp.len() > max_each || served.udp.len() > max_each {
+        return Err(ActivationError::TooMany {
+            passed,
+            max: max_each,
+        });
+    }
+    if served.tcp.is_empty() && served.udp.is_empty() {
+        return Err(ActivationError::AllTurnedOff { passed });
+    }
+    Ok(served)
+}
+
 /// Takes descriptor `i` as a TCP listener or a UDP socket.
 fn adopt(fds: &mut listenfd::ListenFd, i: usize) -> Result<Inherited, Problem> {
     // Each `take_*` checks the socket's type and family and leaves the
@@ -353,6 +417,49 @@ mod tests {
             .unwrap();
         assert_eq!(short.name(0), "unknown");
         assert_eq!(short.name(1), "unknown");
+    }
+
+    fn inherited(tcp: usize, udp: usize) -> Vec<Socket> {
+        let tcp = (0..tcp).map(|_| Inherited::Tcp(TcpListener::bind("127.0.0.1:0").unwrap()));
+        let udp = (0..udp).map(|_| Inherited::Udp(UdpSocket::bind("127.0.0.1:0").unwrap()));
+        tcp.chain(udp)
+            .enumerate()
+            .map(|(i, socket)| Socket {
+                fd: LISTEN_FDS_START + i as i32,
+                name: format!("s{i}"),
+                local: match &socket {
+                    Inherited::Tcp(l) => l.local_addr().unwrap(),
+                    Inherited::Udp(u) => u.local_addr().unwrap(),
+                },
+                socket,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sockets_are_sorted_by_transport() {
+        let served = sort(inherited(2, 1), true, true, 8).unwrap();
+        assert_eq!((served.tcp.len(), served.udp.len()), (2, 1));
+    }
+
+    #[test]
+    fn a_transport_turned_off_is_left_out() {
+        let served = sort(inherited(1, 2), true, false, 8).unwrap();
+        assert_eq!((served.tcp.len(), served.udp.len()), (1, 0));
+        let err = sort(inherited(0, 2), true, false, 8).unwrap_err();
+        assert!(
+            matches!(err, ActivationError::AllTurnedOff { passed: 2 }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn more_sockets_than_tokens_are_refused() {
+        let err = sort(inherited(3, 0), true, true, 2).unwrap_err();
+        assert!(
+            matches!(err, ActivationError::TooMany { passed: 3, max: 2 }),
+            "{err}"
+        );
     }
 
     #[test]

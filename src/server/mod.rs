@@ -29,7 +29,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::activation::{self, ActivationError, Inherited};
+use crate::activation::{self, ActivationError};
 use crate::net::{self, BindError, BindOptions, Transport, display_addr};
 use listener::{Accepted, Listener};
 use udp::UdpEcho;
@@ -519,53 +519,18 @@ fn serve_inherited(
     sockets: Vec<activation::Socket>,
     config: &ServerConfig,
 ) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
-    let passed = sockets.len();
-    let mut listeners = Vec::new();
-    let mut udp = Vec::new();
-    for socket in sockets {
-        let transport = socket.transport();
-        let activation::Socket {
-            fd,
-            name,
-            local,
-            socket,
-        } = socket;
-        let wanted = match transport {
-            Transport::Tcp => config.tcp,
-            Transport::Udp => config.udp,
-        };
-        if !wanted {
-            log::warn!(
-                "socket activation: not serving {transport} {local} (descriptor {fd}, named \
-                 {name:?}) because of --no-{transport}; remove it from the .socket unit"
-            );
-            continue;
-        }
-        log::info!(
-            "socket activation: {transport} {local} passed by the service manager as \
-             descriptor {fd}, named {name:?}"
-        );
-        match socket {
-            Inherited::Tcp(listener) => listeners.push(Listener {
-                socket: mio::net::TcpListener::from_std(listener),
-                local,
-            }),
-            Inherited::Udp(socket) => {
-                udp.push(UdpEcho::new(mio::net::UdpSocket::from_std(socket), local));
-            }
-        }
-    }
-    if listeners.len() > MAX_BINDS || udp.len() > MAX_BINDS {
-        return Err(StartError::Activation(ActivationError::TooMany {
-            passed,
-            max: MAX_BINDS,
-        }));
-    }
-    if listeners.is_empty() && udp.is_empty() {
-        return Err(StartError::Activation(ActivationError::AllTurnedOff {
-            passed,
-        }));
-    }
+    let served = activation::sort(sockets, config.tcp, config.udp, MAX_BINDS)
+        .map_err(StartError::Activation)?;
+    let listeners = served
+        .tcp
+        .into_iter()
+        .map(|(socket, local)| Listener { socket, local })
+        .collect();
+    let udp = served
+        .udp
+        .into_iter()
+        .map(|(socket, local)| UdpEcho::new(socket, local))
+        .collect();
     Ok((listeners, udp))
 }
 
