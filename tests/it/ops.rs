@@ -11,7 +11,7 @@ use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,16 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (and reaped) when the test ends, even by panic.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -264,14 +274,16 @@ fn socket_activation_with_accept_yes_is_refused_with_advice() {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     // --accept hands each child a connection, not the listener: the
     // equivalent of Accept=yes in a .socket unit.
-    let mut manager = Command::new(SOCKET_ACTIVATE)
-        .args(["--accept", "--listen", &addr.to_string(), ECHOD])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = util::forward_lines(manager.stderr.take().unwrap());
+    let mut manager = KillOnDrop(
+        Command::new(SOCKET_ACTIVATE)
+            .args(["--accept", "--listen", &addr.to_string(), ECHOD])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let log = util::forward_lines(manager.0.stderr.take().unwrap());
     // Held open until echod has spoken: it is the connection echod got.
     let _connection = connect_once_listening(addr);
     // echod's message shares the pipe with the manager's own lines and
@@ -285,8 +297,6 @@ fn socket_activation_with_accept_yes_is_refused_with_advice() {
             Err(_) => panic!("echod never explained why it stopped:\n{stderr}"),
         }
     }
-    let _ = manager.kill();
-    let _ = manager.wait();
     assert!(
         stderr.contains("is a TCP connection, not a listening socket"),
         "{stderr}"
