@@ -51,7 +51,10 @@ Talk to it:
   nc -u localhost 7007              UDP: each line comes back as a datagram
 
 Exit status: 0 after a clean stop, 1 when the server cannot start or stops on
-an error (the message says why and what to do), 2 for a command-line mistake.";
+an error (the message says why and what to do), 2 for a command-line mistake.
+
+Under systemd, echod serves the sockets of its .socket unit (LISTEN_FDS);
+see contrib/systemd/. Man page and completions: echod generate --help.";
 
 /// An RFC 862 echo service for TCP and UDP on one single-threaded event loop.
 ///
@@ -70,7 +73,8 @@ pub struct Cli {
     #[command(flatten)]
     pub serve: ServeArgs,
 
-    /// More log output: -v logs each connection, -vv every read and write.
+    /// More log output: -v logs each connection, -vv every read and write,
+    /// -vvv also every readiness event (as --trace-events).
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
 
@@ -81,7 +85,10 @@ pub struct Cli {
 
 /// The tools that come with the server.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Print the man page or shell completions for echod.
+    Generate(crate::generate::GenerateArgs),
+}
 
 /// Options of the server (`echod` with no subcommand).
 #[derive(Debug, Args)]
@@ -124,6 +131,7 @@ pub struct ServeArgs {
     /// seconds, then close the rest. A second signal exits at once.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs())]
     pub grace: u64,
+
     /// UDP source ports to answer although they are refused by default,
     /// as comma-separated ports and ranges (7,19,1000-1023). By default
     /// echod does not answer datagrams from port 0, ports below 1024, or
@@ -139,6 +147,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE,
           value_parser = parse_udp_rate)]
     pub udp_rate: u32,
+
+    /// Share the port with other echod processes started with
+    /// --reuseport (SO_REUSEPORT): the kernel spreads new connections and
+    /// datagrams among them. Run one per core to use every core.
+    #[arg(long)]
+    pub reuseport: bool,
+
+    /// Trace the event loop at work: log every readiness event ("token 5
+    /// (connection 5): readable writable") next to each read, write and
+    /// state change (implies -vv; same as -vvv).
+    #[arg(long, conflicts_with = "quiet")]
+    pub trace_events: bool,
 }
 
 impl ServeArgs {
@@ -163,14 +183,36 @@ impl ServeArgs {
                 allow_ports: self.udp_allow_ports.clone(),
                 rate: self.udp_rate,
             },
+            reuse_port: self.reuseport,
+            // Started by systemd (or systemd-socket-activate) with sockets
+            // passed: serve those. LISTEN_PID makes sure they are ours.
+            socket_activation: true,
+            trace_events: self.trace_events,
         }
     }
 }
 
 impl Cli {
+    /// The server's configuration: the serve flags, and `-vvv` turning
+    /// the event trace on.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            trace_events: self.trace_events(),
+            ..self.serve.to_config()
+        }
+    }
+
+    /// Whether every readiness event is logged (`--trace-events`, `-vvv`).
+    pub fn trace_events(&self) -> bool {
+        self.serve.trace_events || self.verbose >= 3
+    }
+
     /// The log level the `-v`/`-q` counts ask for; info by default.
     pub fn log_level(&self) -> log::LevelFilter {
         use log::LevelFilter::*;
+        if self.trace_events() {
+            return Trace;
+        }
         match (self.verbose, self.quiet) {
             (0, 0) => Info,
             (1, _) => Debug,

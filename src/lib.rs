@@ -64,7 +64,9 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod activation;
 pub mod cli;
+pub mod generate;
 pub mod net;
 pub mod ring;
 pub mod server;

@@ -5,13 +5,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use echod::cli::Cli;
+use echod::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level());
     match cli.command {
         None => serve(&cli),
+        Some(Command::Generate(args)) => generate(&args),
     }
 }
 
@@ -25,7 +26,7 @@ fn init_logging(level: log::LevelFilter) {
 }
 
 fn serve(cli: &Cli) -> ExitCode {
-    let config = cli.serve.to_config();
+    let config = cli.server_config();
     let server = match echod::server::Server::bind(&config) {
         Ok(server) => server,
         Err(err) => {
@@ -37,6 +38,27 @@ fn serve(cli: &Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             log::error!("the server stopped on an error it cannot recover from: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn generate(args: &echod::generate::GenerateArgs) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match args.write(&mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `echod generate man | head`: the reader has all it wanted.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            match &args.dir {
+                Some(dir) => eprintln!(
+                    "echod: could not write the {} into {}: {err}. Check that the directory \
+                     exists and that you may write there.",
+                    args.what,
+                    dir.display()
+                ),
+                None => eprintln!("echod: could not print the {}: {err}", args.what),
+            }
             ExitCode::FAILURE
         }
     }

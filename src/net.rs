@@ -119,13 +119,35 @@ fn new_socket(addr: SocketAddr, ty: Type, protocol: Protocol) -> io::Result<Sock
     Ok(socket)
 }
 
+/// Choices about how sockets are bound, beyond the address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BindOptions {
+    /// Set `SO_REUSEPORT`, so that several processes (one per core) can
+    /// bind the same port; the kernel then spreads new connections and
+    /// datagrams among them by a hash of the peer's address and port.
+    /// Every socket sharing the port must set it, under the same user.
+    pub reuse_port: bool,
+}
+
+fn apply(socket: &Socket, options: BindOptions) -> io::Result<()> {
+    if options.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    Ok(())
+}
+
 /// Binds a nonblocking TCP listener on `addr`.
-pub fn bind_tcp(addr: SocketAddr) -> Result<mio::net::TcpListener, BindError> {
+pub fn bind_tcp(
+    addr: SocketAddr,
+    options: BindOptions,
+) -> Result<mio::net::TcpListener, BindError> {
     let setup = || -> io::Result<mio::net::TcpListener> {
         let socket = new_socket(addr, Type::STREAM, Protocol::TCP)?;
         // Restart on the same port at once, even while connections of the
-        // previous run are in TIME_WAIT. (It does not allow two listeners.)
+        // previous run are in TIME_WAIT. (It does not allow two listeners;
+        // SO_REUSEPORT does.)
         socket.set_reuse_address(true)?;
+        apply(&socket, options)?;
         socket.bind(&addr.into())?;
         socket.listen(LISTEN_BACKLOG)?;
         Ok(mio::net::TcpListener::from_std(socket.into()))
@@ -138,9 +160,10 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<mio::net::TcpListener, BindError> {
 }
 
 /// Binds a nonblocking UDP socket on `addr`.
-pub fn bind_udp(addr: SocketAddr) -> Result<mio::net::UdpSocket, BindError> {
+pub fn bind_udp(addr: SocketAddr, options: BindOptions) -> Result<mio::net::UdpSocket, BindError> {
     let setup = || -> io::Result<mio::net::UdpSocket> {
         let socket = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
+        apply(&socket, options)?;
         socket.bind(&addr.into())?;
         Ok(mio::net::UdpSocket::from_std(socket.into()))
     };
@@ -215,9 +238,19 @@ mod tests {
 
     #[test]
     fn binding_a_taken_port_reports_address_in_use() {
-        let first = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let first = bind_tcp("127.0.0.1:0".parse().unwrap(), BindOptions::default()).unwrap();
         let taken = first.local_addr().unwrap();
-        let err = bind_tcp(taken).unwrap_err();
+        let err = bind_tcp(taken, BindOptions::default()).unwrap_err();
         assert_eq!(err.source.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn reuse_port_lets_two_sockets_share_a_port() {
+        let shared = BindOptions { reuse_port: true };
+        let first = bind_tcp("127.0.0.1:0".parse().unwrap(), shared).unwrap();
+        let port = first.local_addr().unwrap();
+        bind_tcp(port, shared).expect("a second TCP listener on the port");
+        let udp = bind_udp(port, shared).unwrap();
+        bind_udp(udp.local_addr().unwrap(), shared).expect("a second UDP socket on the port");
     }
 }

@@ -37,7 +37,8 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::net::{self, BindError, Transport, display_addr};
+use crate::activation::{self, ActivationError};
+use crate::net::{self, BindError, BindOptions, Transport, display_addr};
 use crate::stats::{Stats, TcpStats};
 use clock::Clock;
 use listener::{Accepted, Listener};
@@ -70,6 +71,13 @@ pub struct ServerConfig {
     pub signals: bool,
     /// Which datagrams UDP does not answer (CERT CA-1996-01, rate limit).
     pub udp_guard: GuardConfig,
+    /// Set `SO_REUSEPORT`, so several processes can serve one port.
+    pub reuse_port: bool,
+    /// Serve the sockets a service manager passed (`LISTEN_FDS`, see
+    /// [`crate::activation`]) instead of binding, when there are any.
+    pub socket_activation: bool,
+    /// Log every readiness event at trace level: the teaching trace.
+    pub trace_events: bool,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +95,9 @@ impl Default for ServerConfig {
             grace: crate::cli::DEFAULT_GRACE,
             signals: false,
             udp_guard: GuardConfig::default(),
+            reuse_port: false,
+            socket_activation: false,
+            trace_events: false,
         }
     }
 }
@@ -121,7 +132,8 @@ const MAX_BINDS: usize = 256;
 // connection's token as it is. mio reserves none of these.
 const WAKER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
-const LISTENER_BASE: usize = usize::MAX - 2 - MAX_BINDS;
+// Listener i is LISTENER_BASE + 1 + i, so the highest stays below SIGNALS.
+const LISTENER_BASE: usize = SIGNALS.0 - 1 - MAX_BINDS;
 const UDP_BASE: usize = LISTENER_BASE - MAX_BINDS;
 
 /// What a token stands for.
@@ -199,6 +211,8 @@ impl StopHandle {
 pub enum StartError {
     /// A socket could not be bound.
     Bind(BindError),
+    /// The sockets passed by a service manager cannot be served.
+    Activation(ActivationError),
     /// The event loop (or its signal handlers) could not be set up.
     Poll(io::Error),
     /// Both TCP and UDP were turned off.
@@ -209,6 +223,7 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Bind(err) => err.fmt(f),
+            StartError::Activation(err) => err.fmt(f),
             StartError::Poll(err) => write!(
                 f,
                 "could not create the event loop ({err}); the system may be out of \
@@ -261,6 +276,9 @@ pub struct Server {
     signals: Option<Signals>,
     waker: Arc<Waker>,
     stop_requested: Arc<AtomicBool>,
+    /// Log each readiness event (`--trace-events`). A plain bool, checked
+    /// before anything is formatted, so the trace costs nothing when off.
+    trace_events: bool,
 }
 
 /// Why the listeners are not being accepted from.
@@ -333,6 +351,7 @@ impl Server {
             signals,
             waker,
             stop_requested: Arc::new(AtomicBool::new(false)),
+            trace_events: config.trace_events,
         };
         server.register_sockets().map_err(StartError::Poll)?;
         log::debug!(
@@ -404,7 +423,14 @@ impl Server {
                 return Err(err);
             }
             self.clock.tick();
+            if self.trace_events {
+                let n = events.iter().count();
+                log::trace!("poll returned {n} event{}", if n == 1 { "" } else { "s" });
+            }
             for event in events.iter() {
+                if self.trace_events {
+                    trace_event(event);
+                }
                 self.dispatch(event.token(), Readiness::of(event));
             }
             // Serve what stopped early. Swapping with a second vector keeps
@@ -412,6 +438,13 @@ impl Server {
             // `self.ready` for the next turn, after fresh events.
             std::mem::swap(&mut queued, &mut self.ready);
             for token in queued.drain(..) {
+                if self.trace_events {
+                    log::trace!(
+                        "token {} ({}): again, from the ready queue",
+                        token.0,
+                        Source::of(token)
+                    );
+                }
                 self.dispatch(token, Readiness::NONE);
             }
             self.run_timers();
@@ -762,8 +795,47 @@ impl Server {
     }
 }
 
-/// Binds the listeners and UDP sockets for every configured address.
+/// One line for one readiness event, with every flag mio reports: what a
+/// learner should see to understand edge-triggered readiness.
+fn trace_event(event: &mio::event::Event) {
+    let flags = [
+        (event.is_readable(), "readable"),
+        (event.is_writable(), "writable"),
+        (event.is_read_closed(), "read-closed"),
+        (event.is_write_closed(), "write-closed"),
+        (event.is_error(), "error"),
+        (event.is_priority(), "priority"),
+    ];
+    let names: Vec<&str> = flags.iter().filter(|f| f.0).map(|f| f.1).collect();
+    let token = event.token();
+    log::trace!(
+        "token {} ({}): {}",
+        token.0,
+        Source::of(token),
+        names.join(" ")
+    );
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Connection(key) => write!(f, "connection {key}"),
+            Source::Listener(i) => write!(f, "tcp listener {i}"),
+            Source::Udp(i) => write!(f, "udp socket {i}"),
+            Source::Waker => f.write_str("waker"),
+            Source::Signals => f.write_str("signals"),
+        }
+    }
+}
+
+/// Binds the listeners and UDP sockets for every configured address, or
+/// takes them from the service manager when it passed some.
 fn bind_all(config: &ServerConfig) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
+    if config.socket_activation
+        && let Some(sockets) = activation::take().map_err(StartError::Activation)?
+    {
+        return serve_inherited(sockets, config);
+    }
     let explicit = !config.bind.is_empty();
     let addrs = if explicit {
         config.bind.clone()
@@ -802,6 +874,28 @@ fn bind_all(config: &ServerConfig) -> Result<(Vec<Listener>, Vec<UdpEcho>), Star
     }
 }
 
+/// Wraps the sockets a service manager passed for the loop. `--port`,
+/// `--bind` and `--reuseport` do not apply (the manager bound them);
+/// `--no-tcp` and `--no-udp` still turn a transport off.
+fn serve_inherited(
+    sockets: Vec<activation::Socket>,
+    config: &ServerConfig,
+) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
+    let served = activation::sort(sockets, config.tcp, config.udp, MAX_BINDS)
+        .map_err(StartError::Activation)?;
+    let listeners = served
+        .tcp
+        .into_iter()
+        .map(|(socket, local)| Listener { socket, local })
+        .collect();
+    let udp = served
+        .udp
+        .into_iter()
+        .map(|(socket, local)| UdpEcho::new(socket, local, &config.udp_guard))
+        .collect();
+    Ok((listeners, udp))
+}
+
 /// How often `--port 0` picks again when the chosen port is not free for
 /// every socket.
 const PORT_ZERO_ATTEMPTS: usize = 20;
@@ -813,21 +907,45 @@ fn bind_addrs(
     // With port 0 the kernel picks a port for the first socket; every other
     // socket uses that same port, so one number serves TCP and UDP.
     let mut port = config.port;
+    let options = BindOptions {
+        reuse_port: config.reuse_port,
+    };
     let mut listeners = Vec::new();
     let mut udp = Vec::new();
     for &ip in addrs {
         if config.tcp {
-            let socket = net::bind_tcp(SocketAddr::new(ip, port))?;
+            let socket = net::bind_tcp(SocketAddr::new(ip, port), options)?;
             let local = socket.local_addr().map_err(StartError::Poll)?;
             port = local.port();
             listeners.push(Listener { socket, local });
         }
         if config.udp {
-            let socket = net::bind_udp(SocketAddr::new(ip, port))?;
+            let socket = net::bind_udp(SocketAddr::new(ip, port), options)?;
             let local = socket.local_addr().map_err(StartError::Poll)?;
             port = local.port();
             udp.push(UdpEcho::new(socket, local, &config.udp_guard));
         }
     }
     Ok((listeners, udp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every fixed token decodes to what it was made from, and none of
+    /// them collide (the highest listener's token once equalled a fixed one).
+    #[test]
+    fn tokens_round_trip_without_collisions() {
+        let mut seen = std::collections::HashSet::new();
+        let sources = (0..MAX_BINDS)
+            .flat_map(|i| [Source::Listener(i), Source::Udp(i)])
+            .chain([Source::Waker, Source::Signals, Source::Connection(0)]);
+        for source in sources {
+            let token = source.token();
+            assert!(seen.insert(token), "{source} shares token {}", token.0);
+            assert_eq!(Source::of(token).token(), token, "{source}");
+            assert_eq!(Source::of(token).to_string(), source.to_string());
+        }
+    }
 }

@@ -5,6 +5,7 @@
 mod cli;
 mod hardening;
 mod interop;
+mod ops;
 mod tcp;
 mod udp;
 mod udp_guard;

@@ -80,6 +80,8 @@ pub struct Binary {
     pub tcp: Option<SocketAddr>,
     /// The "listening on udp …" address, if UDP is served.
     pub udp: Option<SocketAddr>,
+    /// Lines of stderr up to and including the listening lines.
+    pub startup: Vec<String>,
     /// Lines of stderr after the listening lines, as they come.
     pub log: mpsc::Receiver<String>,
 }
@@ -107,6 +109,7 @@ impl Binary {
             child,
             tcp: None,
             udp: None,
+            startup: Vec::new(),
             log,
         };
         let deadline = Instant::now() + IO_TIMEOUT;
@@ -125,6 +128,7 @@ impl Binary {
             if let Some(addr) = line.split("listening on udp ").nth(1) {
                 binary.udp = Some(addr.trim().parse().expect("a socket address"));
             }
+            binary.startup.push(line);
         }
         binary
     }
@@ -158,7 +162,7 @@ impl Drop for Binary {
 
 /// Sends each stderr line to a channel from a thread, so reads can be
 /// bounded in time.
-fn forward_lines(stderr: ChildStderr) -> mpsc::Receiver<String> {
+pub fn forward_lines(stderr: ChildStderr) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
