@@ -4,6 +4,7 @@
 
 mod cli;
 mod interop;
+mod leaks;
 mod tcp;
 mod udp;
 mod util;
