@@ -557,3 +557,6 @@ impl<S: Stream> Connection<S> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz;

@@ -6,6 +6,7 @@ mod cli;
 mod hardening;
 mod interop;
 mod ops;
+mod leaks;
 mod tcp;
 mod udp;
 mod udp_guard;
