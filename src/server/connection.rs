@@ -288,6 +288,10 @@ impl<S: Stream> Connection<S> {
         self.ready.writable |= new.writable;
         self.ready.read_closed |= new.read_closed;
         let mut reads_left = READS_PER_TURN;
+        // A step either reads or only writes, so a normal turn takes at most
+        // about two steps per read; this bound only ever bites on a stream
+        // that keeps failing with Interrupted, which must not spin the loop.
+        let mut steps_left = 4 * READS_PER_TURN;
         loop {
             let step = match self.state {
                 State::Open => self.echo(key, bufs, &mut reads_left),
@@ -308,7 +312,8 @@ impl<S: Stream> Connection<S> {
             if let State::Closed(reason) = self.state {
                 return Turn::Closed(reason);
             }
-            if reads_left == 0 {
+            steps_left -= 1;
+            if reads_left == 0 || steps_left == 0 {
                 return Turn::Yield;
             }
         }
@@ -322,10 +327,16 @@ impl<S: Stream> Connection<S> {
             return;
         }
         self.release_ring(bufs);
-        let next = match self.stream.shutdown_write() {
-            Ok(()) => State::Draining(reason),
-            // Not connected any more: nothing left to protect.
-            Err(_) => State::Closed(reason),
+        let next = if self.state == State::Flushing {
+            // The peer's EOF was read already: no input can be left unread,
+            // so closing now cannot turn into an RST.
+            State::Closed(reason)
+        } else {
+            match self.stream.shutdown_write() {
+                Ok(()) => State::Draining(reason),
+                // Not connected any more: nothing left to protect.
+                Err(_) => State::Closed(reason),
+            }
         };
         self.set_state(key, next);
     }
@@ -513,6 +524,10 @@ impl<S: Stream> Connection<S> {
                 self.ready.writable = false;
                 Ok(None)
             }
+            // A signal cut the call short before anything was written:
+            // nothing moved, the socket is still writable. The caller keeps
+            // the bytes (in the ring) and the next step writes them.
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(Some(0)),
             Err(err) => Err(err),
         }
     }
@@ -544,6 +559,10 @@ impl<S: Stream> Connection<S> {
                 self.ready.writable = false;
                 Ok(false)
             }
+            // Still writable: report "moved" so the step is tried again
+            // (bounded by the turn's step budget) rather than waiting for
+            // an edge that will not come.
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(true),
             Err(err) => Err(err),
         }
     }

@@ -5,8 +5,8 @@
 mod cli;
 mod hardening;
 mod interop;
-mod ops;
 mod leaks;
+mod ops;
 mod tcp;
 mod udp;
 mod udp_guard;

@@ -665,13 +665,18 @@ impl Run {
         self.conn
             .begin_close(KEY, CloseReason::Shutdown, &mut self.bufs);
         self.server_closed = true;
-        prop_assert_eq!(
-            self.conn.state(),
-            State::Draining(CloseReason::Shutdown),
-            "begin_close from {:?}",
-            before
-        );
-        prop_assert!(self.conn.stream.shut_down.get(), "no FIN sent");
+        if before == State::Flushing {
+            // The peer's EOF is in: nothing to drain, close at once.
+            prop_assert_eq!(self.conn.state(), State::Closed(CloseReason::Shutdown));
+        } else {
+            prop_assert_eq!(
+                self.conn.state(),
+                State::Draining(CloseReason::Shutdown),
+                "begin_close from {:?}",
+                before
+            );
+            prop_assert!(self.conn.stream.shut_down.get(), "no FIN sent");
+        }
         // Remembered readiness brings no new event: the server must serve
         // the connection once more on its own.
         self.queued = true;
@@ -915,13 +920,13 @@ fn an_honest_socket_echoes_everything() {
     run(&case).unwrap();
 }
 
-/// Found by this model with EINTR allowed: `on_ready` retries a step that
-/// failed with `Interrupted`, but when the write after a read into the
-/// scratch buffer is interrupted, the bytes read are in no ring and are
-/// lost. A nonblocking socket does not return EINTR, so mio's `TcpStream`
-/// never meets this; any other `Stream` could.
+/// Regression, found by this model with EINTR allowed: when the write
+/// after a read into the scratch buffer was interrupted, the bytes read were
+/// in no ring and were lost. An interrupted write now counts as "nothing
+/// written" and the bytes go to the ring. (A nonblocking socket does not
+/// return EINTR, so mio's `TcpStream` never met this; any other `Stream`
+/// could.)
 #[test]
-#[ignore = "known bug: an interrupted write after a scratch read loses the bytes"]
 fn an_interrupted_write_keeps_the_bytes_read() {
     let case = Case {
         capacity: 16,
