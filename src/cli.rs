@@ -67,7 +67,14 @@ pub struct Cli {
 
 /// The tools that come with the server.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Send stdin to an echo server and print what comes back, checking it.
+    Client(crate::client::ClientArgs),
+    /// Send probes and time their echoes, like ping; every echo is checked.
+    Ping(crate::ping::PingArgs),
+    /// Load an echo server and measure it, checking every echoed byte.
+    Bench(crate::bench::BenchArgs),
+}
 
 /// Options of the server (`echod` with no subcommand).
 #[derive(Debug, Args)]

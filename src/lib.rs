@@ -3,7 +3,16 @@
 
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cli;
+pub mod client;
+pub mod exchange;
+pub mod interactive;
 pub mod net;
+pub mod payload;
+pub mod ping;
 pub mod ring;
 pub mod server;
+pub mod target;
+pub mod tool;
+pub mod verify;
