@@ -213,7 +213,11 @@ pub fn run_tcp(args: &ClientArgs) -> Result<(), Failure> {
     poll.registry()
         .register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)
         .map_err(setup)?;
-    let input = spawn_input(waker);
+    // The loop keeps its own reference to the waker: if the thread's were
+    // the last, its exit would close the eventfd, and closing a descriptor
+    // drops its pending events from epoll, so the last wake-up (stdin's
+    // end) could be lost.
+    let input = spawn_input(Arc::clone(&waker));
     let mut session = Session {
         stream,
         verify: !args.no_verify,

@@ -3,3 +3,8 @@
 //! One test crate with a module per topic.
 
 mod util;
+
+mod bench;
+mod client;
+mod ping;
+mod tools;
