@@ -49,13 +49,8 @@ Exit status: 0 if everything came back intact, 1 if the echo differed,
 was cut short, was lost or the server could not be reached, 2 for usage
 or setup errors (bad option, unknown host, unreadable stdin).";
 
-/// Send stdin to an echo server and print what comes back, checking it.
-///
-/// Over TCP, stdin and the echo flow at the same time; at the end of
-/// stdin the sending side is shut down and the client waits for the
-/// server to close. The echo is compared with what was sent: at the first
-/// difference, or if it comes back short or too long, the client says at
-/// which byte offset and exits with status 1.
+/// The options of `echod client` (the help text is on
+/// [`crate::cli::Command`]).
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct ClientArgs {

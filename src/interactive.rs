@@ -99,7 +99,7 @@ pub fn run(args: &ClientArgs) -> ExitCode {
                 let _ = out.flush();
                 eprintln!(
                     "echod client: line {lines}: {}",
-                    describe(&err, args.timeout)
+                    describe(&err, transport, args.timeout)
                 );
                 Ok(())
             }
@@ -111,7 +111,7 @@ pub fn run(args: &ClientArgs) -> ExitCode {
     let closed = exchanger.close(args.timeout);
     if let Err(err) = closed {
         failed += 1;
-        eprintln!("echod client: closing: {}", describe(&err, args.timeout));
+        eprintln!("echod client: closing the connection: {err}");
     }
     if failed > 0 {
         return tool::fail(
@@ -123,13 +123,19 @@ pub fn run(args: &ClientArgs) -> ExitCode {
     ExitCode::from(EXIT_OK)
 }
 
-fn describe(err: &ExchangeError, timeout: Duration) -> String {
+/// What went wrong with a line; over TCP the next line uses a new
+/// connection (see [`Exchanger::round_trip`]).
+fn describe(err: &ExchangeError, transport: Transport, timeout: Duration) -> String {
+    let next = match transport {
+        Transport::Tcp => "; the next line is sent on a new connection",
+        Transport::Udp => "",
+    };
     match err {
-        ExchangeError::Timeout { .. } => format!(
-            "{err} within {}; the next line reconnects (TCP)",
-            crate::target::seconds(timeout)
-        ),
-        other => other.to_string(),
+        ExchangeError::Timeout { .. } => {
+            format!("{err} within {}{next}", crate::target::seconds(timeout))
+        }
+        ExchangeError::Connect(_) | ExchangeError::Refused => err.to_string(),
+        other => format!("{other}{next}"),
     }
 }
 

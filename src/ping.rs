@@ -30,11 +30,8 @@ Examples:
 Exit status: 0 if any probe came back right, 1 if none did, 2 for usage
 or setup errors (bad option, unknown host).";
 
-/// Send probes and time their echoes, like ping; every echo is checked.
-///
-/// Prints one line per probe (sequence, bytes, round-trip time, or what
-/// went wrong), then a summary: sent, received, loss, and the round-trip
-/// minimum, average, median, maximum and standard deviation.
+/// The options of `echod ping` (the help text is on
+/// [`crate::cli::Command`]).
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct PingArgs {

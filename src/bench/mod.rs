@@ -57,12 +57,8 @@ Exit status: 0 if every echo came back intact, 1 if any error was
 counted (mismatch, reset, stall, failed connect, lost datagram), 2 for
 usage or setup errors.";
 
-/// Load an echo server and measure it, checking every echoed byte.
-///
-/// Reports messages per second, MB/s, latency percentiles (p50, p90, p99,
-/// p99.9, max) and errors. Any error (a byte that came back wrong, a
-/// reset, a stalled connection, a failed connect, a lost datagram) is
-/// counted and makes the exit status 1.
+/// The options of `echod bench` (the help text is on
+/// [`crate::cli::Command`]).
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct BenchArgs {

@@ -58,9 +58,13 @@ struct Conn {
     id: u32,
     stream: Option<TcpStream>,
     phase: Phase,
-    /// Remembered readiness: true until a call says WouldBlock.
+    /// Remembered readiness: true until a call says WouldBlock (or a
+    /// short read says the socket is drained).
     readable: bool,
     writable: bool,
+    /// The server's FIN (or an error) has been signalled: a short read no
+    /// longer means "drained", the end is still to be read.
+    read_closed: bool,
     /// Next message to send.
     next_seq: u64,
     /// Messages put in `out`, and how far writing has got.
@@ -118,6 +122,7 @@ pub fn run(plan: &Plan, live: &Live) -> io::Result<WorkerResult> {
                 phase: Phase::Paused(plan.start),
                 readable: false,
                 writable: false,
+                read_closed: false,
                 next_seq: 0,
                 out: Vec::new(),
                 out_pos: 0,
@@ -217,6 +222,7 @@ impl Worker<'_> {
                     continue;
                 };
                 conn.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                conn.read_closed |= event.is_read_closed() || event.is_error();
                 conn.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
                 self.serve(i);
             }
@@ -320,6 +326,7 @@ impl Worker<'_> {
                 conn.out_pos = 0;
                 conn.readable = false;
                 conn.writable = false;
+                conn.read_closed = false;
             }
             Err(err) => {
                 let text = format!(
@@ -421,6 +428,15 @@ impl Worker<'_> {
                         self.stats.errors.mismatches += 1;
                         self.drop_conn(i, text);
                         return false;
+                    }
+                    // A short read drained the socket: skip the read that
+                    // would only say WouldBlock (one system call per echo
+                    // saved). New bytes bring a new edge; the FIN may not,
+                    // hence the `read_closed` exception.
+                    let conn = &mut self.conns[i];
+                    if n < self.scratch.len() && !conn.read_closed {
+                        conn.readable = false;
+                        return true;
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
