@@ -84,6 +84,27 @@ struct Conn {
 }
 
 impl Conn {
+    /// Connection `id`, not yet connected (the first sweep connects it).
+    fn new(id: u32, plan: &Plan) -> Conn {
+        Conn {
+            id,
+            stream: None,
+            phase: Phase::Paused(plan.start),
+            readable: false,
+            writable: false,
+            read_closed: false,
+            next_seq: 0,
+            out: Vec::new(),
+            out_pos: 0,
+            recv_seq: 0,
+            recv_off: 0,
+            expected: vec![0; plan.size],
+            sent_at: VecDeque::new(),
+            last_echo: plan.start,
+            scheduled: None,
+        }
+    }
+
     fn in_flight(&self) -> usize {
         (self.next_seq - self.recv_seq) as usize
     }
@@ -113,27 +134,7 @@ pub fn run(plan: &Plan, live: &Live) -> io::Result<WorkerResult> {
         plan,
         live,
         poll: Poll::new()?,
-        conns: plan
-            .ids
-            .clone()
-            .map(|id| Conn {
-                id,
-                stream: None,
-                phase: Phase::Paused(plan.start),
-                readable: false,
-                writable: false,
-                read_closed: false,
-                next_seq: 0,
-                out: Vec::new(),
-                out_pos: 0,
-                recv_seq: 0,
-                recv_off: 0,
-                expected: vec![0; plan.size],
-                sent_at: VecDeque::new(),
-                last_echo: plan.start,
-                scheduled: None,
-            })
-            .collect(),
+        conns: plan.ids.clone().map(|id| Conn::new(id, plan)).collect(),
         stats: Stats::new(),
         unpublished: 0,
         errors_published: 0,
@@ -459,6 +460,8 @@ impl Worker<'_> {
 
     /// Puts the messages now allowed in the batch and writes it.
     fn send(&mut self, i: usize) {
+        // Open loop: when the next message, not yet due, is to be sent.
+        let mut wake = None;
         loop {
             let now = Instant::now();
             let conn = &mut self.conns[i];
@@ -466,7 +469,7 @@ impl Worker<'_> {
                 conn.out.clear();
                 conn.out_pos = 0;
                 if self.sending {
-                    fill(conn, self.plan, now);
+                    wake = fill(conn, self.plan, now);
                 }
                 if conn.out.is_empty() {
                     break;
@@ -490,12 +493,13 @@ impl Worker<'_> {
                 }
             }
         }
-        // Open loop: be woken when the next message is due, if the
-        // pipeline has room for it (else an echo wakes the connection).
+        // Open loop: be woken when the next message is due. (When the
+        // pipeline is full instead, an echo wakes the connection.) The time
+        // comes from the same `now` that found the message not yet due:
+        // asking the clock again could find it due, and then nobody would
+        // send it.
         let conn = &mut self.conns[i];
-        if self.sending
-            && conn.in_flight() < self.plan.pipeline
-            && let Err(when) = self.plan.send_time(conn.id, conn.next_seq, Instant::now())
+        if let Some(when) = wake
             && conn.scheduled != Some(when)
         {
             conn.scheduled = Some(when);
@@ -506,10 +510,12 @@ impl Worker<'_> {
 
 /// Adds to `conn.out` the messages it may send now: as many as the
 /// pipeline has room for, and in an open loop only those already due.
-fn fill(conn: &mut Conn, plan: &Plan, now: Instant) {
+/// Returns when to look again if it stopped at a message not yet due.
+fn fill(conn: &mut Conn, plan: &Plan, now: Instant) -> Option<Instant> {
     while conn.in_flight() < plan.pipeline && conn.out.len() < MAX_BATCH {
-        let Ok(sent_at) = plan.send_time(conn.id, conn.next_seq, now) else {
-            break;
+        let sent_at = match plan.send_time(conn.id, conn.next_seq, now) {
+            Ok(at) => at,
+            Err(wake) => return Some(wake),
         };
         if conn.sent_at.is_empty() {
             // The stall clock runs from the first message in flight.
@@ -521,6 +527,7 @@ fn fill(conn: &mut Conn, plan: &Plan, now: Instant) {
         conn.sent_at.push_back(sent_at);
         conn.next_seq += 1;
     }
+    None
 }
 
 /// Compares echo bytes with the messages in flight, counting each message
@@ -594,4 +601,60 @@ fn connect_sentence(plan: &Plan, source: io::Error) -> String {
         source,
     }
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(rate: Option<f64>, pipeline: usize) -> Plan {
+        let start = Instant::now();
+        Plan {
+            addr: "127.0.0.1:7".parse().unwrap(),
+            ids: 0..4,
+            total_connections: 4,
+            size: 8,
+            pipeline,
+            rate_per_connection: rate,
+            start,
+            measure_from: start,
+            end: start + Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn closed_loop_fills_the_pipeline_at_once() {
+        let plan = plan(None, 3);
+        let mut conn = Conn::new(1, &plan);
+        assert_eq!(fill(&mut conn, &plan, plan.start), None);
+        assert_eq!(conn.in_flight(), 3);
+        let expected: Vec<u8> = (0..3).flat_map(|seq| payload::message(1, seq, 8)).collect();
+        assert_eq!(conn.out, expected);
+    }
+
+    #[test]
+    fn open_loop_never_stops_short_without_a_wake_up_time() {
+        // Regression: a connection that found its next message not yet due
+        // and then asked the clock again could find it due, schedule
+        // nothing, and never send again.
+        let plan = plan(Some(1000.0), 4);
+        let mut conn = Conn::new(2, &plan);
+        for step in 0..2000u64 {
+            let now = plan.start + Duration::from_micros(step * 137);
+            conn.out.clear();
+            let wake = fill(&mut conn, &plan, now);
+            if conn.in_flight() < plan.pipeline {
+                let wake = wake.expect("stopped short without saying when to look again");
+                assert!(wake > now, "the wake-up time is in the future");
+                let due = plan.due(2, conn.next_seq).unwrap();
+                assert_eq!(wake, due - super::super::TIMER_SLACK);
+            }
+            // Pretend every message sent so far came back.
+            conn.recv_seq = conn.next_seq;
+            conn.sent_at.clear();
+        }
+        // 2000 steps of 137 µs at 1000/s: about 274 messages were due.
+        assert!((273..=275).contains(&conn.next_seq), "{}", conn.next_seq);
+    }
 }
