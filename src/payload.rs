@@ -4,11 +4,34 @@
 //! keeping a copy, and a message that comes back in the wrong place is
 //! told apart from one that was damaged.
 //!
-//! The bytes are pseudo-random (splitmix64 over the key and the word's
-//! index): every bit matters, so a flipped bit, a lost or repeated byte, a
-//! message of another connection or an old message all show up as a
-//! difference. A fixed pattern such as "abcabc…" would hide a lost block of
-//! exactly one period.
+//! A message is a 16-byte header made from its key (connection and
+//! sequence, hashed), then bytes of a fixed pseudo-random pool starting at
+//! an offset the key picks. Every bit matters, so a flipped bit, a lost or
+//! repeated byte, a message of another connection or an old message all
+//! show up as a difference; a fixed pattern such as "abcabc…" would hide a
+//! lost block of exactly one period. Copying from a pool costs what a
+//! `memcpy` costs, so a load generator that checks every byte of large
+//! messages stays lighter than the server it loads.
+
+use std::sync::OnceLock;
+
+/// Size of the pool of pseudo-random bytes messages are cut from: a power
+/// of two, larger than most messages, small enough to stay in cache.
+const POOL_LEN: usize = 64 * 1024;
+
+/// Bytes at the start of a message that come from its key alone.
+const HEADER_LEN: usize = 16;
+
+/// The pool, made once (splitmix64 from a fixed seed, so every run and
+/// every machine sends the same bytes for the same message).
+fn pool() -> &'static [u8] {
+    static POOL: OnceLock<Box<[u8]>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        (0..POOL_LEN / 8)
+            .flat_map(|i| mix(0x706f_6f6c ^ i as u64).to_le_bytes())
+            .collect()
+    })
+}
 
 /// The seed of message `seq` of connection `conn`.
 fn key(conn: u32, seq: u64) -> u64 {
@@ -27,9 +50,20 @@ fn mix(mut z: u64) -> u64 {
 /// (the message is `out.len()` bytes long).
 pub fn fill(conn: u32, seq: u64, out: &mut [u8]) {
     let key = key(conn, seq);
-    for (i, word) in out.chunks_mut(8).enumerate() {
-        let bytes = mix(key ^ (i as u64)).to_le_bytes();
-        word.copy_from_slice(&bytes[..word.len()]);
+    let mut header = [0; HEADER_LEN];
+    header[..8].copy_from_slice(&key.to_le_bytes());
+    header[8..].copy_from_slice(&mix(key).to_le_bytes());
+    let n = out.len().min(HEADER_LEN);
+    out[..n].copy_from_slice(&header[..n]);
+    let pool = pool();
+    let mut at = (key as usize) % POOL_LEN;
+    for chunk in out[n..].chunks_mut(POOL_LEN) {
+        // Up to two copies: to the pool's end, then from its start.
+        let first = chunk.len().min(POOL_LEN - at);
+        chunk[..first].copy_from_slice(&pool[at..at + first]);
+        let rest = chunk.len() - first;
+        chunk[first..].copy_from_slice(&pool[..rest]);
+        at = rest;
     }
 }
 
@@ -147,6 +181,10 @@ mod tests {
         assert_ne!(a, message(1, 0, 64));
         // A shorter message is a prefix of the longer one with the same key.
         assert_eq!(message(3, 9, 13), message(3, 9, 64)[..13]);
+        // Longer than the pool, it wraps around and stays a prefix.
+        let long = message(4, 5, 3 * POOL_LEN + 100);
+        assert_eq!(long[..1000], message(4, 5, 1000)[..]);
+        assert_ne!(long[HEADER_LEN..5000], message(4, 6, 5000)[HEADER_LEN..]);
     }
 
     #[test]
