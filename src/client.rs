@@ -54,8 +54,8 @@ or setup errors (bad option, unknown host, unreadable stdin).";
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct ClientArgs {
-    /// The echo server: HOST:PORT, [IPv6]:PORT, or HOST alone for port 7.
-    #[arg(value_name = "ADDR", value_parser = target::resolve)]
+    /// The echo server (see [`target::resolve`] for the forms accepted).
+    #[arg(value_name = "ADDR", value_parser = target::resolve, help = target::ADDR_HELP)]
     pub addr: SocketAddr,
 
     /// Send stdin as UDP datagrams instead of a TCP stream.

@@ -35,8 +35,8 @@ or setup errors (bad option, unknown host).";
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct PingArgs {
-    /// The echo server: HOST:PORT, [IPv6]:PORT, or HOST alone for port 7.
-    #[arg(value_name = "ADDR", value_parser = target::resolve)]
+    /// The echo server (see [`target::resolve`] for the forms accepted).
+    #[arg(value_name = "ADDR", value_parser = target::resolve, help = target::ADDR_HELP)]
     pub addr: SocketAddr,
 
     /// Probe over UDP instead of TCP.

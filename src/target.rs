@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use crate::cli::RFC862_PORT;
 
-/// What the tools' `ADDR` argument accepts, for help texts.
-pub const ADDR_HELP: &str = "HOST:PORT, [IPv6]:PORT, or HOST alone for port 7";
+/// The help text of the tools' `ADDR` argument.
+pub const ADDR_HELP: &str = "The echo server: HOST:PORT, [IPv6]:PORT, or HOST alone for port 7";
 
 /// Turns `text` into the address of a server.
 ///
@@ -23,7 +23,7 @@ pub const ADDR_HELP: &str = "HOST:PORT, [IPv6]:PORT, or HOST alone for port 7";
 /// name has several addresses the first is used, as most clients do.
 ///
 /// The error is a sentence for a person; it is meant to be shown as is
-/// (clap shows it after "invalid value 'TEXT' for '<ADDR>'").
+/// (clap shows it after "invalid value 'TEXT' for '\<ADDR>'").
 pub fn resolve(text: &str) -> Result<SocketAddr, String> {
     let text = text.trim();
     if text.is_empty() {

@@ -1,7 +1,7 @@
 //! `echod bench ADDR`: a load generator that checks every byte it gets back.
 //!
 //! The load runs on worker threads (one by default), each a small mio loop
-//! over its share of the connections ([`tcp`], [`udp`]). The main thread
+//! over its share of the connections (`tcp.rs`, `udp.rs`). The main thread
 //! only starts them, shows progress (a bar on a terminal, a plain line a
 //! second otherwise) and prints the report ([`stats`]).
 //!
@@ -62,8 +62,8 @@ usage or setup errors.";
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct BenchArgs {
-    /// The echo server: HOST:PORT, [IPv6]:PORT, or HOST alone for port 7.
-    #[arg(value_name = "ADDR", value_parser = target::resolve)]
+    /// The echo server (see [`target::resolve`] for the forms accepted).
+    #[arg(value_name = "ADDR", value_parser = target::resolve, help = target::ADDR_HELP)]
     pub addr: SocketAddr,
 
     /// Connections to open (UDP: sockets to send from).
