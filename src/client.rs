@@ -31,7 +31,7 @@ use clap::Args;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::exchange::{ExchangeError, Exchanger, MAX_UDP_PAYLOAD};
+use crate::exchange::{ExchangeError, MAX_UDP_PAYLOAD};
 use crate::net::Transport;
 use crate::target::{self, parse_duration, seconds};
 use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
@@ -484,15 +484,9 @@ fn stdout_failure(err: &io::Error) -> Failure {
 /// read of stdin each, as nc does), each sent and its echo awaited in
 /// turn, resent up to `--retries` times.
 pub fn run_udp(args: &ClientArgs) -> ExitCode {
-    let mut exchanger = match Exchanger::new(args.addr, Transport::Udp, args.timeout) {
+    let mut exchanger = match tool::exchanger("client", args.addr, Transport::Udp, args.timeout) {
         Ok(ex) => ex,
-        Err(err) => {
-            return tool::fail(
-                "client",
-                EXIT_SETUP,
-                &format!("could not set up a UDP socket: {err}"),
-            );
-        }
+        Err(status) => return status,
     };
     let mut stdin = io::stdin().lock();
     let mut out = io::stdout().lock();

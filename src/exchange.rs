@@ -24,6 +24,7 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::net::Transport;
+use crate::payload::{Difference, first_difference};
 use crate::target::{self, ConnectError};
 
 const SOCKET: Token = Token(0);
@@ -45,22 +46,9 @@ pub enum ExchangeError {
         /// Bytes of the echo received before the deadline.
         received: usize,
     },
-    /// The echo came back different.
-    Mismatch {
-        /// Offset of the first wrong byte in the message.
-        offset: usize,
-        /// The byte sent there.
-        sent: u8,
-        /// The byte received there.
-        received: u8,
-    },
-    /// A datagram of another length came back.
-    Length {
-        /// Bytes sent.
-        sent: usize,
-        /// Bytes received.
-        received: usize,
-    },
+    /// The echo came back different (wrong bytes, or a datagram of
+    /// another length).
+    Differs(Difference),
     /// The server closed the TCP connection before echoing everything.
     Closed {
         /// Bytes of the echo received before the close.
@@ -80,17 +68,7 @@ impl fmt::Display for ExchangeError {
             ExchangeError::Timeout { received } => {
                 write!(f, "timeout after {received} bytes of the echo")
             }
-            ExchangeError::Mismatch {
-                offset,
-                sent,
-                received,
-            } => write!(
-                f,
-                "mismatch at byte {offset} (sent 0x{sent:02x}, received 0x{received:02x})"
-            ),
-            ExchangeError::Length { sent, received } => {
-                write!(f, "mismatch: {received} bytes came back for {sent} sent")
-            }
+            ExchangeError::Differs(difference) => write!(f, "mismatch: {difference}"),
             ExchangeError::Closed { received } => {
                 write!(
                     f,
@@ -225,10 +203,10 @@ impl Exchanger {
             match stream.read(&mut self.buf) {
                 Ok(0) => break Ok(start.elapsed()),
                 Ok(n) => {
-                    break Err(ExchangeError::Length {
+                    break Err(ExchangeError::Differs(Difference::Length {
                         sent: 0,
                         received: n,
-                    });
+                    }));
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     if !wait(&mut self.poll, &mut self.events, deadline)? {
@@ -273,16 +251,9 @@ impl Exchanger {
                 Ok(0) => return Err(ExchangeError::Closed { received }),
                 Ok(n) => {
                     let expected = &message[received..received + n];
-                    if let Some(at) = expected
-                        .iter()
-                        .zip(&self.buf[..n])
-                        .position(|(a, b)| a != b)
-                    {
-                        return Err(ExchangeError::Mismatch {
-                            offset: received + at,
-                            sent: expected[at],
-                            received: self.buf[at],
-                        });
+                    if *expected != self.buf[..n] {
+                        let difference = first_difference(expected, &self.buf[..n]);
+                        return Err(ExchangeError::Differs(difference.at(received)));
                     }
                     received += n;
                     blocked = false;
@@ -325,22 +296,16 @@ impl Exchanger {
                     self.late += 1;
                 }
                 Ok(n) if n != message.len() => {
-                    break Err(ExchangeError::Length {
+                    break Err(ExchangeError::Differs(Difference::Length {
                         sent: message.len(),
                         received: n,
-                    });
+                    }));
                 }
                 Ok(n) => {
-                    let at = message
-                        .iter()
-                        .zip(&self.buf[..n])
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(0);
-                    break Err(ExchangeError::Mismatch {
-                        offset: at,
-                        sent: message[at],
-                        received: self.buf[at],
-                    });
+                    break Err(ExchangeError::Differs(first_difference(
+                        message,
+                        &self.buf[..n],
+                    )));
                 }
                 Err(err) if would_block(&err) => {
                     if !wait(&mut self.poll, &mut self.events, deadline)? {
@@ -427,7 +392,10 @@ mod tests {
         ex.round_trip(b"one", Duration::from_secs(10)).unwrap();
         let err = ex.round_trip(b"two", Duration::from_secs(10)).unwrap_err();
         assert!(
-            matches!(err, ExchangeError::Mismatch { offset: 1, .. }),
+            matches!(
+                err,
+                ExchangeError::Differs(Difference::Corrupt { offset: 1, .. })
+            ),
             "{err}"
         );
         assert_eq!(ex.late, 1);

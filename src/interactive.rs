@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::client::ClientArgs;
-use crate::exchange::{ExchangeError, Exchanger, MAX_UDP_PAYLOAD};
+use crate::exchange::{ExchangeError, MAX_UDP_PAYLOAD};
 use crate::net::Transport;
 use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 
@@ -31,20 +31,10 @@ fn is_quit(line: &[u8]) -> bool {
 
 /// Runs the line mode; returns 0 if every line came back intact.
 pub fn run(args: &ClientArgs) -> ExitCode {
-    let transport = if args.udp {
-        Transport::Udp
-    } else {
-        Transport::Tcp
-    };
-    let mut exchanger = match Exchanger::new(args.addr, transport, args.timeout) {
+    let transport = tool::transport(args.udp);
+    let mut exchanger = match tool::exchanger("client", args.addr, transport, args.timeout) {
         Ok(ex) => ex,
-        Err(err) => {
-            return tool::fail(
-                "client",
-                EXIT_SETUP,
-                &format!("could not set up a {transport} socket: {err}"),
-            );
-        }
+        Err(status) => return status,
     };
     if let Err(err) = exchanger.connect() {
         return tool::fail("client", EXIT_FAILED, &err.to_string());

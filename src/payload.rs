@@ -101,6 +101,26 @@ pub enum Difference {
     },
 }
 
+impl Difference {
+    /// The same difference found `base` bytes into the message (for a
+    /// comparison that started there), with the offset counted from the
+    /// message's start.
+    pub fn at(self, base: usize) -> Difference {
+        match self {
+            Difference::Corrupt {
+                offset,
+                sent,
+                received,
+            } => Difference::Corrupt {
+                offset: base + offset,
+                sent,
+                received,
+            },
+            other => other,
+        }
+    }
+}
+
 impl std::fmt::Display for Difference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

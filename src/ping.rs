@@ -14,11 +14,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::exchange::{ExchangeError, Exchanger, MAX_UDP_PAYLOAD};
-use crate::net::Transport;
+use crate::exchange::{ExchangeError, Exchanger};
 use crate::payload;
 use crate::target::{self, parse_duration};
-use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
+use crate::tool::{self, EXIT_FAILED, EXIT_OK};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -78,30 +77,13 @@ enum Probe {
 /// Runs `echod ping` and returns its exit status.
 pub fn run(args: &PingArgs) -> ExitCode {
     let size = args.size as usize;
-    if args.udp && size > MAX_UDP_PAYLOAD {
-        return tool::fail(
-            "ping",
-            EXIT_SETUP,
-            &format!(
-                "a UDP probe holds at most {MAX_UDP_PAYLOAD} bytes, not {size}; choose a \
-                 smaller --size"
-            ),
-        );
+    let transport = tool::transport(args.udp);
+    if let Err(status) = tool::check_udp_size("ping", "probe", transport, size) {
+        return status;
     }
-    let transport = if args.udp {
-        Transport::Udp
-    } else {
-        Transport::Tcp
-    };
-    let mut exchanger = match Exchanger::new(args.addr, transport, args.timeout) {
+    let mut exchanger = match tool::exchanger("ping", args.addr, transport, args.timeout) {
         Ok(ex) => ex,
-        Err(err) => {
-            return tool::fail(
-                "ping",
-                EXIT_SETUP,
-                &format!("could not set up a {transport} socket: {err}"),
-            );
-        }
+        Err(status) => return status,
     };
     let interrupted = tool::on_interrupt();
     let mut out = io::stdout().lock();

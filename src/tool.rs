@@ -1,10 +1,14 @@
 //! What the tools (`client`, `ping`, `bench`) share besides addresses:
 //! exit statuses, how a failure is told, and Ctrl-C.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::exchange::{Exchanger, MAX_UDP_PAYLOAD};
+use crate::net::Transport;
 
 /// Everything sent came back right.
 pub const EXIT_OK: u8 = 0;
@@ -51,4 +55,47 @@ pub fn sleep_until(when: Instant, interrupted: &AtomicBool) -> bool {
         }
         std::thread::sleep((when - now).min(NAP));
     }
+}
+
+/// The transport a tool's `--udp` flag asks for.
+pub fn transport(udp: bool) -> Transport {
+    if udp { Transport::Udp } else { Transport::Tcp }
+}
+
+/// An [`Exchanger`] for `tool`, or (after saying why on stderr) the exit
+/// status when its socket cannot be made.
+pub fn exchanger(
+    tool: &str,
+    addr: SocketAddr,
+    transport: Transport,
+    timeout: Duration,
+) -> Result<Exchanger, ExitCode> {
+    Exchanger::new(addr, transport, timeout).map_err(|err| {
+        fail(
+            tool,
+            EXIT_SETUP,
+            &format!("could not set up a {transport} socket: {err}"),
+        )
+    })
+}
+
+/// Refuses (exit 2, with a sentence) a UDP `what` larger than a datagram
+/// holds; anything goes over TCP.
+pub fn check_udp_size(
+    tool: &str,
+    what: &str,
+    transport: Transport,
+    size: usize,
+) -> Result<(), ExitCode> {
+    if transport == Transport::Udp && size > MAX_UDP_PAYLOAD {
+        return Err(fail(
+            tool,
+            EXIT_SETUP,
+            &format!(
+                "a UDP {what} holds at most {MAX_UDP_PAYLOAD} bytes, not {size}; choose a \
+                 smaller --size"
+            ),
+        ));
+    }
+    Ok(())
 }

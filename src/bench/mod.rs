@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::exchange::MAX_UDP_PAYLOAD;
 use crate::target::{self, parse_duration};
 use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 use stats::{Setup, Stats};
@@ -219,6 +218,28 @@ impl Live {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+
+    /// Adds to the shared counters what a worker counted since it last
+    /// published (`echoed` and `errors` are the worker's totals so far).
+    pub fn publish(&self, done: &mut Published, echoed: u64, errors: u64) {
+        if echoed > done.echoed {
+            self.echoed
+                .fetch_add(echoed - done.echoed, Ordering::Relaxed);
+            done.echoed = echoed;
+        }
+        if errors > done.errors {
+            self.errors
+                .fetch_add(errors - done.errors, Ordering::Relaxed);
+            done.errors = errors;
+        }
+    }
+}
+
+/// What one worker has added to [`Live`]'s counters so far.
+#[derive(Debug, Default)]
+pub struct Published {
+    echoed: u64,
+    errors: u64,
 }
 
 /// How often progress is shown.
@@ -227,15 +248,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Runs `echod bench` and returns its exit status.
 pub fn run(args: &BenchArgs) -> ExitCode {
     let size = args.size as usize;
-    if args.udp && size > MAX_UDP_PAYLOAD {
-        return tool::fail(
-            "bench",
-            EXIT_SETUP,
-            &format!(
-                "a UDP datagram holds at most {MAX_UDP_PAYLOAD} bytes, not {size}; choose a \
-                 smaller --size"
-            ),
-        );
+    if let Err(status) = tool::check_udp_size("bench", "datagram", tool::transport(args.udp), size)
+    {
+        return status;
     }
     let threads = args.threads.min(args.connections);
     let setup = Setup {
@@ -356,6 +371,18 @@ pub struct WorkerResult {
     pub stats: Stats,
     /// How long it measured (shorter than planned when stopped early).
     pub measured: Duration,
+}
+
+impl WorkerResult {
+    /// The result of a worker that stopped sending at `stopped` (`None`:
+    /// it never did before the loop ended, so the plan's end).
+    fn new(stats: Stats, plan: &Plan, stopped: Option<Instant>) -> WorkerResult {
+        let until = stopped.unwrap_or(plan.end);
+        WorkerResult {
+            stats,
+            measured: until.saturating_duration_since(plan.measure_from),
+        }
+    }
 }
 
 /// Shows progress until the workers are done: a bar on a terminal, a line

@@ -13,14 +13,13 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use super::stats::Stats;
-use super::{Live, Plan, WorkerResult};
+use super::{Live, Plan, Published, WorkerResult};
 use crate::payload;
 use crate::target;
 
@@ -117,9 +116,9 @@ struct Worker<'a> {
     poll: Poll,
     conns: Vec<Conn>,
     stats: Stats,
-    /// Messages echoed, warm-up included, not yet published to `live`.
-    unpublished: u64,
-    errors_published: u64,
+    /// Messages echoed intact, warm-up included (for the progress line).
+    echoed: u64,
+    published: Published,
     /// Connections to serve again without waiting for an event.
     again: Vec<usize>,
     /// Open loop: connections by the time their next message is due.
@@ -136,8 +135,8 @@ pub fn run(plan: &Plan, live: &Live) -> io::Result<WorkerResult> {
         poll: Poll::new()?,
         conns: plan.ids.clone().map(|id| Conn::new(id, plan)).collect(),
         stats: Stats::new(),
-        unpublished: 0,
-        errors_published: 0,
+        echoed: 0,
+        published: Published::default(),
         again: Vec::new(),
         due: BinaryHeap::new(),
         scratch: vec![0; 64 * 1024],
@@ -244,28 +243,14 @@ impl Worker<'_> {
             self.conns[i].phase = Phase::Done;
         }
         self.publish();
-        let measured_until = measured_until.unwrap_or(self.plan.end);
-        Ok(WorkerResult {
-            stats: std::mem::take(&mut self.stats),
-            measured: measured_until.saturating_duration_since(self.plan.measure_from),
-        })
+        let stats = std::mem::take(&mut self.stats);
+        Ok(WorkerResult::new(stats, self.plan, measured_until))
     }
 
     /// Moves this worker's counts to the shared progress counters.
     fn publish(&mut self) {
-        if self.unpublished > 0 {
-            self.live
-                .echoed
-                .fetch_add(self.unpublished, Ordering::Relaxed);
-            self.unpublished = 0;
-        }
         let errors = self.stats.errors.total();
-        if errors > self.errors_published {
-            self.live
-                .errors
-                .fetch_add(errors - self.errors_published, Ordering::Relaxed);
-            self.errors_published = errors;
-        }
+        self.live.publish(&mut self.published, self.echoed, errors);
     }
 
     /// Checks every connection's timers: pauses that ended, connects and
@@ -424,7 +409,7 @@ impl Worker<'_> {
                     let before = self.stats.messages;
                     let checked = check(conn, &self.scratch[..n], self.plan, now, &mut self.stats);
                     // Messages only grow here (the warm-up reset is elsewhere).
-                    self.unpublished += self.stats.messages - before;
+                    self.echoed += self.stats.messages - before;
                     if let Err(text) = checked {
                         self.stats.errors.mismatches += 1;
                         self.drop_conn(i, text);
@@ -565,18 +550,7 @@ fn check(
             } else {
                 None
             }
-            .unwrap_or_else(|| match payload::first_difference(expected, &echo[..n]) {
-                payload::Difference::Corrupt {
-                    offset,
-                    sent,
-                    received,
-                } => payload::Difference::Corrupt {
-                    offset: offset + conn.recv_off,
-                    sent,
-                    received,
-                },
-                other => other,
-            });
+            .unwrap_or_else(|| payload::first_difference(expected, &echo[..n]).at(conn.recv_off));
             return Err(format!(
                 "connection {}, message {}: {what}",
                 conn.id, conn.recv_seq

@@ -10,14 +10,13 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
 use super::stats::Stats;
-use super::{Live, Plan, WorkerResult};
+use super::{Live, Plan, Published, WorkerResult};
 use crate::payload;
 use crate::target;
 
@@ -88,8 +87,8 @@ pub fn run(plan: &Plan, live: &Live) -> io::Result<WorkerResult> {
         live,
         socks,
         stats: Stats::new(),
-        unpublished: 0,
-        errors_published: 0,
+        echoed: 0,
+        published: Published::default(),
         message: vec![0; plan.size],
         expected: vec![0; plan.size],
         scratch: vec![0; 65_536],
@@ -105,8 +104,9 @@ struct Worker<'a> {
     live: &'a Live,
     socks: Vec<Sock>,
     stats: Stats,
-    unpublished: u64,
-    errors_published: u64,
+    /// Messages echoed intact, warm-up included (for the progress line).
+    echoed: u64,
+    published: Published,
     /// The datagram being sent.
     message: Vec<u8>,
     /// A candidate's content, when matching an echo.
@@ -199,27 +199,14 @@ impl Worker<'_> {
             }
         }
         self.publish();
-        let measured_until = measured_until.unwrap_or(self.plan.end);
-        Ok(WorkerResult {
-            stats: std::mem::take(&mut self.stats),
-            measured: measured_until.saturating_duration_since(self.plan.measure_from),
-        })
+        let stats = std::mem::take(&mut self.stats);
+        Ok(WorkerResult::new(stats, self.plan, measured_until))
     }
 
+    /// Moves this worker's counts to the shared progress counters.
     fn publish(&mut self) {
-        if self.unpublished > 0 {
-            self.live
-                .echoed
-                .fetch_add(self.unpublished, Ordering::Relaxed);
-            self.unpublished = 0;
-        }
         let errors = self.stats.errors.total();
-        if errors > self.errors_published {
-            self.live
-                .errors
-                .fetch_add(errors - self.errors_published, Ordering::Relaxed);
-            self.errors_published = errors;
-        }
+        self.live.publish(&mut self.published, self.echoed, errors);
     }
 
     /// Counts datagrams out longer than `--timeout` as lost.
@@ -320,7 +307,7 @@ impl Worker<'_> {
                     self.plan.size,
                     now.saturating_duration_since(flight.sent_at),
                 );
-                self.unpublished += 1;
+                self.echoed += 1;
                 continue;
             }
             let late = n == self.plan.size

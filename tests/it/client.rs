@@ -208,7 +208,7 @@ fn interactive_reports_a_damaged_line() {
     let run = echod(&["client", "-i", &addr], Input::Bytes(b"hello\n"));
     assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
     assert!(
-        run.stderr.contains("line 1: mismatch at byte 2"),
+        run.stderr.contains("line 1: mismatch: byte 2 differs"),
         "{}",
         run.stderr
     );

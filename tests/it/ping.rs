@@ -105,8 +105,8 @@ fn damaged_echoes_are_not_counted_and_none_intact_exits_1() {
     let run = echod(&["ping", "-c", "2", "-i", "0.05", &addr], Input::Bytes(b""));
     let out = run.stdout_text();
     assert_eq!(run.code(), 1, "{out}");
-    assert!(out.contains("seq=1 mismatch at byte 5"), "{out}");
-    assert!(out.contains("seq=2 mismatch at byte 5"), "{out}");
+    assert!(out.contains("seq=1 mismatch: byte 5 differs"), "{out}");
+    assert!(out.contains("seq=2 mismatch: byte 5 differs"), "{out}");
     assert!(
         out.contains("2 probes sent, 0 echoed intact, 100% loss"),
         "{out}"
