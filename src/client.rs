@@ -220,6 +220,7 @@ pub fn run_tcp(args: &ClientArgs) -> Result<(), Failure> {
         pending: None,
         source: Source::Reading,
         write_shut: false,
+        send_error: None,
         readable: true,
         writable: true,
         sent: 0,
@@ -289,6 +290,9 @@ struct Session {
     source: Source,
     /// The sending side is shut down (stdin ended, all of it sent).
     write_shut: bool,
+    /// Sending failed (the server reset or went away); the echo is read
+    /// to its end before this is reported.
+    send_error: Option<io::Error>,
     /// Remembered readiness: true until a call says WouldBlock.
     readable: bool,
     writable: bool,
@@ -336,7 +340,7 @@ impl Session {
     /// Writes the pending chunk, as far as the socket and the window allow.
     fn send(&mut self) -> Result<bool, Failure> {
         let mut progress = false;
-        while self.writable {
+        while self.writable && self.send_error.is_none() {
             let Some(pending) = &mut self.pending else {
                 break;
             };
@@ -364,7 +368,13 @@ impl Session {
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.writable = false,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(self.broken("sending", &err)),
+                Err(err) => {
+                    // Read what the server still echoed before saying
+                    // anything: the offset where the echo stops is what
+                    // the user needs (see `receive`).
+                    self.send_error = Some(err);
+                    return Ok(true);
+                }
             }
         }
         Ok(progress)
@@ -373,7 +383,11 @@ impl Session {
     /// At stdin's end, once everything is sent, shuts down the sending
     /// side: the server reads EOF, echoes what is left and closes.
     fn finish_sending(&mut self) -> Result<bool, Failure> {
-        if self.write_shut || self.source != Source::Ended || self.pending.is_some() {
+        if self.write_shut
+            || self.source != Source::Ended
+            || self.pending.is_some()
+            || self.send_error.is_some()
+        {
             return Ok(false);
         }
         self.stream
@@ -391,18 +405,30 @@ impl Session {
         const READS_PER_TURN: usize = 16;
         let mut progress = Received::Nothing;
         for _ in 0..READS_PER_TURN {
-            if !self.readable {
+            // After a failed send the socket is dead: read on regardless
+            // of readiness, to the end of what the server echoed.
+            if !self.readable && self.send_error.is_none() {
                 break;
             }
             let n = match self.stream.read(&mut self.buf) {
                 Ok(0) => return self.on_close().map(|()| Received::End),
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if let Some(err) = self.send_error.take() {
+                        return Err(self.broken("sending", &err));
+                    }
                     self.readable = false;
                     break;
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(self.broken("receiving", &err)),
+                Err(err) => {
+                    let doing = if self.send_error.is_some() {
+                        "sending"
+                    } else {
+                        "receiving"
+                    };
+                    return Err(self.broken(doing, &err));
+                }
             };
             let echo = &self.buf[..n];
             if self.verify {

@@ -81,6 +81,24 @@ fn an_early_close_is_reported_as_truncation() {
 }
 
 #[test]
+fn a_reset_while_sending_still_names_where_the_echo_stops() {
+    // The server echoes 1000 bytes and closes with the rest unread: the
+    // client's writes fail, but it reads what was echoed before saying so.
+    let addr = faulty_tcp(Fault::CloseAfter(1000)).to_string();
+    let file = TempFile::random("client-reset", 8 * 1024 * 1024);
+    let run = echod(&["client", &addr], Input::File(&file.path));
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("at byte offset 1000")
+            || run.stderr.contains("after echoing 1000 of")
+            || run.stderr.contains("and 1000 echoed"),
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(run.stdout.len(), 1000);
+}
+
+#[test]
 fn a_closed_port_is_a_sentence_and_status_1() {
     let port = crate::util::free_port();
     let run = echod(

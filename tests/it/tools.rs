@@ -136,6 +136,9 @@ pub enum Fault {
     /// Reads everything the client sends, echoes only its first `n`
     /// bytes, then closes.
     EchoOnly(u64),
+    /// Echoes the first `n` bytes, then closes at once with input still
+    /// unread, so the kernel resets the connection.
+    CloseAfter(u64),
 }
 
 /// A TCP echo server on 127.0.0.1:0 with a fault, serving connections for
@@ -178,13 +181,18 @@ fn serve_faulty(mut conn: TcpStream, fault: Fault) {
                 }
                 chunk
             }
-            Fault::EchoOnly(limit) => {
+            Fault::EchoOnly(limit) | Fault::CloseAfter(limit) => {
                 let keep = limit.saturating_sub(offset).min(n as u64) as usize;
                 &chunk[..keep]
             }
         };
         if conn.write_all(echo).is_err() {
             break;
+        }
+        if let Fault::CloseAfter(limit) = fault
+            && end >= limit
+        {
+            return; // dropping `conn` with unread input sends an RST
         }
         offset = end;
     }
