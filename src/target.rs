@@ -76,6 +76,17 @@ pub struct ConnectError {
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let addr = self.addr;
+        if matches!(
+            self.source.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE)
+        ) {
+            return write!(
+                f,
+                "could not open a connection to {addr}: this process may open no more files \
+                 ({}). Use fewer connections, or raise the limit (ulimit -n).",
+                self.source
+            );
+        }
         match self.source.kind() {
             io::ErrorKind::ConnectionRefused => write!(
                 f,
@@ -257,6 +268,16 @@ mod tests {
             text.starts_with("connection to 127.0.0.1:9 refused"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn out_of_descriptors_points_at_the_limit() {
+        let err = ConnectError {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            timeout: Duration::from_secs(1),
+            source: io::Error::from_raw_os_error(libc::EMFILE),
+        };
+        assert!(err.to_string().contains("ulimit -n"), "{err}");
     }
 
     #[test]

@@ -349,7 +349,8 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             "bench",
             EXIT_FAILED,
             &format!(
-                "{} error(s) were counted; the server did not echo everything intact",
+                "{} error(s) were counted (the first are described above); not everything \
+                 sent came back intact",
                 total.errors.total()
             ),
         );
