@@ -136,3 +136,21 @@ fn a_closed_port_counts_failed_connects() {
     assert!(count(&report, "connect_failures") > 0, "{report}");
     assert!(run.stderr.contains("refused"), "{}", run.stderr);
 }
+
+#[test]
+fn ipv6_loopback_tcp_and_udp() {
+    let server = InProcess::start(echod::server::ServerConfig {
+        bind: vec!["::1".parse().unwrap()],
+        ..Default::default()
+    });
+    for (flag, addr) in [
+        ("--pipeline=2", server.tcp_addr()),
+        ("--udp", server.udp_addr()),
+    ] {
+        let addr = addr.to_string();
+        let (run, report) = bench_json(&[flag, "-d", "0.3", "-c", "2", &addr]);
+        assert_eq!(run.code(), 0, "{flag}: stderr: {}", run.stderr);
+        assert!(count(&report, "messages") > 0, "{report}");
+        assert_eq!(count(&report, "errors"), 0, "{report}");
+    }
+}
