@@ -25,7 +25,7 @@ pub mod stats;
 mod tcp;
 mod udp;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -339,11 +339,15 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     for note in &notes {
         eprintln!("echod bench: {note}");
     }
-    if args.json {
-        println!("{}", stats::json(&setup, &total, measured));
+    let report = if args.json {
+        format!("{}\n", stats::json(&setup, &total, measured))
     } else {
-        print!("{}", stats::text(&setup, &total, measured));
-    }
+        stats::text(&setup, &total, measured)
+    };
+    // A closed stdout (`| head -1`) is the reader's choice, not an error
+    // (and `print!` would panic on it).
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(report.as_bytes()).and_then(|()| out.flush());
     if total.errors.total() > 0 {
         return tool::fail(
             "bench",
