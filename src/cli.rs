@@ -88,6 +88,29 @@ pub struct Cli {
 pub enum Command {
     /// Print the man page or shell completions for echod.
     Generate(crate::generate::GenerateArgs),
+    // The doc comments here are the help texts (clap takes a variant's
+    // over its struct's).
+    /// Send stdin to an echo server and print what comes back, checking it.
+    ///
+    /// Over TCP, stdin and the echo flow at the same time; at the end of
+    /// stdin the sending side is shut down and the client waits for the
+    /// server to close. The echo is compared with what was sent: at the
+    /// first difference, or if it comes back short or too long, the client
+    /// says at which byte offset and exits with status 1.
+    Client(crate::client::ClientArgs),
+    /// Send probes and time their echoes, like ping; every echo is checked.
+    ///
+    /// Prints one line per probe (sequence, bytes, round-trip time, or what
+    /// went wrong), then a summary: sent, received, loss, and the
+    /// round-trip minimum, average, median, maximum and standard deviation.
+    Ping(crate::ping::PingArgs),
+    /// Load an echo server and measure it, checking every echoed byte.
+    ///
+    /// Reports messages per second, MB/s, latency percentiles (p50, p90,
+    /// p99, p99.9, max) and errors. Any error (a byte that came back wrong,
+    /// a reset, a stalled connection, a failed connect, a lost datagram) is
+    /// counted and makes the exit status 1.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Options of the server (`echod` with no subcommand).

@@ -65,9 +65,18 @@
 #![deny(unsafe_code)]
 
 pub mod activation;
+pub mod bench;
 pub mod cli;
+pub mod client;
+pub mod exchange;
 pub mod generate;
+pub mod interactive;
 pub mod net;
+pub mod payload;
+pub mod ping;
 pub mod ring;
 pub mod server;
 pub mod stats;
+pub mod target;
+pub mod tool;
+pub mod verify;

@@ -10,9 +10,12 @@ use echod::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level());
-    match cli.command {
+    match &cli.command {
         None => serve(&cli),
-        Some(Command::Generate(args)) => generate(&args),
+        Some(Command::Generate(args)) => generate(args),
+        Some(Command::Client(args)) => echod::client::run(args),
+        Some(Command::Ping(args)) => echod::ping::run(args),
+        Some(Command::Bench(args)) => echod::bench::run(args),
     }
 }
 

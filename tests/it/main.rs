@@ -11,3 +11,8 @@ mod tcp;
 mod udp;
 mod udp_guard;
 mod util;
+
+mod bench;
+mod client;
+mod ping;
+mod tools;

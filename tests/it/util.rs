@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use echod::server::{Server, ServerConfig, StopHandle};
+use echod::server::{GuardConfig, Server, ServerConfig, StopHandle};
 
 /// How long any single network wait in a test may take before the test
 /// fails. Generous: a loaded CI machine is slow, but never this slow.
@@ -50,6 +50,15 @@ impl InProcess {
     /// Loopback IPv4, TCP and UDP, default buffer.
     pub fn v4() -> InProcess {
         InProcess::start(ServerConfig::default())
+    }
+
+    /// Loopback IPv4 with the UDP rate limit off: for load tests, which
+    /// send far more than one source may by default.
+    pub fn for_load() -> InProcess {
+        InProcess::start(ServerConfig {
+            udp_guard: no_udp_rate_limit(),
+            ..ServerConfig::default()
+        })
     }
 
     pub fn tcp_addr(&self) -> SocketAddr {
@@ -248,4 +257,12 @@ pub fn have(program: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
+}
+
+/// UDP guard settings with the per-source rate limit off.
+pub fn no_udp_rate_limit() -> GuardConfig {
+    GuardConfig {
+        rate: 0,
+        ..GuardConfig::default()
+    }
 }

@@ -1,0 +1,455 @@
+//! `echod bench ADDR`: a load generator that checks every byte it gets back.
+//!
+//! The load runs on worker threads (one by default), each a small mio loop
+//! over its share of the connections (`tcp.rs`, `udp.rs`). The main thread
+//! only starts them, shows progress (a bar on a terminal, a plain line a
+//! second otherwise) and prints the report ([`stats`]).
+//!
+//! Every message's content is [`crate::payload::fill`] of its connection
+//! and sequence number, so the echo is checked without keeping copies, and
+//! a message of another connection or an earlier one is caught.
+//!
+//! Two ways to load:
+//!
+//! - **Closed loop** (the default): each connection keeps `--pipeline`
+//!   messages in flight and sends the next as soon as one comes back. It
+//!   measures how much the server can do.
+//! - **Open loop** (`--rate R`): messages are due at fixed times, R per
+//!   second in all, whatever the server does. Latency is measured from
+//!   the time a message was *due*, not when it could be sent: if the
+//!   server stalls for a second, the messages that should have gone out in
+//!   that second report the stall, instead of being quietly sent later
+//!   (the "coordinated omission" that hides stalls in closed-loop tools).
+
+pub mod stats;
+mod tcp;
+mod udp;
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::target::{self, parse_duration};
+use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
+use stats::{Setup, Stats};
+
+const EXAMPLES: &str = "\
+Examples:
+  echod bench localhost:7007                    10 connections, 64-byte messages, 10 s
+  echod bench -c 100 -s 1024 -d 30 host:7007    100 connections of 1 KiB messages, 30 s
+  echod bench --pipeline 16 host:7007           16 messages in flight per connection
+  echod bench --rate 50000 -c 50 host:7007      open loop: 50,000 messages/s in all
+  echod bench --udp -c 4 host:7007              UDP datagrams from 4 sockets
+  echod bench --json -d 5 host:7007 | jq .mb_per_s
+
+On a 2-core machine, pin the server and the bench to a core each:
+  taskset -c 0 echod -p 7007 -b 127.0.0.1 &
+  taskset -c 1 echod bench 127.0.0.1:7007
+
+Exit status: 0 if every echo came back intact, 1 if any error was
+counted (mismatch, reset, stall, failed connect, lost datagram), 2 for
+usage or setup errors.";
+
+/// The options of `echod bench` (the help text is on
+/// [`crate::cli::Command`]).
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
+pub struct BenchArgs {
+    /// The echo server (see [`target::resolve`] for the forms accepted).
+    #[arg(value_name = "ADDR", value_parser = target::resolve, help = target::ADDR_HELP)]
+    pub addr: SocketAddr,
+
+    /// Connections to open (UDP: sockets to send from).
+    #[arg(short, long, default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: u32,
+
+    /// Bytes per message (UDP: at most 65,507).
+    #[arg(short, long, default_value_t = 64, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(1..=64 * 1024 * 1024))]
+    pub size: u32,
+
+    /// How long to measure, after the warm-up (10, 2.5, 500ms, 1m; at most
+    /// a day).
+    #[arg(short, long, default_value = "10", value_parser = parse_bounded_duration)]
+    pub duration: Duration,
+
+    /// Load before measuring starts; its messages are not counted (its
+    /// errors are).
+    #[arg(long, default_value = "1", value_parser = parse_duration)]
+    pub warmup: Duration,
+
+    /// Messages in flight per connection.
+    #[arg(short, long, default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub pipeline: u32,
+
+    /// Send UDP datagrams instead of TCP messages.
+    #[arg(short, long)]
+    pub udp: bool,
+
+    /// Open loop: send this many messages per second in all, spread over
+    /// the connections, and measure latency from when each was due.
+    #[arg(short, long, value_name = "MSGS_PER_S", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// Worker threads; connections are shared out among them.
+    #[arg(short, long, default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: u32,
+
+    /// A connection with messages in flight and no echo for this long
+    /// counts as stalled (a datagram as lost); also the connect timeout.
+    #[arg(short = 'W', long, default_value = "2", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Print one JSON object with the results on stdout, and no progress.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_bounded_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() || d > Duration::from_secs(86_400) {
+        return Err(format!(
+            "'{text}' is outside 1 ms to 1 day; a benchmark always has an end"
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1e9 => Ok(r),
+        _ => Err(format!(
+            "'{text}' is not a rate; give messages per second, such as 10000"
+        )),
+    }
+}
+
+/// What one worker thread is to do.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The server.
+    pub addr: SocketAddr,
+    /// The connection numbers of this worker (they key the payloads).
+    pub ids: std::ops::Range<u32>,
+    /// Connections of all workers, to spread open-loop send times.
+    pub total_connections: u32,
+    /// Bytes per message.
+    pub size: usize,
+    /// Messages in flight per connection.
+    pub pipeline: usize,
+    /// Messages per second per connection, if open loop.
+    pub rate_per_connection: Option<f64>,
+    /// When the load starts (the same for all workers).
+    pub start: Instant,
+    /// When the warm-up ends and counting starts.
+    pub measure_from: Instant,
+    /// When sending stops.
+    pub end: Instant,
+    /// Stall, loss and connect timeout.
+    pub timeout: Duration,
+}
+
+impl Plan {
+    /// When message `seq` of connection `id` is due in an open loop: the
+    /// connections' schedules are offset so their sends interleave.
+    pub fn due(&self, id: u32, seq: u64) -> Option<Instant> {
+        let rate = self.rate_per_connection?;
+        let phase = f64::from(id) / f64::from(self.total_connections);
+        Some(self.start + Duration::from_secs_f64((seq as f64 + phase) / rate))
+    }
+
+    /// May message `seq` of connection `id` go out at `now`? `Ok(time)`
+    /// if so, with the time its latency is measured from; `Err(wake)` if
+    /// not yet, with when to look again.
+    ///
+    /// In an open loop the latency runs from the due time when the
+    /// message is late (that is the point), and from the real send time
+    /// when it goes out a little early: the poll timeout has millisecond
+    /// resolution, so waiting for the exact due time would add up to a
+    /// millisecond of the tool's own delay to every latency.
+    pub fn send_time(&self, id: u32, seq: u64, now: Instant) -> Result<Instant, Instant> {
+        match self.due(id, seq) {
+            None => Ok(now),
+            Some(due) if due <= now + TIMER_SLACK => Ok(due.min(now)),
+            Some(due) => Err(due - TIMER_SLACK),
+        }
+    }
+}
+
+/// How early an open-loop message may go out: the resolution of the poll
+/// timeout (epoll counts in milliseconds).
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+/// What workers share with the main thread while running.
+#[derive(Default)]
+pub struct Live {
+    /// Messages echoed intact so far, warm-up included.
+    pub echoed: AtomicU64,
+    /// Errors so far.
+    pub errors: AtomicU64,
+    /// Set to stop early (Ctrl-C).
+    pub stop: Arc<AtomicBool>,
+    /// The first few errors, described, for the report.
+    notes: Mutex<Vec<String>>,
+}
+
+/// How many error descriptions are kept for the report.
+const NOTES_KEPT: usize = 8;
+
+impl Live {
+    /// Keeps the description of an error, if fewer than a few are kept.
+    pub fn note(&self, text: String) {
+        if let Ok(mut notes) = self.notes.lock()
+            && notes.len() < NOTES_KEPT
+        {
+            notes.push(text);
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Adds to the shared counters what a worker counted since it last
+    /// published (`echoed` and `errors` are the worker's totals so far).
+    pub fn publish(&self, done: &mut Published, echoed: u64, errors: u64) {
+        if echoed > done.echoed {
+            self.echoed
+                .fetch_add(echoed - done.echoed, Ordering::Relaxed);
+            done.echoed = echoed;
+        }
+        if errors > done.errors {
+            self.errors
+                .fetch_add(errors - done.errors, Ordering::Relaxed);
+            done.errors = errors;
+        }
+    }
+}
+
+/// What one worker has added to [`Live`]'s counters so far.
+#[derive(Debug, Default)]
+pub struct Published {
+    echoed: u64,
+    errors: u64,
+}
+
+/// How often progress is shown.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs `echod bench` and returns its exit status.
+pub fn run(args: &BenchArgs) -> ExitCode {
+    let size = args.size as usize;
+    if let Err(status) = tool::check_udp_size("bench", "datagram", tool::transport(args.udp), size)
+    {
+        return status;
+    }
+    let threads = args.threads.min(args.connections);
+    let setup = Setup {
+        addr: args.addr.to_string(),
+        transport: if args.udp { "udp" } else { "tcp" },
+        connections: args.connections as usize,
+        size,
+        pipeline: args.pipeline as usize,
+        rate: args.rate,
+        threads: threads as usize,
+    };
+    let live = Arc::new(Live {
+        stop: tool::on_interrupt(),
+        ..Live::default()
+    });
+    let start = Instant::now();
+    let measure_from = start + args.warmup;
+    let end = measure_from + args.duration;
+    let mut workers = Vec::new();
+    for t in 0..threads {
+        let plan = Plan {
+            addr: args.addr,
+            ids: (t * args.connections / threads)..((t + 1) * args.connections / threads),
+            total_connections: args.connections,
+            size,
+            pipeline: args.pipeline as usize,
+            rate_per_connection: args.rate.map(|r| r / f64::from(args.connections)),
+            start,
+            measure_from,
+            end,
+            timeout: args.timeout,
+        };
+        let shared = Arc::clone(&live);
+        let udp = args.udp;
+        let spawned = thread::Builder::new()
+            .name(format!("bench-{t}"))
+            .spawn(move || {
+                if udp {
+                    udp::run(&plan, &shared)
+                } else {
+                    tcp::run(&plan, &shared)
+                }
+            });
+        match spawned {
+            Ok(handle) => workers.push(handle),
+            Err(err) => {
+                live.stop.store(true, Ordering::SeqCst);
+                return tool::fail(
+                    "bench",
+                    EXIT_SETUP,
+                    &format!("could not start a worker thread: {err}"),
+                );
+            }
+        }
+    }
+
+    show_progress(args, &live, &workers, start, measure_from, end);
+
+    let mut total = Stats::new();
+    let mut measured = Duration::ZERO;
+    for worker in workers {
+        match worker.join() {
+            Ok(Ok(result)) => {
+                total.merge(&result.stats);
+                measured = measured.max(result.measured);
+            }
+            Ok(Err(err)) => {
+                return tool::fail(
+                    "bench",
+                    EXIT_SETUP,
+                    &format!("a worker could not set up its event loop: {err}"),
+                );
+            }
+            Err(_) => {
+                return tool::fail("bench", EXIT_FAILED, "a worker thread panicked");
+            }
+        }
+    }
+    if live.stopping() && measured < args.duration {
+        eprintln!(
+            "echod bench: interrupted; the report covers the {:.2} s measured",
+            measured.as_secs_f64()
+        );
+    }
+    let notes = live.notes.lock().map(|n| n.clone()).unwrap_or_default();
+    for note in &notes {
+        eprintln!("echod bench: {note}");
+    }
+    let report = if args.json {
+        format!("{}\n", stats::json(&setup, &total, measured))
+    } else {
+        stats::text(&setup, &total, measured)
+    };
+    // A closed stdout (`| head -1`) is the reader's choice, not an error
+    // (and `print!` would panic on it).
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(report.as_bytes()).and_then(|()| out.flush());
+    if total.errors.total() > 0 {
+        return tool::fail(
+            "bench",
+            EXIT_FAILED,
+            &format!(
+                "{} error(s) were counted (the first are described above); not everything \
+                 sent came back intact",
+                total.errors.total()
+            ),
+        );
+    }
+    if total.messages == 0 {
+        return tool::fail(
+            "bench",
+            EXIT_FAILED,
+            "no message was echoed while measuring; is the warm-up longer than the server \
+             takes to answer at all?",
+        );
+    }
+    ExitCode::from(EXIT_OK)
+}
+
+/// What a worker hands back.
+pub struct WorkerResult {
+    /// Its counts.
+    pub stats: Stats,
+    /// How long it measured (shorter than planned when stopped early).
+    pub measured: Duration,
+}
+
+impl WorkerResult {
+    /// The result of a worker that stopped sending at `stopped` (`None`:
+    /// it never did before the loop ended, so the plan's end).
+    fn new(stats: Stats, plan: &Plan, stopped: Option<Instant>) -> WorkerResult {
+        let until = stopped.unwrap_or(plan.end);
+        WorkerResult {
+            stats,
+            measured: until.saturating_duration_since(plan.measure_from),
+        }
+    }
+}
+
+/// Shows progress until the workers are done: a bar on a terminal, a line
+/// a second on a pipe, nothing with `--json`.
+fn show_progress(
+    args: &BenchArgs,
+    live: &Live,
+    workers: &[thread::JoinHandle<std::io::Result<WorkerResult>>],
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+) {
+    const TICK: Duration = Duration::from_millis(100);
+    let terminal = std::io::stderr().is_terminal() && !args.json;
+    let total_ms = (end - start).as_millis() as u64;
+    let bar = if terminal {
+        let bar = indicatif::ProgressBar::new(total_ms);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {msg}",
+        ) {
+            bar.set_style(style);
+        }
+        Some(bar)
+    } else {
+        None
+    };
+    let (mut last_shown, mut last_echoed) = (start, 0);
+    // Bounded: workers stop by `end` plus a drain of at most `--timeout`.
+    while !workers.iter().all(|w| w.is_finished()) {
+        thread::sleep(TICK);
+        let now = Instant::now();
+        if now - last_shown < PROGRESS_EVERY && bar.is_none() {
+            continue;
+        }
+        let echoed = live.echoed.load(Ordering::Relaxed);
+        let errors = live.errors.load(Ordering::Relaxed);
+        let rate = (echoed - last_echoed) as f64 / (now - last_shown).as_secs_f64();
+        let phase = if now < measure_from {
+            "warming up"
+        } else if now < end {
+            "measuring"
+        } else {
+            "finishing"
+        };
+        let text = format!("{phase}: {rate:.0} messages/s, {errors} errors");
+        match &bar {
+            Some(bar) => {
+                bar.set_position((now - start).as_millis().min(u128::from(total_ms)) as u64);
+                if now - last_shown >= Duration::from_millis(500) {
+                    bar.set_message(text);
+                    (last_shown, last_echoed) = (now, echoed);
+                }
+            }
+            None => {
+                if !args.json {
+                    eprintln!("echod bench: {:>5.1} s {text}", (now - start).as_secs_f64());
+                }
+                (last_shown, last_echoed) = (now, echoed);
+            }
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}

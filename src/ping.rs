@@ -1,0 +1,281 @@
+//! `echod ping ADDR`: round-trip probes, one line each, then a summary,
+//! like ping(8) and echoping(1), but every echo is checked byte for byte.
+//!
+//! Each probe's payload is [`payload::message`] for its sequence number,
+//! so a late echo of an earlier probe is named as such rather than taken
+//! for the current one. Over TCP the probes share one connection, unless
+//! `--connect-each` measures connect + echo + close per probe.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::exchange::{ExchangeError, Exchanger};
+use crate::payload;
+use crate::target::{self, parse_duration};
+use crate::tool::{self, EXIT_FAILED, EXIT_OK};
+
+const EXAMPLES: &str = "\
+Examples:
+  echod ping localhost:7007                  5 TCP probes of 64 bytes, one a second
+  echod ping --udp -c 20 -i 0.2 host:7       20 UDP probes, 5 a second
+  echod ping -s 1400 -W 500ms host:7007      larger probes, 500 ms to answer each
+  echod ping --connect-each -c 3 host:7007   time connect + echo + close each time
+
+Exit status: 0 if any probe came back right, 1 if none did, 2 for usage
+or setup errors (bad option, unknown host).";
+
+/// The options of `echod ping` (the help text is on
+/// [`crate::cli::Command`]).
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
+pub struct PingArgs {
+    /// The echo server (see [`target::resolve`] for the forms accepted).
+    #[arg(value_name = "ADDR", value_parser = target::resolve, help = target::ADDR_HELP)]
+    pub addr: SocketAddr,
+
+    /// Probe over UDP instead of TCP.
+    #[arg(short, long)]
+    pub udp: bool,
+
+    /// Number of probes to send (at most 1,000,000; Ctrl-C stops early
+    /// and still prints the summary).
+    #[arg(short, long, default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub count: u64,
+
+    /// Bytes per probe (UDP: at most 65,507).
+    #[arg(short, long, default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub size: u32,
+
+    /// Time between the starts of two probes (2, 0.5, 250ms).
+    #[arg(short, long, default_value = "1", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Time each probe (and a TCP connect) may take before it counts as
+    /// lost.
+    #[arg(short = 'W', long, default_value = "2", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// TCP: open a new connection for every probe and time connect + echo +
+    /// close, as echoping does.
+    #[arg(long, conflicts_with = "udp")]
+    pub connect_each: bool,
+}
+
+/// What one probe found.
+enum Probe {
+    Echoed(Duration),
+    Failed(ExchangeError),
+}
+
+/// Runs `echod ping` and returns its exit status.
+pub fn run(args: &PingArgs) -> ExitCode {
+    let size = args.size as usize;
+    let transport = tool::transport(args.udp);
+    if let Err(status) = tool::check_udp_size("ping", "probe", transport, size) {
+        return status;
+    }
+    let mut exchanger = match tool::exchanger("ping", args.addr, transport, args.timeout) {
+        Ok(ex) => ex,
+        Err(status) => return status,
+    };
+    let interrupted = tool::on_interrupt();
+    let mut out = io::stdout().lock();
+    let what = if args.connect_each {
+        " (connect + echo + close)"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "ECHO {} over {transport}: {size} bytes per probe{what}",
+        args.addr
+    );
+
+    let mut rtts = Vec::new();
+    let mut sent = 0;
+    let mut told_connect = false;
+    let started = Instant::now();
+    for seq in 1..=args.count {
+        let due = started + args.interval * (seq - 1) as u32;
+        if seq > 1 && !tool::sleep_until(due, &interrupted) {
+            break;
+        }
+        let message = payload::message(0, seq, size);
+        sent += 1;
+        let probe = probe(&mut exchanger, args, &message);
+        let line = match &probe {
+            Probe::Echoed(rtt) => {
+                rtts.push(*rtt);
+                format!(
+                    "{size} bytes from {}: seq={seq} time={:.3} ms",
+                    args.addr,
+                    millis(*rtt)
+                )
+            }
+            Probe::Failed(ExchangeError::Connect(err)) => {
+                // The full sentence once, on stderr; a short line each time.
+                if !told_connect {
+                    eprintln!("echod ping: {err}");
+                    told_connect = true;
+                }
+                format!("seq={seq} could not connect: {}", short_error(&err.source))
+            }
+            Probe::Failed(ExchangeError::Refused) if !told_connect => {
+                eprintln!("echod ping: {}", target::udp_refused(args.addr));
+                told_connect = true;
+                format!("seq={seq} {}", ExchangeError::Refused)
+            }
+            Probe::Failed(err) => format!("seq={seq} {err}"),
+        };
+        if writeln!(out, "{line}").is_err() {
+            return ExitCode::from(EXIT_OK); // stdout closed: stop quietly
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    if !args.connect_each {
+        let _ = exchanger.close(args.timeout);
+    }
+    let _ = write!(
+        out,
+        "{}",
+        summary(args.addr, sent, &rtts, exchanger.late, started.elapsed())
+    );
+    let _ = out.flush();
+    ExitCode::from(if rtts.is_empty() {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    })
+}
+
+fn probe(exchanger: &mut Exchanger, args: &PingArgs, message: &[u8]) -> Probe {
+    if !args.connect_each {
+        return match exchanger.round_trip(message, args.timeout) {
+            Ok(rtt) => Probe::Echoed(rtt),
+            Err(err) => Probe::Failed(err),
+        };
+    }
+    let start = Instant::now();
+    let result = exchanger
+        .connect()
+        .and_then(|()| exchanger.round_trip(message, args.timeout))
+        .and_then(|_| exchanger.close(args.timeout));
+    match result {
+        Ok(_) => Probe::Echoed(start.elapsed()),
+        Err(err) => Probe::Failed(err),
+    }
+}
+
+fn short_error(err: &io::Error) -> String {
+    match err.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::TimedOut => "connect timed out".into(),
+        _ => err.to_string(),
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The closing lines, in ping's shape.
+fn summary(addr: SocketAddr, sent: u64, rtts: &[Duration], late: u64, took: Duration) -> String {
+    let received = rtts.len() as u64;
+    let loss = if sent == 0 {
+        0.0
+    } else {
+        100.0 * (sent - received) as f64 / sent as f64
+    };
+    let mut text = format!(
+        "\n--- {addr} echo statistics ---\n{sent} probes sent, {received} echoed intact, \
+         {loss:.0}% loss, time {:.0} ms\n",
+        millis(took)
+    );
+    if late > 0 {
+        text += &format!("{late} late or duplicate echoes skipped\n");
+    }
+    if let Some(stats) = RttStats::of(rtts) {
+        text += &format!(
+            "rtt min/avg/median/max/stddev = {:.3}/{:.3}/{:.3}/{:.3}/{:.3} ms\n",
+            stats.min, stats.avg, stats.median, stats.max, stats.stddev
+        );
+    }
+    text
+}
+
+/// Round-trip statistics in milliseconds.
+#[derive(Debug, PartialEq)]
+struct RttStats {
+    min: f64,
+    avg: f64,
+    median: f64,
+    max: f64,
+    stddev: f64,
+}
+
+impl RttStats {
+    fn of(rtts: &[Duration]) -> Option<RttStats> {
+        if rtts.is_empty() {
+            return None;
+        }
+        let mut ms: Vec<f64> = rtts.iter().map(|d| millis(*d)).collect();
+        ms.sort_by(f64::total_cmp);
+        let n = ms.len();
+        let avg = ms.iter().sum::<f64>() / n as f64;
+        let median = if n % 2 == 1 {
+            ms[n / 2]
+        } else {
+            (ms[n / 2 - 1] + ms[n / 2]) / 2.0
+        };
+        let variance = ms.iter().map(|x| (x - avg).powi(2)).sum::<f64>() / n as f64;
+        Some(RttStats {
+            min: ms[0],
+            avg,
+            median,
+            max: ms[n - 1],
+            stddev: variance.sqrt(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_of_round_trips() {
+        let rtts: Vec<Duration> = [1, 2, 3, 4]
+            .iter()
+            .map(|&ms| Duration::from_millis(ms))
+            .collect();
+        let stats = RttStats::of(&rtts).unwrap();
+        assert_eq!(stats.min, 1.0);
+        assert_eq!(stats.max, 4.0);
+        assert_eq!(stats.avg, 2.5);
+        assert_eq!(stats.median, 2.5);
+        assert!((stats.stddev - 1.118).abs() < 0.001);
+        assert_eq!(RttStats::of(&[]), None);
+    }
+
+    #[test]
+    fn summary_counts_loss() {
+        let addr = "127.0.0.1:7".parse().unwrap();
+        let text = summary(addr, 4, &[Duration::from_millis(1)], 0, Duration::ZERO);
+        assert!(
+            text.contains("4 probes sent, 1 echoed intact, 75% loss"),
+            "{text}"
+        );
+        let text = summary(addr, 2, &[], 0, Duration::ZERO);
+        assert!(text.contains("100% loss"), "{text}");
+        assert!(!text.contains("rtt"), "{text}");
+    }
+}

@@ -1,0 +1,257 @@
+//! `echod client`: stdin through the server, checked; against the real
+//! server and against servers that damage, cut or drop the echo.
+
+use crate::tools::{Fault, Input, TempFile, drop_every_other_udp, echod, faulty_tcp};
+use crate::util::{ECHOD, InProcess, random_bytes};
+
+#[test]
+fn a_32_mib_file_comes_back_unchanged() {
+    let server = InProcess::v4();
+    let file = TempFile::random("client-32mib", 32 * 1024 * 1024);
+    let addr = server.tcp_addr().to_string();
+    let run = echod(&["client", &addr], Input::File(&file.path));
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    let sent = std::fs::read(&file.path).unwrap();
+    assert!(run.stdout == sent, "the echo differs from the 32 MiB input");
+}
+
+#[test]
+fn a_small_window_still_moves_everything() {
+    // The window bounds what is in flight; a tiny one must only slow the
+    // client down, never lose or reorder bytes.
+    let server = InProcess::v4();
+    let input = random_bytes(7, 300_000);
+    let addr = server.tcp_addr().to_string();
+    let run = echod(&["client", "--window", "1024", &addr], Input::Bytes(&input));
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    assert!(run.stdout == input);
+}
+
+#[test]
+fn ipv6_loopback_works_too() {
+    let server = InProcess::start(echod::server::ServerConfig {
+        bind: vec!["::1".parse().unwrap()],
+        ..Default::default()
+    });
+    let addr = server.tcp_addr().to_string();
+    let run = echod(&["client", &addr], Input::Bytes(b"over ipv6\n"));
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    assert_eq!(run.stdout, b"over ipv6\n");
+}
+
+#[test]
+fn a_flipped_byte_is_named_by_its_offset() {
+    let addr = faulty_tcp(Fault::FlipByteAt(1000)).to_string();
+    let input = random_bytes(1, 5000);
+    let run = echod(&["client", &addr], Input::Bytes(&input));
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("differs from what was sent at byte offset 1000"),
+        "stderr: {}",
+        run.stderr
+    );
+    // The good bytes before the bad one were passed on, nothing after.
+    assert_eq!(run.stdout, input[..1000]);
+}
+
+#[test]
+fn no_verify_passes_a_changed_byte_through() {
+    let addr = faulty_tcp(Fault::FlipByteAt(10)).to_string();
+    let input = random_bytes(2, 100);
+    let run = echod(&["client", "--no-verify", &addr], Input::Bytes(&input));
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    assert_eq!(run.stdout.len(), 100);
+    assert_eq!(run.stdout[10], input[10] ^ 0x20);
+}
+
+#[test]
+fn an_early_close_is_reported_as_truncation() {
+    let addr = faulty_tcp(Fault::EchoOnly(3000)).to_string();
+    let input = random_bytes(3, 10_000);
+    let run = echod(&["client", &addr], Input::Bytes(&input));
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("truncated at byte offset 3000: the server closed the connection after echoing 3000 of the 10000 bytes"),
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(run.stdout, input[..3000]);
+}
+
+#[test]
+fn a_reset_while_sending_still_names_where_the_echo_stops() {
+    // The server echoes 1000 bytes and closes with the rest unread: the
+    // client's writes fail, but it reads what was echoed before saying so.
+    let addr = faulty_tcp(Fault::CloseAfter(1000)).to_string();
+    let file = TempFile::random("client-reset", 8 * 1024 * 1024);
+    let run = echod(&["client", &addr], Input::File(&file.path));
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("at byte offset 1000")
+            || run.stderr.contains("after echoing 1000 of")
+            || run.stderr.contains("and 1000 echoed"),
+        "stderr: {}",
+        run.stderr
+    );
+    assert_eq!(run.stdout.len(), 1000);
+}
+
+#[test]
+fn a_closed_port_is_a_sentence_and_status_1() {
+    let port = crate::util::free_port();
+    let run = echod(
+        &["client", &format!("127.0.0.1:{port}")],
+        Input::Bytes(b"x"),
+    );
+    assert_eq!(run.code(), 1);
+    assert!(
+        run.stderr.contains(&format!(
+            "connection to 127.0.0.1:{port} refused: nothing is listening"
+        )),
+        "stderr: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn an_unknown_host_is_a_usage_error() {
+    let run = echod(&["client", "no-such-host.invalid:7"], Input::Bytes(b""));
+    assert_eq!(run.code(), 2);
+    assert!(
+        run.stderr.contains("could not resolve the host name"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn udp_datagrams_come_back_in_order() {
+    let server = InProcess::v4();
+    let input = random_bytes(4, 20_000);
+    let addr = server.udp_addr().to_string();
+    let run = echod(
+        &["client", "--udp", "-s", "1000", &addr],
+        Input::Bytes(&input),
+    );
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    assert!(run.stdout == input);
+}
+
+#[test]
+fn udp_loss_is_reported_with_a_failing_status() {
+    let addr = drop_every_other_udp().to_string();
+    let input = random_bytes(5, 500);
+    let run = echod(
+        &[
+            "client",
+            "--udp",
+            "-s",
+            "100",
+            "--retries",
+            "0",
+            "-W",
+            "200ms",
+            &addr,
+        ],
+        Input::Bytes(&input),
+    );
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    // Datagrams 2 and 4 of 5 get no answer.
+    assert!(
+        run.stderr
+            .contains("datagram 2 (bytes 100..200 of the input) was lost"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("2 of 5 datagrams were lost and 0 came back wrong"),
+        "{}",
+        run.stderr
+    );
+    let expected: Vec<u8> = [&input[..100], &input[200..300], &input[400..]].concat();
+    assert_eq!(run.stdout, expected);
+}
+
+#[test]
+fn udp_retries_recover_a_dropped_datagram() {
+    let addr = drop_every_other_udp().to_string();
+    let input = random_bytes(6, 300);
+    let run = echod(
+        &["client", "--udp", "-s", "100", "-W", "200ms", &addr],
+        Input::Bytes(&input),
+    );
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    assert_eq!(run.stdout, input);
+    assert!(run.stderr.contains("were resent"), "{}", run.stderr);
+}
+
+#[test]
+fn interactive_lines_are_echoed_until_q() {
+    let server = InProcess::v4();
+    let addr = server.tcp_addr().to_string();
+    let run = echod(
+        &["client", "-i", &addr],
+        Input::Bytes(b"first line\nsecond\nQ\nnever sent\n"),
+    );
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    let out = run.stdout_text();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("echo 11 bytes in "), "{out}");
+    assert!(lines[0].ends_with(" ms: first line"), "{out}");
+    assert!(lines[1].ends_with(" ms: second"), "{out}");
+    assert!(!out.contains("never sent"));
+}
+
+#[test]
+fn interactive_over_udp_and_quit() {
+    let server = InProcess::v4();
+    let addr = server.udp_addr().to_string();
+    let run = echod(
+        &["client", "-i", "--udp", &addr],
+        Input::Bytes(b"ping\nquit\npong\n"),
+    );
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    let out = run.stdout_text();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.ends_with(" ms: ping\n"), "{out}");
+}
+
+#[test]
+fn interactive_reports_a_damaged_line() {
+    let addr = faulty_tcp(Fault::FlipByteAt(2)).to_string();
+    let run = echod(&["client", "-i", &addr], Input::Bytes(b"hello\n"));
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("line 1: mismatch: byte 2 differs"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_closed_stdout_is_a_normal_exit() {
+    // `echod client … | head -c 10`: the reader goes away early.
+    let server = InProcess::v4();
+    let addr = server.tcp_addr().to_string();
+    let file = TempFile::random("client-head", 4 * 1024 * 1024);
+    let mut child = std::process::Command::new(ECHOD)
+        .args(["client", &addr])
+        .stdin(std::fs::File::open(&file.path).unwrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0; 10];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let status = crate::tools::wait_bounded(&mut child);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status:?}, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
