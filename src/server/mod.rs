@@ -652,7 +652,7 @@ impl Server {
                 Request::Report => log::info!("{}", self.stats()),
                 Request::Stop(name) if self.phase == Phase::Serving => self.begin_shutdown(name),
                 Request::Stop(name) => {
-                    log::info!("{name} again: exiting now; {}", self.stats());
+                    log::info!("{name} again: exiting now, sessions still open are cut");
                     self.stop_requested.store(true, Ordering::SeqCst);
                 }
             }
@@ -663,8 +663,9 @@ impl Server {
     fn begin_shutdown(&mut self, signal: &str) {
         let sessions = self.connections.len() as u64;
         log::info!(
-            "{signal}: shutting down; no new connections or datagrams, {sessions} open \
-             sessions may finish within {} s (send the signal again to exit at once)",
+            "{signal}: shutting down: no new connections or datagrams; {} open, with {} s \
+             to finish (send the signal again to exit at once)",
+            count(sessions, "session"),
             self.grace.as_secs_f64()
         );
         // Dropping the sockets closes them, which removes them from the
@@ -687,9 +688,10 @@ impl Server {
         };
         let stats = self.stats();
         log::info!(
-            "shutdown complete: {} of {sessions} sessions finished, {cut} cut after the grace \
-             period; tcp bytes received {}, echoed {}; {stats}",
+            "shutdown complete: {} of {} finished, {cut} cut after the grace period; tcp \
+             bytes received {}, echoed {}; {stats}",
             sessions - cut,
+            count(sessions, "session"),
             stats.tcp.bytes_in,
             stats.tcp.bytes_out,
         );
@@ -763,7 +765,10 @@ impl Server {
                 cut += 1;
             }
         }
-        log::info!("grace period over: closing {cut} sessions still open");
+        log::info!(
+            "grace period over: closing {} still open",
+            count(cut, "session")
+        );
         cut
     }
 
@@ -825,6 +830,15 @@ impl std::fmt::Display for Source {
             Source::Waker => f.write_str("waker"),
             Source::Signals => f.write_str("signals"),
         }
+    }
+}
+
+/// "1 session", "2 sessions": counts in log lines read as sentences.
+fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 

@@ -250,7 +250,7 @@ fn sigterm_lets_sessions_finish_and_exits_zero() {
         })
         .collect();
     signal(&server, "TERM");
-    server.wait_for_line("SIGTERM: shutting down");
+    server.wait_for_line("SIGTERM: shutting down: no new connections");
     // Within the grace, each sends the rest and half-closes.
     for (stream, payload) in streams.iter_mut().zip(&payloads) {
         stream.write_all(&payload[half..]).unwrap();
