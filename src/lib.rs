@@ -37,9 +37,18 @@
 //! (`Readiness`), which is also what lets a connection whose buffer was
 //! full start reading again as soon as a write frees space.
 //!
+//! **A short read is as good as WouldBlock.** When a TCP read returns
+//! fewer bytes than asked for, the kernel had no more: bytes arriving later
+//! bring a new edge, so echod skips the read that would only say
+//! WouldBlock (one system call per message saved). The exception is a FIN
+//! that arrived with the bytes: its edge is the one being served, so only
+//! another read can report the EOF. Likewise a short write means the send
+//! buffer is full, and a writable edge will follow when it drains.
+//!
 //! **Spurious events are normal.** An event may arrive when nothing can be
-//! done (a slab key reused by a new connection, a wakeup that raced with a
-//! read). Every handler must treat "WouldBlock right away" as harmless.
+//! done (readiness that a read in the same turn already used up, a turn
+//! from the ready queue for a slab key that a new connection now holds).
+//! Every handler must treat "WouldBlock right away" as harmless.
 //!
 //! **Read-closed is a hint.** A peer's FIN shows up as a readable event;
 //! the bytes before it must still be read, and only a read returning 0

@@ -107,13 +107,19 @@ pub fn is_ipv6_unavailable(err: &io::Error) -> bool {
     )
 }
 
-fn new_socket(addr: SocketAddr, ty: Type, protocol: Protocol) -> io::Result<Socket> {
+fn new_socket(
+    addr: SocketAddr,
+    ty: Type,
+    protocol: Protocol,
+    options: BindOptions,
+) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), ty, Some(protocol))?;
     if addr.is_ipv6() {
-        // Serve IPv4 on the same socket when bound to `::`; on a specific
-        // IPv6 address this changes nothing. Linux defaults to this already
+        // Serve IPv4 on the same socket when bound to `::` (unless IPv4
+        // addresses have sockets of their own); on a specific IPv6 address
+        // this changes nothing. Linux defaults to dual-stack already
         // (net.ipv6.bindv6only=0), but other systems and sysctls differ.
-        socket.set_only_v6(false)?;
+        socket.set_only_v6(options.ipv6_only)?;
     }
     socket.set_nonblocking(true)?;
     Ok(socket)
@@ -127,6 +133,10 @@ pub struct BindOptions {
     /// datagrams among them by a hash of the peer's address and port.
     /// Every socket sharing the port must set it, under the same user.
     pub reuse_port: bool,
+    /// Keep IPv6 sockets to IPv6 (`IPV6_V6ONLY`). Needed when `::` and an
+    /// IPv4 address are both served: a dual-stack `::` would claim the
+    /// IPv4 port too, and the IPv4 socket could not bind.
+    pub ipv6_only: bool,
 }
 
 fn apply(socket: &Socket, options: BindOptions) -> io::Result<()> {
@@ -142,7 +152,7 @@ pub fn bind_tcp(
     options: BindOptions,
 ) -> Result<mio::net::TcpListener, BindError> {
     let setup = || -> io::Result<mio::net::TcpListener> {
-        let socket = new_socket(addr, Type::STREAM, Protocol::TCP)?;
+        let socket = new_socket(addr, Type::STREAM, Protocol::TCP, options)?;
         // Restart on the same port at once, even while connections of the
         // previous run are in TIME_WAIT. (It does not allow two listeners;
         // SO_REUSEPORT does.)
@@ -162,7 +172,7 @@ pub fn bind_tcp(
 /// Binds a nonblocking UDP socket on `addr`.
 pub fn bind_udp(addr: SocketAddr, options: BindOptions) -> Result<mio::net::UdpSocket, BindError> {
     let setup = || -> io::Result<mio::net::UdpSocket> {
-        let socket = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
+        let socket = new_socket(addr, Type::DGRAM, Protocol::UDP, options)?;
         apply(&socket, options)?;
         socket.bind(&addr.into())?;
         Ok(mio::net::UdpSocket::from_std(socket.into()))
@@ -246,7 +256,10 @@ mod tests {
 
     #[test]
     fn reuse_port_lets_two_sockets_share_a_port() {
-        let shared = BindOptions { reuse_port: true };
+        let shared = BindOptions {
+            reuse_port: true,
+            ..BindOptions::default()
+        };
         let first = bind_tcp("127.0.0.1:0".parse().unwrap(), shared).unwrap();
         let port = first.local_addr().unwrap();
         bind_tcp(port, shared).expect("a second TCP listener on the port");

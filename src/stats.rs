@@ -26,8 +26,10 @@ pub struct TcpStats {
     pub closed_shutdown: u64,
     /// Times accepting paused because `--max-connections` were open.
     pub limit_reached: u64,
-    /// Connections lost before or while being accepted (reset while in the
-    /// backlog, descriptors exhausted, registration failed).
+    /// Connections lost before they could be served: reset while waiting
+    /// in the backlog, or not registrable with the poll. (Clients waiting
+    /// while descriptors are exhausted are not refused: they stay in the
+    /// backlog and are accepted later.)
     pub refused: u64,
     /// Bytes received from closed connections.
     pub bytes_in: u64,
@@ -87,7 +89,7 @@ impl fmt::Display for Stats {
         write!(
             f,
             "udp: datagrams in {}, out {}, dropped {} (service port {}, bad address {}, \
-             rate {}, queue full {}, send error {})",
+             rate {}, queue full {}, send error {}, shutdown {})",
             u.received,
             u.sent,
             u.dropped(),
@@ -96,6 +98,7 @@ impl fmt::Display for Stats {
             u.dropped_rate,
             u.dropped_queue_full,
             u.dropped_send_error,
+            u.dropped_shutdown,
         )
     }
 }

@@ -143,8 +143,8 @@ impl Readiness {
 pub enum Turn {
     /// Nothing more can be done until the next event.
     Wait,
-    /// The turn's budget ran out with work left: serve it again before the
-    /// loop blocks in poll.
+    /// The turn's budget ran out with readiness left unused (there may be
+    /// more to read, or not): serve it again before the loop blocks in poll.
     Yield,
     /// The connection is finished; remove it.
     Closed(CloseReason),
@@ -229,6 +229,8 @@ pub struct Connection<S> {
     pub opened: Millis,
     /// When bytes last moved, or when the server began closing it.
     pub active: Millis,
+    /// On the loop's ready queue now (so it is not queued twice).
+    pub queued: bool,
 }
 
 impl<S: Stream> Connection<S> {
@@ -244,6 +246,7 @@ impl<S: Stream> Connection<S> {
             bytes_out: 0,
             opened: Millis::ZERO,
             active: Millis::ZERO,
+            queued: false,
         }
     }
 
@@ -306,7 +309,13 @@ impl<S: Stream> Connection<S> {
                 Err(err) => {
                     log::trace!("connection {key}: {err}");
                     self.release_ring(bufs);
-                    self.set_state(key, State::Closed(CloseReason::from_error(&err)));
+                    // A close the server began keeps its reason: a peer
+                    // that resets after our FIN does not make it a "reset".
+                    let reason = match self.state {
+                        State::Draining(reason) => reason,
+                        _ => CloseReason::from_error(&err),
+                    };
+                    self.set_state(key, State::Closed(reason));
                 }
             }
             if let State::Closed(reason) = self.state {

@@ -180,7 +180,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// How long a connection the server closes may take to send its EOF
 /// after the server's FIN (see `State::Draining`) before it is closed
 /// regardless.
-const LINGER: Duration = Duration::from_secs(2);
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// The connection limit is warned about at most this often; it is counted
 /// every time.
@@ -321,9 +321,10 @@ impl Server {
         let poll = Poll::new().map_err(StartError::Poll)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(StartError::Poll)?);
         let (listeners, udp) = bind_all(config)?;
-        let max_connections = config
-            .max_connections
-            .unwrap_or_else(default_max_connections);
+        // Raise the open-files limit whether or not --max-connections was
+        // given: a limit set by hand needs the descriptors just as much.
+        let derived = default_max_connections();
+        let max_connections = config.max_connections.unwrap_or(derived);
         let signals = if config.signals {
             Some(Signals::new().map_err(StartError::Poll)?)
         } else {
@@ -445,6 +446,7 @@ impl Server {
                         Source::of(token)
                     );
                 }
+                self.unmark_queued(token);
                 self.dispatch(token, Readiness::NONE);
             }
             self.run_timers();
@@ -482,7 +484,8 @@ impl Server {
                 let Some(udp) = self.udp.get_mut(i) else {
                     return;
                 };
-                if udp.on_ready(readiness, &mut self.datagram) == Turn::Yield {
+                if udp.on_ready(readiness, &mut self.datagram) == Turn::Yield && !udp.queued {
+                    udp.queued = true;
                     self.ready.push(token);
                 }
             }
@@ -492,10 +495,29 @@ impl Server {
         }
     }
 
+    /// A source taken off the ready queue may be queued again.
+    fn unmark_queued(&mut self, token: Token) {
+        match Source::of(token) {
+            Source::Connection(key) => {
+                if let Some(conn) = self.connections.get_mut(key) {
+                    conn.queued = false;
+                }
+            }
+            Source::Udp(i) => {
+                if let Some(udp) = self.udp.get_mut(i) {
+                    udp.queued = false;
+                }
+            }
+            Source::Listener(_) | Source::Waker | Source::Signals => {}
+        }
+    }
+
     fn on_connection(&mut self, key: usize, readiness: Readiness) {
-        // The slab entry may be gone (closed earlier in this batch), or even
-        // reused by a connection accepted since: then this event is merely
-        // spurious for the new one, which costs a read that says WouldBlock.
+        // The slab entry may be gone: a connection closed after it was put
+        // on the ready queue. Its key may even be reused by a connection
+        // accepted since; the queued turn is then merely spurious for the
+        // new one, and costs nothing (it brings no readiness). Events for
+        // closed sockets do not come: closing removes them from the poll.
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
@@ -508,7 +530,13 @@ impl Server {
         }
         match turn {
             Turn::Wait => {}
-            Turn::Yield => self.ready.push(Source::Connection(key).token()),
+            // Queued once at most: a connection that yields to an event
+            // while already waiting in the queue must not get two turns.
+            Turn::Yield if !conn.queued => {
+                conn.queued = true;
+                self.ready.push(Source::Connection(key).token());
+            }
+            Turn::Yield => {}
             Turn::Closed(reason) => self.close(key, reason),
         }
     }
@@ -626,7 +654,7 @@ impl Server {
                 .stream()
                 .peer_addr()
                 .map(|p| display_addr(p).to_string())
-                .unwrap_or_else(|_| "a peer now gone".to_string());
+                .unwrap_or_else(|_| "peer address gone (see the accepted line)".to_string());
             log::debug!(
                 "connection {key}: closed, {peer}, {:.3} s, {} bytes in, {} echoed: {reason}",
                 self.clock.now().since(conn.opened).as_secs_f64(),
@@ -671,7 +699,10 @@ impl Server {
         // Dropping the sockets closes them, which removes them from the
         // poll; a late event for their tokens finds nothing and is ignored.
         self.listeners.clear();
-        for socket in self.udp.drain(..) {
+        for mut socket in self.udp.drain(..) {
+            // Replies already owed go out if the socket takes them now;
+            // what it will not take is counted, not silently lost.
+            socket.close();
             self.closed_udp.add(&socket.counters);
         }
         self.phase = Phase::Grace {
@@ -733,7 +764,7 @@ impl Server {
             Phase::Grace { cut_at, sessions } if now >= cut_at => {
                 let cut = self.cut_all();
                 self.phase = Phase::Cutting {
-                    until: now + LINGER,
+                    until: now + DRAIN_LIMIT,
                     sessions,
                     cut,
                 };
@@ -773,7 +804,7 @@ impl Server {
     }
 
     /// Closes connections idle for `--idle-timeout`, and those that have
-    /// been draining for longer than [`LINGER`].
+    /// been draining for longer than [`DRAIN_LIMIT`].
     fn sweep(&mut self) {
         let now = self.clock.now();
         let mut expired = Vec::new();
@@ -789,7 +820,7 @@ impl Server {
                         self.ready.push(Source::Connection(key).token());
                     }
                 }
-                State::Draining(reason) if quiet >= LINGER => expired.push((key, reason)),
+                State::Draining(reason) if quiet >= DRAIN_LIMIT => expired.push((key, reason)),
                 State::Draining(_) => {}
                 State::Closed(reason) => expired.push((key, reason)),
             }
@@ -923,6 +954,7 @@ fn bind_addrs(
     let mut port = config.port;
     let options = BindOptions {
         reuse_port: config.reuse_port,
+        ipv6_only: addrs.iter().any(IpAddr::is_ipv4),
     };
     let mut listeners = Vec::new();
     let mut udp = Vec::new();

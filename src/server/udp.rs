@@ -63,6 +63,8 @@ pub struct UdpCounters {
     pub dropped_address: u64,
     /// Datagrams not answered because their source was over `--udp-rate`.
     pub dropped_rate: u64,
+    /// Replies still queued when the socket closed at shutdown.
+    pub dropped_shutdown: u64,
 }
 
 impl UdpCounters {
@@ -75,6 +77,7 @@ impl UdpCounters {
         self.dropped_port += other.dropped_port;
         self.dropped_address += other.dropped_address;
         self.dropped_rate += other.dropped_rate;
+        self.dropped_shutdown += other.dropped_shutdown;
     }
 
     /// Datagrams received but not echoed, for any reason.
@@ -84,6 +87,7 @@ impl UdpCounters {
             + self.dropped_port
             + self.dropped_address
             + self.dropped_rate
+            + self.dropped_shutdown
     }
 }
 
@@ -100,6 +104,8 @@ pub struct UdpEcho {
     warnings: DropWarnings,
     /// What happened on this socket so far.
     pub counters: UdpCounters,
+    /// On the loop's ready queue now (so it is not queued twice).
+    pub queued: bool,
 }
 
 impl UdpEcho {
@@ -114,7 +120,25 @@ impl UdpEcho {
             guard: UdpGuard::new(guard, Instant::now()),
             warnings: DropWarnings::default(),
             counters: UdpCounters::default(),
+            queued: false,
         }
+    }
+
+    /// Before the socket is closed (shutdown): sends the replies still
+    /// queued if the socket takes them now, and counts the rest as
+    /// dropped, so that received = sent + dropped still holds.
+    pub fn close(&mut self) {
+        self.send_queued();
+        let left = self.queue.len() as u64;
+        if left > 0 {
+            log::debug!(
+                "udp {}: {left} queued replies dropped at shutdown",
+                self.local
+            );
+        }
+        self.counters.dropped_shutdown += left;
+        self.queue.clear();
+        self.queued_bytes = 0;
     }
 
     /// The socket, for registering with the poll.

@@ -350,3 +350,27 @@ fn a_peer_cannot_hold_a_closing_connection_open_by_sending() {
     );
     server.wait_for_line("idle too long");
 }
+
+/// After the grace period, a session that is still open is closed by the
+/// server with a FIN (its client reads a clean EOF, not a reset), the
+/// receipt counts it as cut, and the server exits 0.
+#[test]
+fn sessions_still_open_after_the_grace_are_cut_cleanly() {
+    let mut server = Binary::start(&["-p", "0", "-b", "127.0.0.1", "--no-udp", "--grace", "1"]);
+    let mut stream = connect(server.tcp.unwrap());
+    round_trip(&mut stream, b"never half-closes");
+    signal(&server, "TERM");
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .expect("a clean EOF from the server, not a reset");
+    assert!(rest.is_empty());
+    drop(stream);
+    let receipt = server.wait_for_line("shutdown complete");
+    assert!(
+        receipt.contains("0 of 1 session finished, 1 cut"),
+        "{receipt}"
+    );
+    assert!(receipt.contains("shutdown 1"), "{receipt}");
+    assert!(wait_for_exit(&mut server).success());
+}

@@ -200,3 +200,19 @@ fn half_close_with_echo_still_queued_gets_every_byte() {
     assert_eq!(back.len(), payload.len());
     assert!(back == payload);
 }
+
+/// `::` next to an IPv4 address: the IPv6 socket keeps to IPv6 so the
+/// IPv4 one can bind the same port, and both serve.
+#[test]
+fn any_ipv6_beside_an_ipv4_address() {
+    let server = InProcess::start(ServerConfig {
+        bind: vec!["::".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+        ..ServerConfig::default()
+    });
+    assert_eq!(server.tcp.len(), 2);
+    for addr in &server.tcp {
+        let local = if addr.is_ipv6() { "[::1]" } else { "127.0.0.1" };
+        let target = format!("{local}:{}", addr.port()).parse().unwrap();
+        assert_eq!(echo_tcp(target, b"both"), b"both");
+    }
+}

@@ -334,3 +334,20 @@ mod draining {
         );
     }
 }
+
+mod draining_reason {
+    use super::*;
+
+    /// The review found that a peer resetting after the server's FIN
+    /// turned an idle or shutdown close into a "reset" in the counters.
+    #[test]
+    fn a_reset_while_draining_keeps_the_servers_reason() {
+        let mut bufs = Buffers::new(8);
+        let mut c = conn(vec![OnRead::Fail(io::ErrorKind::ConnectionReset)], vec![]);
+        c.begin_close(1, CloseReason::Idle, &mut bufs);
+        assert_eq!(
+            c.on_ready(1, READABLE, &mut bufs),
+            Turn::Closed(CloseReason::Idle)
+        );
+    }
+}
