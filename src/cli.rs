@@ -67,7 +67,12 @@ pub struct Cli {
 
 /// The tools that come with the server.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Check any echo server, TCP or UDP, for the usual defects: line
+    /// buffering, lost bytes on half-close, one client at a time, truncated
+    /// datagrams, and more (`--list` shows each check).
+    Check(crate::check::CheckArgs),
+}
 
 /// Options of the server (`echod` with no subcommand).
 #[derive(Debug, Args)]

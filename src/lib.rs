@@ -3,6 +3,7 @@
 
 #![deny(missing_docs)]
 
+pub mod check;
 pub mod cli;
 pub mod net;
 pub mod ring;

@@ -5,13 +5,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use echod::cli::Cli;
+use echod::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level());
     match cli.command {
         None => serve(&cli),
+        Some(Command::Check(ref args)) => echod::check::command(args),
     }
 }
 

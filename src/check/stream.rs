@@ -1,0 +1,582 @@
+//! The checks on one TCP connection: echo, binary, unbuffered, half-close,
+//! eof-with-queued-output and slow-drip; and the sentences that turn what
+//! came back into a verdict, shared with the multi-client checks.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::probe::{
+    self, Deadline, Payload, RecvEnd, Received, SendEnd, Sent, Until, Verifier, exchange,
+    receive, send,
+};
+use super::report::{fmt_bytes, fmt_duration};
+use super::{Context, Defect, Unreachable, Verdict};
+
+/// The line the echo check sends.
+const HELLO: &[u8] = b"echod check: is anybody there?\n";
+
+/// The payload of the binary check after the 256 byte values.
+const BINARY_RANDOM: u64 = 1024 * 1024;
+
+/// What the half-close check sends before shutting down its side: more
+/// than one read of a small server, small enough for any.
+const HALF_CLOSE_BYTES: u64 = 64 * 1024;
+
+/// The most the eof-with-queued-output check sends without reading. A
+/// server with bounded buffers stops reading long before (echod on Linux
+/// loopback: after about 8 MiB, most of it in socket buffers); one without
+/// a bound is then holding echo it has not written yet.
+const QUEUED_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Slow-drip: this many bytes, one every [`DRIP_GAP`].
+const DRIP_BYTES: usize = 200;
+const DRIP_GAP: Duration = Duration::from_millis(10);
+
+/// The verdict for an echo that did not come back exact: what was seen in
+/// a sentence, and the defect it points at. `sent` is what the server was
+/// given; `waited` the bound that ran out, if one did.
+pub(super) fn shortfall(rx: &Received, sent: u64, waited: Duration) -> Verdict {
+    let got = rx.bytes;
+    let figures = |v: Verdict| v.figure("bytes_sent", sent).figure("bytes_received", got);
+    if let Some(m) = rx.mismatch {
+        let mut detail = format!(
+            "byte {} of {} came back as 0x{:02x} instead of 0x{:02x}",
+            m.offset,
+            fmt_bytes(sent),
+            m.got,
+            m.sent
+        );
+        if m.sent == b'\n' && m.got == b'\r' {
+            detail.push_str(" (the server rewrites line endings)");
+        }
+        return figures(Verdict::fail(Some(Defect::CorruptsBytes), detail))
+            .figure("first_wrong_offset", m.offset);
+    }
+    if rx.extra > 0 {
+        return figures(Verdict::fail(
+            Some(Defect::ExtraBytes),
+            format!(
+                "{} came back for {} sent: the server adds bytes of its own",
+                fmt_bytes(got),
+                fmt_bytes(sent)
+            ),
+        ));
+    }
+    let (defect, detail) = match &rx.end {
+        RecvEnd::TimedOut if got == 0 => (
+            Defect::NeverReplying,
+            format!(
+                "nothing came back within {} for {} sent",
+                fmt_duration(waited),
+                fmt_bytes(sent)
+            ),
+        ),
+        RecvEnd::TimedOut if rx.last == Some(b'\n') => (
+            Defect::LineBuffering,
+            format!(
+                "{} of {} came back, up to a newline, then nothing within {}: the server \
+                 echoes only complete lines",
+                fmt_bytes(got),
+                fmt_bytes(sent),
+                fmt_duration(waited)
+            ),
+        ),
+        RecvEnd::TimedOut => (
+            Defect::HoldsBackBytes,
+            format!(
+                "only {} of {} came back within {}",
+                fmt_bytes(got),
+                fmt_bytes(sent),
+                fmt_duration(waited)
+            ),
+        ),
+        RecvEnd::Eof | RecvEnd::Complete => (
+            Defect::ClosesEarly,
+            format!(
+                "the server closed the connection after echoing {} of {}",
+                fmt_bytes(got),
+                fmt_bytes(sent)
+            ),
+        ),
+        RecvEnd::Reset => (
+            Defect::ResetsConnection,
+            format!(
+                "the server reset the connection after echoing {} of {}",
+                fmt_bytes(got),
+                fmt_bytes(sent)
+            ),
+        ),
+        RecvEnd::Failed(err) => {
+            return figures(Verdict::fail(
+                None,
+                format!(
+                    "receiving failed after {} of {}: {err}",
+                    fmt_bytes(got),
+                    fmt_bytes(sent)
+                ),
+            ));
+        }
+    };
+    figures(Verdict::fail(Some(defect), detail))
+}
+
+/// The verdict after the client sent `sent`, shut down its side, and read
+/// until EOF: every byte then EOF passes; what else came is named.
+/// `client_finished` says whether the client's shutdown was sent, so that
+/// a close after it is "on EOF" and one before it is "early".
+pub(super) fn after_half_close(
+    rx: &Received,
+    sent: u64,
+    client_finished: bool,
+    waited: Duration,
+) -> Verdict {
+    let got = rx.bytes;
+    let figures = |v: Verdict| v.figure("bytes_sent", sent).figure("bytes_received", got);
+    if rx.exact(sent) {
+        return match rx.end {
+            RecvEnd::Eof => figures(Verdict::pass(format!(
+                "{} came back, then EOF",
+                fmt_bytes(sent)
+            ))),
+            RecvEnd::Reset => figures(Verdict::fail(
+                Some(Defect::ResetsConnection),
+                format!(
+                    "all {} came back, then the connection was reset instead of closed: the \
+                     server aborts the connection (or closes it with input unread), so a \
+                     client may lose the last echo bytes",
+                    fmt_bytes(sent)
+                ),
+            )),
+            _ => figures(Verdict::fail(
+                Some(Defect::IgnoresHalfClose),
+                format!(
+                    "all {} came back, but the server did not close its side within {} after \
+                     the client shut down its own: it ignores half-close, so `nc -N` and \
+                     scripts wait forever",
+                    fmt_bytes(sent),
+                    fmt_duration(waited)
+                ),
+            )),
+        };
+    }
+    if rx.mismatch.is_none() && rx.extra == 0 && client_finished {
+        let cut = match rx.end {
+            RecvEnd::Eof => Some("closed"),
+            RecvEnd::Reset => Some("reset"),
+            _ => None,
+        };
+        if let Some(how) = cut {
+            return figures(Verdict::fail(
+                Some(Defect::CloseOnEofWithoutFlush),
+                format!(
+                    "after the client finished sending, the server {how} the connection with \
+                     only {} of {} echoed: it closes on EOF without flushing what it still \
+                     held",
+                    fmt_bytes(got),
+                    fmt_bytes(sent)
+                ),
+            ));
+        }
+    }
+    shortfall(rx, sent, waited)
+}
+
+/// Adds what went wrong while sending, when it explains a failure.
+fn with_send_note(verdict: Verdict, sent: &Sent) -> Verdict {
+    match &sent.end {
+        SendEnd::Failed(err) if verdict.outcome == super::Outcome::Fail => {
+            let mut verdict = verdict;
+            verdict.detail.push_str(&format!(
+                " (sending failed after {}: {err})",
+                fmt_bytes(sent.bytes)
+            ));
+            verdict
+        }
+        _ => verdict,
+    }
+}
+
+/// Time from the start to the last byte received.
+fn took(start: Instant, rx: &Received) -> Duration {
+    rx.ended_at.saturating_duration_since(start)
+}
+
+/// echo: a short line comes back.
+pub(super) fn echo(ctx: &Context) -> Result<Verdict, Unreachable> {
+    let deadline = ctx.deadline();
+    let stream = ctx.connect_first(deadline)?;
+    let start = Instant::now();
+    let len = HELLO.len() as u64;
+    let (sent, rx) = exchange(
+        &stream,
+        Payload::Bytes(HELLO),
+        false,
+        Until::Count(len),
+        deadline,
+    );
+    let verdict = if rx.exact(len) {
+        Verdict::pass(format!(
+            "{} came back exact in {}",
+            fmt_bytes(len),
+            fmt_duration(took(start, &rx))
+        ))
+        .figure("bytes_sent", len)
+        .figure("bytes_received", rx.bytes)
+        .millis("round_trip_ms", took(start, &rx))
+    } else {
+        let verdict = shortfall(&rx, len, ctx.timeout);
+        if verdict.defect == Some(Defect::NeverReplying) {
+            Verdict::fail(
+                Some(Defect::NeverReplying),
+                format!(
+                    "the server accepted the connection but sent nothing back within {} for \
+                     a {}-byte line",
+                    fmt_duration(ctx.timeout),
+                    len
+                ),
+            )
+            .figure("bytes_sent", len)
+            .figure("bytes_received", 0)
+        } else {
+            verdict
+        }
+    };
+    Ok(with_send_note(verdict, &sent))
+}
+
+/// binary: all 256 byte values, then 1 MiB of random bytes with no newline.
+pub(super) fn binary(ctx: &Context) -> Result<Verdict, Unreachable> {
+    let deadline = ctx.deadline();
+    let stream = ctx.connect_first(deadline)?;
+    let start = Instant::now();
+    let all_values: Vec<u8> = (0..=255).collect();
+    let parts = [
+        ("all 256 byte values", Payload::Bytes(&all_values)),
+        (
+            "1 MiB of random bytes",
+            Payload::Random {
+                seed: 256,
+                len: BINARY_RANDOM,
+            },
+        ),
+    ];
+    for (what, payload) in parts {
+        let (sent, rx) = exchange(&stream, payload, false, Until::Count(payload.len()), deadline);
+        if !rx.exact(payload.len()) {
+            let verdict = shortfall(&rx, payload.len(), ctx.timeout).about(what);
+            return Ok(with_send_note(verdict, &sent));
+        }
+    }
+    let elapsed = start.elapsed();
+    Ok(Verdict::pass(format!(
+        "all 256 byte values and 1 MiB of random bytes came back exact in {}",
+        fmt_duration(elapsed)
+    ))
+    .figure("bytes_sent", 256 + BINARY_RANDOM)
+    .figure("bytes_received", 256 + BINARY_RANDOM)
+    .millis("elapsed_ms", elapsed))
+}
+
+/// unbuffered: a few bytes with no newline come back promptly. If they do
+/// not, a newline is sent: bytes that come back then prove line buffering.
+pub(super) fn unbuffered(ctx: &Context) -> Result<Verdict, Unreachable> {
+    const WORD: &[u8] = b"echod";
+    let deadline = ctx.deadline();
+    // Half the time for the bytes alone; the rest to see whether a newline
+    // releases them.
+    let prompt = Deadline::after(ctx.timeout / 2);
+    let stream = ctx.connect_first(deadline)?;
+    let start = Instant::now();
+    let len = WORD.len() as u64;
+    let (sent, rx) = exchange(
+        &stream,
+        Payload::Bytes(WORD),
+        false,
+        Until::Count(len),
+        prompt,
+    );
+    if rx.exact(len) {
+        return Ok(Verdict::pass(format!(
+            "{len} bytes without a newline came back in {}",
+            fmt_duration(took(start, &rx))
+        ))
+        .figure("bytes_sent", len)
+        .millis("round_trip_ms", took(start, &rx)));
+    }
+    if rx.bytes > 0 || !matches!(rx.end, RecvEnd::TimedOut) || !matches!(sent.end, SendEnd::Done)
+    {
+        return Ok(with_send_note(shortfall(&rx, len, ctx.timeout / 2), &sent));
+    }
+    // Nothing yet: does a newline bring them?
+    let line = b"echod\n";
+    let newline = &line[WORD.len()..];
+    let sent_newline = send(&stream, Payload::Bytes(newline), deadline, None);
+    let mut verifier = Verifier::new(Payload::Bytes(line));
+    let after = receive(&stream, &mut verifier, Until::Count(line.len() as u64), deadline);
+    let waited = fmt_duration(ctx.timeout / 2);
+    let verdict = if after.exact(line.len() as u64) {
+        Verdict::fail(
+            Some(Defect::LineBuffering),
+            format!(
+                "{len} bytes without a newline did not come back within {waited}; they came \
+                 back only after a newline was sent: the server echoes complete lines only"
+            ),
+        )
+    } else if after.bytes == 0 && matches!(after.end, RecvEnd::TimedOut) {
+        Verdict::fail(
+            Some(Defect::NeverReplying),
+            format!(
+                "{len} bytes without a newline did not come back within {waited}, nor after a \
+                 newline was sent"
+            ),
+        )
+    } else {
+        shortfall(&after, line.len() as u64, ctx.timeout).about("after a newline")
+    };
+    Ok(with_send_note(verdict.figure("bytes_sent", len), &sent_newline))
+}
+
+/// half-close: send, shut down the write side, receive every byte and EOF.
+pub(super) fn half_close(ctx: &Context) -> Result<Verdict, Unreachable> {
+    let deadline = ctx.deadline();
+    let stream = ctx.connect_first(deadline)?;
+    let start = Instant::now();
+    let payload = Payload::Random {
+        seed: 2,
+        len: HALF_CLOSE_BYTES,
+    };
+    let (sent, rx) = exchange(&stream, payload, true, Until::Eof, deadline);
+    let finished = matches!(sent.end, SendEnd::Done);
+    let verdict = after_half_close(&rx, payload.len(), finished, ctx.timeout);
+    let verdict = if verdict.outcome == super::Outcome::Pass {
+        let elapsed = took(start, &rx);
+        Verdict::pass(format!(
+            "{} sent, write side shut down: all came back, then EOF, in {}",
+            fmt_bytes(payload.len()),
+            fmt_duration(elapsed)
+        ))
+        .figure("bytes_sent", payload.len())
+        .figure("bytes_received", rx.bytes)
+        .millis("elapsed_ms", elapsed)
+    } else {
+        verdict
+    };
+    Ok(with_send_note(verdict, &sent))
+}
+
+/// eof-with-queued-output: send MiBs without reading, shut down the write
+/// side, then read: every byte must arrive before EOF.
+pub(super) fn eof_with_queued_output(ctx: &Context) -> Result<Verdict, Unreachable> {
+    let deadline = ctx.deadline();
+    let stream = ctx.connect_first(deadline)?;
+    let start = Instant::now();
+    let payload = Payload::Random {
+        seed: 3,
+        len: QUEUED_OUTPUT_BYTES,
+    };
+    let sent = send(&stream, payload, deadline, Some(ctx.stall()));
+    let stalled = match sent.end {
+        SendEnd::Done => false,
+        SendEnd::Stalled => true,
+        SendEnd::TimedOut => {
+            return Ok(Verdict::fail(
+                Some(Defect::HoldsBackBytes),
+                format!(
+                    "the server took only {} in {} from a client that was not reading, and \
+                     kept taking it too slowly to tell when it stops",
+                    fmt_bytes(sent.bytes),
+                    fmt_duration(ctx.timeout)
+                ),
+            )
+            .figure("bytes_sent", sent.bytes));
+        }
+        SendEnd::Failed(ref err) => {
+            let how = if probe::is_reset(err) {
+                "the server reset the connection"
+            } else {
+                "sending failed"
+            };
+            return Ok(Verdict::fail(
+                Some(Defect::ResetsConnection),
+                format!(
+                    "{how} after {} from a client that was not reading yet ({err})",
+                    fmt_bytes(sent.bytes)
+                ),
+            )
+            .figure("bytes_sent", sent.bytes));
+        }
+    };
+    // The FIN goes out after whatever the kernel still holds for the
+    // server; the server sees EOF with echo of its own still queued.
+    let shut = stream.shutdown(Shutdown::Write);
+    let mut verifier = Verifier::new(Payload::Random {
+        seed: 3,
+        len: sent.bytes,
+    });
+    let rx = receive(&stream, &mut verifier, Until::Eof, deadline);
+    let verdict = after_half_close(&rx, sent.bytes, shut.is_ok(), ctx.timeout);
+    if verdict.outcome != super::Outcome::Pass {
+        return Ok(verdict);
+    }
+    let elapsed = took(start, &rx);
+    let how = if stalled {
+        format!(
+            "sent {} without reading until the server stopped taking bytes",
+            fmt_bytes(sent.bytes)
+        )
+    } else {
+        format!("sent {} without reading", fmt_bytes(sent.bytes))
+    };
+    Ok(Verdict::pass(format!(
+        "{how}, then shut down the write side: all came back, then EOF, in {}",
+        fmt_duration(elapsed)
+    ))
+    .figure("bytes_sent", sent.bytes)
+    .figure("bytes_received", rx.bytes)
+    .figure("server_stopped_reading", stalled)
+    .millis("elapsed_ms", elapsed))
+}
+
+/// slow-drip: 1 byte every 10 ms for 2 s is echoed as it goes. A byte
+/// whose echo is still missing `timeout` after the last progress ends the
+/// check.
+pub(super) fn slow_drip(ctx: &Context) -> Result<Verdict, Unreachable> {
+    let drip = DRIP_GAP * DRIP_BYTES as u32;
+    let deadline = Deadline::after(drip + ctx.timeout);
+    let stream = ctx.connect_first(deadline)?;
+    let payload: Vec<u8> = (0..DRIP_BYTES).map(|i| b'a' + (i % 26) as u8).collect();
+    let stop = AtomicBool::new(false);
+    let (sent_at, send_error, arrivals, rx) = thread::scope(|scope| {
+        let writer = scope.spawn(|| drip_bytes(&stream, &payload, &stop, deadline));
+        let (arrivals, rx) = collect_drip(&stream, &payload, ctx.timeout, deadline);
+        stop.store(true, Ordering::SeqCst);
+        if arrivals.len() < DRIP_BYTES {
+            // Unblocks a writer stuck on a full socket.
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        let (sent_at, error) = writer
+            .join()
+            .unwrap_or_else(|_| (Vec::new(), Some(io::Error::other("the sending thread failed"))));
+        (sent_at, error, arrivals, rx)
+    });
+    let len = DRIP_BYTES as u64;
+    if !rx.exact(len) {
+        let mut verdict = shortfall(&rx, sent_at.len() as u64, ctx.timeout)
+            .about("1 byte every 10 ms");
+        if let Some(err) = send_error {
+            verdict.detail.push_str(&format!(" (sending failed: {err})"));
+        }
+        return Ok(verdict);
+    }
+    let mut lags: Vec<Duration> = arrivals
+        .iter()
+        .zip(&sent_at)
+        .map(|(got, sent)| got.saturating_duration_since(*sent))
+        .collect();
+    lags.sort();
+    let median = lags[lags.len() / 2];
+    let max = lags[lags.len() - 1];
+    let last_sent = sent_at[sent_at.len() - 1];
+    let during = arrivals.iter().filter(|&&at| at <= last_sent).count();
+    let verdict = if during * 2 >= DRIP_BYTES {
+        Verdict::pass(format!(
+            "{DRIP_BYTES} bytes sent 1 every 10 ms came back as they went: echo lag median {}, \
+             max {}",
+            fmt_duration(median),
+            fmt_duration(max)
+        ))
+    } else {
+        Verdict::fail(
+            Some(Defect::HoldsBackBytes),
+            format!(
+                "all {DRIP_BYTES} bytes came back, but only {during} of them before the last \
+                 was sent (echo lag median {}, max {}): the server holds small pieces back",
+                fmt_duration(median),
+                fmt_duration(max)
+            ),
+        )
+    };
+    Ok(verdict
+        .figure("bytes_sent", len)
+        .figure("echoed_while_sending", during)
+        .millis("lag_median_ms", median)
+        .millis("lag_max_ms", max))
+}
+
+/// Slow-drip's writer: one byte per [`DRIP_GAP`], until done, told to
+/// stop, or a write fails. Returns when each byte was sent.
+fn drip_bytes(
+    mut stream: &TcpStream,
+    payload: &[u8],
+    stop: &AtomicBool,
+    deadline: Deadline,
+) -> (Vec<Instant>, Option<io::Error>) {
+    let start = Instant::now();
+    let mut sent_at = Vec::with_capacity(payload.len());
+    for (i, byte) in payload.iter().enumerate() {
+        let due = start + DRIP_GAP * i as u32;
+        // Sleeps are at most one gap long, so a stop request is seen soon.
+        while Instant::now() < due {
+            if stop.load(Ordering::SeqCst) {
+                return (sent_at, None);
+            }
+            thread::sleep(due.saturating_duration_since(Instant::now()).min(DRIP_GAP));
+        }
+        if stop.load(Ordering::SeqCst) || deadline.passed() {
+            return (sent_at, None);
+        }
+        let result = stream
+            .set_write_timeout(Some(deadline.remaining().max(Duration::from_millis(1))))
+            .and_then(|()| stream.write_all(std::slice::from_ref(byte)));
+        if let Err(err) = result {
+            return (sent_at, Some(err));
+        }
+        sent_at.push(Instant::now());
+    }
+    (sent_at, None)
+}
+
+/// Slow-drip's reader: when each echoed byte arrived, and how reading
+/// ended. Gives up when no byte came for `patience`.
+fn collect_drip(
+    mut stream: &TcpStream,
+    payload: &[u8],
+    patience: Duration,
+    deadline: Deadline,
+) -> (Vec<Instant>, Received) {
+    let mut verifier = Verifier::new(Payload::Bytes(payload));
+    let mut arrivals = Vec::with_capacity(payload.len());
+    let mut buf = [0u8; DRIP_BYTES];
+    let mut progress = Instant::now();
+    let end = loop {
+        let want = payload.len() - arrivals.len().min(payload.len());
+        if want == 0 {
+            break RecvEnd::Complete;
+        }
+        let wait = Deadline::after(patience.saturating_sub(progress.elapsed())).min(deadline);
+        if wait.passed() {
+            break RecvEnd::TimedOut;
+        }
+        let result = stream
+            .set_read_timeout(Some(wait.remaining().max(Duration::from_millis(1))))
+            .and_then(|()| stream.read(&mut buf[..want]));
+        match result {
+            Ok(0) => break RecvEnd::Eof,
+            Ok(n) => {
+                progress = Instant::now();
+                arrivals.extend(std::iter::repeat_n(progress, n));
+                verifier.push(&buf[..n]);
+            }
+            Err(err) => {
+                if let Some(end) = probe::classify_read_error(err) {
+                    break end;
+                }
+            }
+        }
+    };
+    let first_at = arrivals.first().copied();
+    (arrivals, verifier.finish(end, first_at))
+}
