@@ -274,6 +274,9 @@ pub enum Defect {
     OneClientAtATime,
     /// Serves only so many clients at a time.
     LimitedClients,
+    /// Clients arriving together wait for SYN retransmission: the listen
+    /// backlog is too small.
+    SmallBacklog,
     /// A client that does not read stops the server for everyone.
     BlocksOnSlowReader,
     /// Keeps taking bytes from a client that reads nothing back.
@@ -305,6 +308,7 @@ impl Defect {
             Defect::CloseOnEofWithoutFlush => "close-on-eof-without-flush",
             Defect::OneClientAtATime => "one-client-at-a-time",
             Defect::LimitedClients => "limited-clients",
+            Defect::SmallBacklog => "small-backlog",
             Defect::BlocksOnSlowReader => "blocks-on-slow-reader",
             Defect::UnboundedBuffering => "unbounded-buffering",
             Defect::DiesOnReset => "dies-on-reset",
@@ -788,6 +792,7 @@ mod tests {
             Defect::CloseOnEofWithoutFlush,
             Defect::OneClientAtATime,
             Defect::LimitedClients,
+            Defect::SmallBacklog,
             Defect::BlocksOnSlowReader,
             Defect::UnboundedBuffering,
             Defect::DiesOnReset,
