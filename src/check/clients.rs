@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::probe::{
-    self, Deadline, Payload, RecvEnd, Received, SendEnd, Until, Verifier, connect, exchange,
+    self, Deadline, Payload, Received, RecvEnd, SendEnd, Until, Verifier, connect, exchange,
     receive, send,
 };
 use super::report::{fmt_bytes, fmt_duration};
@@ -191,7 +191,10 @@ fn first_echoes(streams: &[TcpStream], deadline: Deadline, timeout: Duration) ->
         if !matches!(sent.end, SendEnd::Done) {
             return Some(Verdict::fail(
                 None,
-                format!("client {i} of {n} could not send its first line: {:?}", sent.end),
+                format!(
+                    "client {i} of {n} could not send its first line: {:?}",
+                    sent.end
+                ),
             ));
         }
     }
@@ -307,17 +310,16 @@ fn each_finishes(streams: &[TcpStream], deadline: Deadline, timeout: Duration) -
 /// taking bytes; a second client must still be served; then the first
 /// reads everything back.
 pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
+    // Three waits, each bounded by the timeout: filling (which ends sooner,
+    // at the first stall), the second client, and the read-back.
     let deadline = ctx.deadline();
-    // Filling may take half the time; the rest is for the second client and
-    // the read-back.
-    let fill_deadline = Deadline::after(ctx.timeout / 2);
     let slow = ctx.connect_first(deadline)?;
     let start = Instant::now();
     let payload = Payload::Random {
         seed: 4,
         len: BACKPRESSURE_LIMIT,
     };
-    let sent = send(&slow, payload, fill_deadline, Some(ctx.stall()));
+    let sent = send(&slow, payload, deadline, Some(ctx.stall()));
     let unbounded = match sent.end {
         SendEnd::Stalled => false,
         SendEnd::Done => true,
@@ -326,7 +328,7 @@ pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
                 "the server took {} in {} from a client that read nothing, without stopping \
                  and without reaching {}: too slow to tell; raise --timeout",
                 fmt_bytes(sent.bytes),
-                fmt_duration(ctx.timeout / 2),
+                fmt_duration(ctx.timeout),
                 fmt_bytes(BACKPRESSURE_LIMIT)
             ))
             .figure("bytes_sent", sent.bytes));
@@ -345,6 +347,7 @@ pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
     let filled = start.elapsed();
     // Meanwhile, is anyone else served?
     let other_start = Instant::now();
+    let deadline = ctx.deadline();
     let other = match connect(ctx.addr, deadline) {
         Ok(stream) => {
             let line = b"echod check: second client\n";
@@ -358,7 +361,7 @@ pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
             if rx.exact(line.len() as u64) {
                 Ok(other_start.elapsed())
             } else {
-                Err(shortfall(&rx, line.len() as u64, ctx.timeout))
+                Err(shortfall(&rx, line.len() as u64, other_start.elapsed()))
             }
         }
         Err(err) => Err(Verdict::fail(None, format!("it could not connect: {err}"))),
@@ -382,6 +385,7 @@ pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
         }
     };
     // Now read everything back.
+    let deadline = ctx.deadline();
     let shut = slow.shutdown(Shutdown::Write);
     let mut verifier = Verifier::new(Payload::Random {
         seed: 4,
@@ -490,7 +494,12 @@ pub(super) fn reset_survival(ctx: &Context) -> Result<Verdict, Unreachable> {
         len: 64 * 1024,
     };
     let (sent, rx) = exchange(&fresh, payload, true, Until::Eof, deadline);
-    let verdict = after_half_close(&rx, payload.len(), matches!(sent.end, SendEnd::Done), ctx.timeout);
+    let verdict = after_half_close(
+        &rx,
+        payload.len(),
+        matches!(sent.end, SendEnd::Done),
+        ctx.timeout,
+    );
     if verdict.outcome != Outcome::Pass {
         let mut verdict = verdict.about(&format!(
             "after {resets} clients reset their connections, a fresh client"

@@ -150,7 +150,10 @@ fn sizes_verdict(replies: &[(usize, Reply)], share: Duration) -> Verdict {
             _ => None,
         })
         .collect();
-    let figures = |v: Verdict| v.figure("sizes", SIZES.to_vec()).figure("whole", whole.clone());
+    let figures = |v: Verdict| {
+        v.figure("sizes", SIZES.to_vec())
+            .figure("whole", whole.clone())
+    };
     if let Some(&(_, at)) = truncated.first() {
         let cut: Vec<String> = truncated.iter().map(|(s, _)| s.to_string()).collect();
         let same_cut = truncated.iter().all(|&(_, n)| n == at);
@@ -252,10 +255,7 @@ pub(super) fn source(ctx: &Context) -> Result<Verdict, Unreachable> {
     }
     Ok(Verdict::fail(
         Some(Defect::NeverReplying),
-        format!(
-            "no reply within {} (sent twice)",
-            fmt_duration(ctx.timeout)
-        ),
+        format!("no reply within {} (sent twice)", fmt_duration(ctx.timeout)),
     ))
 }
 
@@ -306,7 +306,10 @@ pub(super) fn interleaved(ctx: &Context) -> Result<Verdict, Unreachable> {
                 return if k == 0 && s == 0 {
                     Err(Unreachable(err))
                 } else {
-                    Ok(Verdict::fail(None, format!("sender {s} could not send: {err}")))
+                    Ok(Verdict::fail(
+                        None,
+                        format!("sender {s} could not send: {err}"),
+                    ))
                 };
             }
         }
@@ -326,7 +329,10 @@ pub(super) fn interleaved(ctx: &Context) -> Result<Verdict, Unreachable> {
                 Ok(None) => break,
                 Err(err) if s == 0 && count == 0 => return Err(Unreachable(err)),
                 Err(err) => {
-                    return Ok(Verdict::fail(None, format!("sender {s}: receiving failed: {err}")));
+                    return Ok(Verdict::fail(
+                        None,
+                        format!("sender {s}: receiving failed: {err}"),
+                    ));
                 }
             };
             count += 1;
@@ -361,8 +367,13 @@ pub(super) fn interleaved(ctx: &Context) -> Result<Verdict, Unreachable> {
         let short: Vec<String> = got
             .iter()
             .enumerate()
-            .filter(|(_, g)| g.iter().any(|&c| c == 0))
-            .map(|(s, g)| format!("sender {s} {} of {PER_SENDER}", g.iter().filter(|&&c| c > 0).count()))
+            .filter(|(_, g)| g.contains(&0))
+            .map(|(s, g)| {
+                format!(
+                    "sender {s} {} of {PER_SENDER}",
+                    g.iter().filter(|&&c| c > 0).count()
+                )
+            })
             .collect();
         return Ok(Verdict::fail(
             Some(Defect::NeverReplying),
@@ -433,7 +444,11 @@ mod tests {
             })
             .collect();
         let verdict = sizes_verdict(&replies, Duration::from_secs(1));
-        assert!(verdict.detail.contains("empty datagram"), "{}", verdict.detail);
+        assert!(
+            verdict.detail.contains("empty datagram"),
+            "{}",
+            verdict.detail
+        );
     }
 
     #[test]
@@ -442,6 +457,9 @@ mod tests {
         let mapped: SocketAddr = "[::ffff:127.0.0.1]:7".parse().unwrap();
         assert_eq!(source_verdict(to, mapped).defect, None);
         let other: SocketAddr = "127.0.0.1:8".parse().unwrap();
-        assert_eq!(source_verdict(to, other).defect, Some(Defect::UdpWrongSource));
+        assert_eq!(
+            source_verdict(to, other).defect,
+            Some(Defect::UdpWrongSource)
+        );
     }
 }

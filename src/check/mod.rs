@@ -31,7 +31,7 @@ mod report;
 mod stream;
 pub mod target;
 
-pub use report::{AddressReport, Report};
+pub use report::{AddressReport, Report, render_line};
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -83,8 +83,9 @@ pub struct CheckArgs {
           value_parser = clap::value_parser!(u16).range(1..=MAX_CLIENTS as i64))]
     pub clients: u16,
 
-    /// Seconds each check may wait before it fails (decimals allowed). The
-    /// slow-drip check takes 2 s more by design.
+    /// Seconds a check waits for the server before it fails (decimals
+    /// allowed). A check in steps gives each step this long (--list shows
+    /// how many); slow-drip takes 2 s more by design.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
     pub timeout: Duration,
 
@@ -375,7 +376,11 @@ impl Verdict {
     }
 
     /// Adds a figure.
-    pub(crate) fn figure(mut self, name: &'static str, value: impl Into<serde_json::Value>) -> Verdict {
+    pub(crate) fn figure(
+        mut self,
+        name: &'static str,
+        value: impl Into<serde_json::Value>,
+    ) -> Verdict {
         self.figures.push((name, value.into()));
         self
     }
@@ -447,7 +452,19 @@ pub struct CheckInfo {
     pub transport: Transport,
     /// What it does and the defect it finds, for `--list`.
     pub reason: &'static str,
+    /// How many waits of `--timeout` it may take one after another.
+    pub waits: u32,
+    /// Time it takes by design, beyond its waits.
+    pub fixed: Duration,
     run: CheckFn,
+}
+
+impl CheckInfo {
+    /// The longest the check can take with `timeout`, whatever the server
+    /// does (plus scheduling: a few milliseconds per step).
+    pub fn bound(&self, timeout: Duration) -> Duration {
+        timeout * self.waits + self.fixed
+    }
 }
 
 impl std::fmt::Debug for CheckInfo {
@@ -463,6 +480,8 @@ pub static CHECKS: &[CheckInfo] = &[
         name: "echo",
         transport: Transport::Tcp,
         reason: "a short line comes back: the server is there and echoes at all",
+        waits: 1,
+        fixed: Duration::ZERO,
         run: stream::echo,
     },
     CheckInfo {
@@ -470,6 +489,8 @@ pub static CHECKS: &[CheckInfo] = &[
         transport: Transport::Tcp,
         reason: "all 256 byte values, then 1 MiB of random bytes with no newline, come back \
                  exact: catches text-only servers (NUL, CR/LF or UTF-8 mangling) and line buffering",
+        waits: 1,
+        fixed: Duration::ZERO,
         run: stream::binary,
     },
     CheckInfo {
@@ -477,6 +498,8 @@ pub static CHECKS: &[CheckInfo] = &[
         transport: Transport::Tcp,
         reason: "a few bytes with no newline come back promptly: catches servers that wait for \
                  a newline before echoing (line buffering)",
+        waits: 1,
+        fixed: Duration::ZERO,
         run: stream::unbuffered,
     },
     CheckInfo {
@@ -484,6 +507,8 @@ pub static CHECKS: &[CheckInfo] = &[
         transport: Transport::Tcp,
         reason: "send, shut down the write side, then receive every byte and EOF: not a reset, \
                  not a hang (what `nc -N` and scripts rely on)",
+        waits: 1,
+        fixed: Duration::ZERO,
         run: stream::half_close,
     },
     CheckInfo {
@@ -492,6 +517,8 @@ pub static CHECKS: &[CheckInfo] = &[
         reason: "send MiBs without reading, so the server holds echo it cannot write yet, then \
                  shut down the write side: every byte must still arrive (catches closing on \
                  EOF without flushing)",
+        waits: 2,
+        fixed: Duration::ZERO,
         run: stream::eof_with_queued_output,
     },
     CheckInfo {
@@ -500,6 +527,8 @@ pub static CHECKS: &[CheckInfo] = &[
         reason: "N clients (--clients) connect and each gets a first echo before any finishes, \
                  then each sends more, half-closes and gets exactly its bytes: catches servers \
                  that serve one client at a time",
+        waits: 1,
+        fixed: Duration::ZERO,
         run: clients::concurrency,
     },
     CheckInfo {
@@ -508,6 +537,8 @@ pub static CHECKS: &[CheckInfo] = &[
         reason: "a client writes without reading until the server stops taking bytes; meanwhile \
                  a second client is served; then the first reads everything back: catches \
                  unbounded buffering and servers one slow reader can stall",
+        waits: 3,
+        fixed: Duration::ZERO,
         run: clients::backpressure,
     },
     CheckInfo {
@@ -515,6 +546,8 @@ pub static CHECKS: &[CheckInfo] = &[
         transport: Transport::Tcp,
         reason: "1 byte every 10 ms for 2 s is echoed as it goes: catches servers that hold \
                  small pieces back (interactive use feels dead)",
+        waits: 1,
+        fixed: stream::DRIP,
         run: stream::slow_drip,
     },
     CheckInfo {
@@ -523,6 +556,8 @@ pub static CHECKS: &[CheckInfo] = &[
         reason: "clients that reset mid-transfer do not take the server down: a client connected \
                  before them and a fresh one are still served (catches dying on ECONNRESET, \
                  EPIPE or SIGPIPE)",
+        waits: 1,
+        fixed: Duration::ZERO,
         run: clients::reset_survival,
     },
     CheckInfo {
@@ -530,6 +565,8 @@ pub static CHECKS: &[CheckInfo] = &[
         transport: Transport::Udp,
         reason: "datagrams of 0, 1, 1472, 8192 and 65,507 bytes come back identical: reports \
                  the size a server truncates at",
+        waits: 1,
+        fixed: Duration::ZERO,
         run: datagram::sizes,
     },
     CheckInfo {
@@ -537,12 +574,16 @@ pub static CHECKS: &[CheckInfo] = &[
         transport: Transport::Udp,
         reason: "the reply comes from the address and port the datagram was sent to, or \
                  connected clients (nc -u) never see it",
+        waits: 1,
+        fixed: Duration::ZERO,
         run: datagram::source,
     },
     CheckInfo {
         name: "udp-interleaved",
         transport: Transport::Udp,
         reason: "several senders interleave datagrams and each gets exactly its own replies",
+        waits: 1,
+        fixed: Duration::ZERO,
         run: datagram::interleaved,
     },
 ];
@@ -734,7 +775,10 @@ mod tests {
     fn names_are_unique_and_lowercase() {
         for (i, check) in CHECKS.iter().enumerate() {
             assert!(
-                check.name.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+                check
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '-'),
                 "{}",
                 check.name
             );

@@ -12,6 +12,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -469,8 +470,9 @@ pub fn classify_read_error(err: io::Error) -> Option<RecvEnd> {
 
 /// Sends `payload` and receives its echo at the same time: a scoped thread
 /// writes (then shuts down the write side if `half_close`) while this one
-/// reads. When reading ends early, the socket is shut down so the writer
-/// stops at once instead of at the deadline.
+/// reads. When reading ends before the writer is done, the socket is shut
+/// down so the writer stops at once instead of at the deadline; otherwise
+/// the stream can still be used.
 pub fn exchange(
     stream: &TcpStream,
     payload: Payload<'_>,
@@ -478,17 +480,16 @@ pub fn exchange(
     until: Until,
     deadline: Deadline,
 ) -> (Sent, Received) {
+    let writer_done = AtomicBool::new(false);
     thread::scope(|scope| {
-        let writer = scope.spawn(move || {
-            let sent = send(stream, payload, deadline, None);
+        let writer = scope.spawn(|| {
+            let mut sent = send(stream, payload, deadline, None);
             if half_close && matches!(sent.end, SendEnd::Done) {
                 if let Err(err) = stream.shutdown(Shutdown::Write) {
-                    return Sent {
-                        bytes: sent.bytes,
-                        end: SendEnd::Failed(err),
-                    };
+                    sent.end = SendEnd::Failed(err);
                 }
             }
+            writer_done.store(true, Ordering::SeqCst);
             sent
         });
         let mut verifier = Verifier::new(payload);
@@ -497,9 +498,10 @@ pub fn exchange(
             RecvEnd::Complete | RecvEnd::Eof => received.bytes >= payload.len(),
             _ => false,
         };
-        if !finished {
-            // Unblocks a writer stuck on a full socket. The connection is
-            // over either way, so an error here changes nothing.
+        if !finished && !writer_done.load(Ordering::SeqCst) {
+            // Reading is over but the writer may be stuck on a full socket:
+            // shutting the socket down makes its write fail at once. The
+            // exchange is over either way, so an error here changes nothing.
             let _ = stream.shutdown(Shutdown::Both);
         }
         let sent = writer.join().unwrap_or_else(|_| Sent {
@@ -553,12 +555,19 @@ mod tests {
 
     #[test]
     fn random_payloads_repeat_and_have_no_newline() {
-        let payload = Payload::Random { seed: 7, len: 100_000 };
+        let payload = Payload::Random {
+            seed: 7,
+            len: 100_000,
+        };
         let a = payload.to_vec();
         assert_eq!(a.len(), 100_000);
         assert_eq!(a, payload.to_vec());
         assert!(!a.contains(&b'\n'));
-        let other = Payload::Random { seed: 8, len: 100_000 }.to_vec();
+        let other = Payload::Random {
+            seed: 8,
+            len: 100_000,
+        }
+        .to_vec();
         assert_ne!(a, other);
     }
 

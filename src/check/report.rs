@@ -174,12 +174,14 @@ fn seconds(time: Duration) -> f64 {
 
 /// The line before an address's results.
 pub fn render_header(config: &CheckConfig, addr: SocketAddr) -> String {
+    let bound: Duration = config.checks.iter().map(|c| c.bound(config.timeout)).sum();
     format!(
-        "checking {} echo at {addr}: {} check{}, each waiting at most {}",
+        "checking {} echo at {addr}: {} check{}, each step waiting at most {} (all: at most {})",
         config.transport,
         config.checks.len(),
         if config.checks.len() == 1 { "" } else { "s" },
-        fmt_duration(config.timeout)
+        fmt_duration(config.timeout),
+        fmt_duration(bound)
     )
 }
 
@@ -204,14 +206,19 @@ pub fn render_line(result: &CheckResult) -> String {
 pub fn render_list() -> String {
     let mut text = String::new();
     for check in CHECKS {
+        let steps = match check.waits {
+            1 => String::new(),
+            n => format!(" ({n} steps)"),
+        };
         let _ = writeln!(
             text,
-            "{:<NAME_WIDTH$}  {}  {}",
+            "{:<NAME_WIDTH$}  {}  {}{steps}",
             check.name, check.transport, check.reason
         );
     }
     text.push_str(
-        "\nTCP checks run by default, UDP checks with --udp; --only NAME... picks some.\n",
+        "\nTCP checks run by default, UDP checks with --udp; --only NAME... picks some.\n\
+         Each step waits at most --timeout for the server.\n",
     );
     text
 }
@@ -298,8 +305,14 @@ mod tests {
 
     #[test]
     fn exit_code_follows_the_worst_result() {
-        assert_eq!(report(&[Outcome::Pass, Outcome::Skip], false).exit_code(), 0);
-        assert_eq!(report(&[Outcome::Pass, Outcome::Fail], false).exit_code(), 1);
+        assert_eq!(
+            report(&[Outcome::Pass, Outcome::Skip], false).exit_code(),
+            0
+        );
+        assert_eq!(
+            report(&[Outcome::Pass, Outcome::Fail], false).exit_code(),
+            1
+        );
         assert_eq!(report(&[Outcome::Skip], true).exit_code(), 2);
     }
 
@@ -308,9 +321,15 @@ mod tests {
         let report = report(&[Outcome::Fail], false);
         let line = render_line(&report.addresses[0].results[0]);
         assert!(line.starts_with("FAIL  echo  "), "{line}");
-        assert!(line.ends_with("31 bytes came back exact [never-replying]"), "{line}");
+        assert!(
+            line.ends_with("31 bytes came back exact [never-replying]"),
+            "{line}"
+        );
         let summary = report.render_summary();
-        assert!(summary.contains("0 passed, 1 failed, 0 skipped (echo)"), "{summary}");
+        assert!(
+            summary.contains("0 passed, 1 failed, 0 skipped (echo)"),
+            "{summary}"
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::probe::{
-    self, Deadline, Payload, RecvEnd, Received, SendEnd, Sent, Until, Verifier, exchange,
-    receive, send,
+    self, Deadline, Payload, Received, RecvEnd, SendEnd, Sent, Until, Verifier, exchange, receive,
+    send,
 };
 use super::report::{fmt_bytes, fmt_duration};
 use super::{Context, Defect, Unreachable, Verdict};
@@ -31,9 +31,10 @@ const HALF_CLOSE_BYTES: u64 = 64 * 1024;
 /// a bound is then holding echo it has not written yet.
 const QUEUED_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Slow-drip: this many bytes, one every [`DRIP_GAP`].
+/// Slow-drip: this many bytes, one every [`DRIP_GAP`], taking [`DRIP`].
 const DRIP_BYTES: usize = 200;
 const DRIP_GAP: Duration = Duration::from_millis(10);
+pub(super) const DRIP: Duration = Duration::from_millis(2000);
 
 /// The verdict for an echo that did not come back exact: what was seen in
 /// a sentence, and the defect it points at. `sent` is what the server was
@@ -264,7 +265,13 @@ pub(super) fn binary(ctx: &Context) -> Result<Verdict, Unreachable> {
         ),
     ];
     for (what, payload) in parts {
-        let (sent, rx) = exchange(&stream, payload, false, Until::Count(payload.len()), deadline);
+        let (sent, rx) = exchange(
+            &stream,
+            payload,
+            false,
+            Until::Count(payload.len()),
+            deadline,
+        );
         if !rx.exact(payload.len()) {
             let verdict = shortfall(&rx, payload.len(), ctx.timeout).about(what);
             return Ok(with_send_note(verdict, &sent));
@@ -306,8 +313,7 @@ pub(super) fn unbuffered(ctx: &Context) -> Result<Verdict, Unreachable> {
         .figure("bytes_sent", len)
         .millis("round_trip_ms", took(start, &rx)));
     }
-    if rx.bytes > 0 || !matches!(rx.end, RecvEnd::TimedOut) || !matches!(sent.end, SendEnd::Done)
-    {
+    if rx.bytes > 0 || !matches!(rx.end, RecvEnd::TimedOut) || !matches!(sent.end, SendEnd::Done) {
         return Ok(with_send_note(shortfall(&rx, len, ctx.timeout / 2), &sent));
     }
     // Nothing yet: does a newline bring them?
@@ -315,7 +321,12 @@ pub(super) fn unbuffered(ctx: &Context) -> Result<Verdict, Unreachable> {
     let newline = &line[WORD.len()..];
     let sent_newline = send(&stream, Payload::Bytes(newline), deadline, None);
     let mut verifier = Verifier::new(Payload::Bytes(line));
-    let after = receive(&stream, &mut verifier, Until::Count(line.len() as u64), deadline);
+    let after = receive(
+        &stream,
+        &mut verifier,
+        Until::Count(line.len() as u64),
+        deadline,
+    );
     let waited = fmt_duration(ctx.timeout / 2);
     let verdict = if after.exact(line.len() as u64) {
         Verdict::fail(
@@ -336,7 +347,10 @@ pub(super) fn unbuffered(ctx: &Context) -> Result<Verdict, Unreachable> {
     } else {
         shortfall(&after, line.len() as u64, ctx.timeout).about("after a newline")
     };
-    Ok(with_send_note(verdict.figure("bytes_sent", len), &sent_newline))
+    Ok(with_send_note(
+        verdict.figure("bytes_sent", len),
+        &sent_newline,
+    ))
 }
 
 /// half-close: send, shut down the write side, receive every byte and EOF.
@@ -410,7 +424,9 @@ pub(super) fn eof_with_queued_output(ctx: &Context) -> Result<Verdict, Unreachab
         }
     };
     // The FIN goes out after whatever the kernel still holds for the
-    // server; the server sees EOF with echo of its own still queued.
+    // server; the server sees EOF with echo of its own still queued. The
+    // read-back is a second wait, with a timeout of its own.
+    let deadline = ctx.deadline();
     let shut = stream.shutdown(Shutdown::Write);
     let mut verifier = Verifier::new(Payload::Random {
         seed: 3,
@@ -444,30 +460,47 @@ pub(super) fn eof_with_queued_output(ctx: &Context) -> Result<Verdict, Unreachab
 /// whose echo is still missing `timeout` after the last progress ends the
 /// check.
 pub(super) fn slow_drip(ctx: &Context) -> Result<Verdict, Unreachable> {
-    let drip = DRIP_GAP * DRIP_BYTES as u32;
-    let deadline = Deadline::after(drip + ctx.timeout);
+    let deadline = Deadline::after(DRIP + ctx.timeout);
     let stream = ctx.connect_first(deadline)?;
     let payload: Vec<u8> = (0..DRIP_BYTES).map(|i| b'a' + (i % 26) as u8).collect();
     let stop = AtomicBool::new(false);
     let (sent_at, send_error, arrivals, rx) = thread::scope(|scope| {
         let writer = scope.spawn(|| drip_bytes(&stream, &payload, &stop, deadline));
         let (arrivals, rx) = collect_drip(&stream, &payload, ctx.timeout, deadline);
+        // The writer sees this within one gap; its writes of one byte each
+        // cannot block for long (and are bounded by the deadline anyway).
         stop.store(true, Ordering::SeqCst);
-        if arrivals.len() < DRIP_BYTES {
-            // Unblocks a writer stuck on a full socket.
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        let (sent_at, error) = writer
-            .join()
-            .unwrap_or_else(|_| (Vec::new(), Some(io::Error::other("the sending thread failed"))));
+        let (sent_at, error) = writer.join().unwrap_or_else(|_| {
+            (
+                Vec::new(),
+                Some(io::Error::other("the sending thread failed")),
+            )
+        });
         (sent_at, error, arrivals, rx)
     });
     let len = DRIP_BYTES as u64;
     if !rx.exact(len) {
-        let mut verdict = shortfall(&rx, sent_at.len() as u64, ctx.timeout)
-            .about("1 byte every 10 ms");
+        let sent = sent_at.len();
+        if rx.bytes == 0 && matches!(rx.end, RecvEnd::TimedOut) && send_error.is_none() {
+            let wait = Deadline::after(ctx.timeout).min(deadline);
+            if released_by_newline(&stream, &payload[..sent], wait) {
+                return Ok(Verdict::fail(
+                    Some(Defect::LineBuffering),
+                    format!(
+                        "none of {sent} bytes sent 1 every 10 ms came back within {}; they \
+                         came back only after a newline was sent: the server echoes complete \
+                         lines only",
+                        fmt_duration(ctx.timeout)
+                    ),
+                )
+                .figure("bytes_sent", sent));
+            }
+        }
+        let mut verdict = shortfall(&rx, sent as u64, ctx.timeout).about("1 byte every 10 ms");
         if let Some(err) = send_error {
-            verdict.detail.push_str(&format!(" (sending failed: {err})"));
+            verdict
+                .detail
+                .push_str(&format!(" (sending failed: {err})"));
         }
         return Ok(verdict);
     }
@@ -504,6 +537,25 @@ pub(super) fn slow_drip(ctx: &Context) -> Result<Verdict, Unreachable> {
         .figure("echoed_while_sending", during)
         .millis("lag_median_ms", median)
         .millis("lag_max_ms", max))
+}
+
+/// Sends a newline after `held`, which did not come back: true if they
+/// all come back now, followed by the newline.
+fn released_by_newline(stream: &TcpStream, held: &[u8], deadline: Deadline) -> bool {
+    let sent = send(stream, Payload::Bytes(b"\n"), deadline, None);
+    if !matches!(sent.end, SendEnd::Done) {
+        return false;
+    }
+    let mut line = held.to_vec();
+    line.push(b'\n');
+    let mut verifier = Verifier::new(Payload::Bytes(&line));
+    let rx = receive(
+        stream,
+        &mut verifier,
+        Until::Count(line.len() as u64),
+        deadline,
+    );
+    rx.exact(line.len() as u64)
 }
 
 /// Slow-drip's writer: one byte per [`DRIP_GAP`], until done, told to

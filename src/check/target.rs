@@ -73,9 +73,9 @@ impl Target {
         }
         let port = match port {
             None => RFC862_PORT,
-            Some(port) => port.parse().map_err(|_| {
-                format!("'{port}' in '{text}' is not a port number (0 to 65535)")
-            })?,
+            Some(port) => port
+                .parse()
+                .map_err(|_| format!("'{port}' in '{text}' is not a port number (0 to 65535)"))?,
         };
         if port == 0 {
             return Err(format!(
@@ -145,7 +145,10 @@ mod tests {
 
     #[test]
     fn parses_the_forms_people_type() {
-        assert_eq!(Target::parse("localhost:7007"), Ok(target("localhost", 7007)));
+        assert_eq!(
+            Target::parse("localhost:7007"),
+            Ok(target("localhost", 7007))
+        );
         assert_eq!(Target::parse("127.0.0.1:9"), Ok(target("127.0.0.1", 9)));
         assert_eq!(Target::parse("[::1]:7007"), Ok(target("::1", 7007)));
         assert_eq!(Target::parse("[::1]"), Ok(target("::1", 7)));

@@ -2,4 +2,5 @@
 //! IPv6, in-process and as the built binary, plus real `nc` and `socat`.
 //! One test crate with a module per topic.
 
+mod check;
 mod util;
