@@ -61,8 +61,9 @@ Exit status:
 #[derive(Debug, Args)]
 #[command(after_help = CHECK_HELP)]
 pub struct CheckArgs {
-    /// The server: HOST:PORT, [IPV6]:PORT, or HOST alone for port 7. A name
-    /// with both IPv4 and IPv6 addresses is checked on one of each.
+    /// The server: HOST:PORT, or HOST alone for port 7; an IPv6 address in
+    /// brackets, as in `[::1]:7007`. A name with both IPv4 and IPv6
+    /// addresses is checked on one of each.
     #[arg(value_name = "ADDR")]
     pub addr: Option<String>,
 
