@@ -111,17 +111,29 @@ pub(super) fn sizes(ctx: &Context) -> Result<Verdict, Unreachable> {
     Ok(sizes_verdict(&replies, share))
 }
 
-/// The verdict on what came back for each size.
+/// Sizes as a list people read: `0, 1 and 1472`.
+fn list(sizes: &[usize]) -> String {
+    let words: Vec<String> = sizes.iter().map(|s| s.to_string()).collect();
+    match words.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// The verdict on what came back for each size: every finding in one
+/// sentence, named by the most telling (truncation, then corruption, then
+/// silence).
 fn sizes_verdict(replies: &[(usize, Reply)], share: Duration) -> Verdict {
-    let list = format!(
-        "{} and {}",
-        SIZES[..SIZES.len() - 1]
+    let sizes_of = |want: fn(&Reply) -> bool| -> Vec<usize> {
+        replies
             .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        SIZES[SIZES.len() - 1]
-    );
+            .filter(|(_, r)| want(r))
+            .map(|(s, _)| *s)
+            .collect()
+    };
+    let whole = sizes_of(|r| matches!(r, Reply::Same(_)));
+    let missing = sizes_of(|r| matches!(r, Reply::Nothing));
     let slowest = replies
         .iter()
         .filter_map(|(_, r)| match r {
@@ -130,19 +142,18 @@ fn sizes_verdict(replies: &[(usize, Reply)], share: Duration) -> Verdict {
         })
         .max()
         .unwrap_or_default();
-    if replies.iter().all(|(_, r)| matches!(r, Reply::Same(_))) {
+    if whole.len() == replies.len() {
         return Verdict::pass(format!(
-            "datagrams of {list} bytes came back identical (slowest in {})",
+            "datagrams of {} bytes came back identical (slowest in {})",
+            list(&SIZES),
             fmt_duration(slowest)
         ))
         .figure("sizes", SIZES.to_vec())
         .millis("slowest_ms", slowest);
     }
-    let whole: Vec<usize> = replies
-        .iter()
-        .filter(|(_, r)| matches!(r, Reply::Same(_)))
-        .map(|(s, _)| *s)
-        .collect();
+    let mut findings = Vec::new();
+    let mut defect = None;
+    let mut verdict_figures: Vec<(&'static str, serde_json::Value)> = Vec::new();
     let truncated: Vec<(usize, usize)> = replies
         .iter()
         .filter_map(|(s, r)| match r {
@@ -150,80 +161,71 @@ fn sizes_verdict(replies: &[(usize, Reply)], share: Duration) -> Verdict {
             _ => None,
         })
         .collect();
-    let figures = |v: Verdict| {
-        v.figure("sizes", SIZES.to_vec())
-            .figure("whole", whole.clone())
-    };
     if let Some(&(_, at)) = truncated.first() {
-        let cut: Vec<String> = truncated.iter().map(|(s, _)| s.to_string()).collect();
-        let same_cut = truncated.iter().all(|&(_, n)| n == at);
-        let detail = if same_cut {
-            format!(
-                "datagrams of {} bytes came back as {at} bytes{}: the server truncates \
+        defect = Some(Defect::UdpTruncation);
+        let cut: Vec<usize> = truncated.iter().map(|&(s, _)| s).collect();
+        if truncated.iter().all(|&(_, n)| n == at) {
+            findings.push(format!(
+                "datagrams of {} bytes came back as {at} bytes: the server truncates \
                  datagrams at {at} bytes (its receive buffer is that small)",
-                cut.join(" and "),
-                match whole.last() {
-                    Some(w) => format!(" (up to {w} bytes came back whole)"),
-                    None => String::new(),
-                }
-            )
+                list(&cut)
+            ));
+            verdict_figures.push(("truncated_at", at.into()));
         } else {
             let lens: Vec<String> = truncated
                 .iter()
                 .map(|(s, n)| format!("{s} as {n}"))
                 .collect();
-            format!(
+            findings.push(format!(
                 "datagrams came back cut short ({}): the server truncates datagrams",
                 lens.join(", ")
-            )
-        };
-        let mut verdict = figures(Verdict::fail(Some(Defect::UdpTruncation), detail));
-        if same_cut {
-            verdict = verdict.figure("truncated_at", at);
+            ));
         }
-        return verdict;
     }
-    if let Some((size, Reply::Different { len, offset })) = replies
-        .iter()
-        .find(|(_, r)| matches!(r, Reply::Different { .. }))
-    {
-        return figures(Verdict::fail(
-            Some(Defect::CorruptsBytes),
-            format!(
-                "the reply to a {size}-byte datagram was {len} bytes and differs from byte \
+    for (size, reply) in replies {
+        if let Reply::Different { len, offset } = reply {
+            defect.get_or_insert(Defect::CorruptsBytes);
+            findings.push(format!(
+                "the reply to the {size}-byte datagram was {len} bytes and differs from byte \
                  {offset} on"
-            ),
-        ))
-        .figure("first_wrong_offset", *offset);
+            ));
+            verdict_figures.push(("first_wrong_offset", (*offset).into()));
+            break;
+        }
     }
-    let missing: Vec<String> = replies
-        .iter()
-        .filter(|(_, r)| matches!(r, Reply::Nothing))
-        .map(|(s, _)| s.to_string())
-        .collect();
-    let detail = if whole.is_empty() {
-        format!(
-            "no reply to any datagram ({list} bytes, each sent twice, {} allowed each)",
+    if missing.len() == replies.len() {
+        defect = Some(Defect::NeverReplying);
+        findings.push(format!(
+            "no reply to any datagram ({} bytes, each sent twice, {} allowed each)",
+            list(&SIZES),
             fmt_duration(share)
-        )
-    } else if missing == ["0"] {
-        "no reply to an empty datagram (sent twice), though larger ones came back: RFC 862 \
-         answers every datagram, an empty one with an empty one"
-            .to_string()
-    } else {
-        format!(
-            "no reply to datagrams of {} bytes (each sent twice, {} allowed each); {} came back \
-             whole",
-            missing.join(", "),
-            fmt_duration(share),
-            whole
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    figures(Verdict::fail(Some(Defect::NeverReplying), detail))
+        ));
+    } else if missing == [0] {
+        defect.get_or_insert(Defect::NeverReplying);
+        findings.push(
+            "no reply to the empty datagram (sent twice): RFC 862 answers every datagram, an \
+             empty one with an empty one"
+                .to_string(),
+        );
+    } else if !missing.is_empty() {
+        defect.get_or_insert(Defect::NeverReplying);
+        findings.push(format!(
+            "no reply to datagrams of {} bytes (each sent twice, {} allowed each)",
+            list(&missing),
+            fmt_duration(share)
+        ));
+    }
+    if !whole.is_empty() {
+        findings.push(format!("{} bytes came back whole", list(&whole)));
+    }
+    let mut verdict = Verdict::fail(defect, findings.join("; "))
+        .figure("sizes", SIZES.to_vec())
+        .figure("whole", whole)
+        .figure("no_reply", missing);
+    for (name, value) in verdict_figures {
+        verdict = verdict.figure(name, value);
+    }
+    verdict
 }
 
 /// udp-source: the reply comes from the address the datagram was sent to.
