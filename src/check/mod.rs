@@ -262,6 +262,9 @@ pub enum Defect {
     LineBuffering,
     /// Holds small pieces back and sends them later in bulk.
     HoldsBackBytes,
+    /// The echo stopped part way and did not resume: the server hangs on
+    /// the connection.
+    Stalls,
     /// Closed the connection before echoing everything, while the client
     /// was still sending.
     ClosesEarly,
@@ -304,6 +307,7 @@ impl Defect {
             Defect::ExtraBytes => "extra-bytes",
             Defect::LineBuffering => "line-buffering",
             Defect::HoldsBackBytes => "holds-back-bytes",
+            Defect::Stalls => "stalls",
             Defect::ClosesEarly => "closes-early",
             Defect::ResetsConnection => "resets-connection",
             Defect::IgnoresHalfClose => "ignores-half-close",
@@ -831,6 +835,7 @@ mod tests {
             Defect::ExtraBytes,
             Defect::LineBuffering,
             Defect::HoldsBackBytes,
+            Defect::Stalls,
             Defect::ClosesEarly,
             Defect::ResetsConnection,
             Defect::IgnoresHalfClose,

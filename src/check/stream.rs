@@ -87,9 +87,10 @@ pub(super) fn shortfall(rx: &Received, sent: u64, waited: Duration) -> Verdict {
             ),
         ),
         RecvEnd::TimedOut => (
-            Defect::HoldsBackBytes,
+            Defect::Stalls,
             format!(
-                "only {} of {} came back within {}",
+                "only {} of {} came back within {}: the echo stopped part way (the server \
+                 hangs on this connection, or is far too slow)",
                 fmt_bytes(got),
                 fmt_bytes(sent),
                 fmt_duration(waited)

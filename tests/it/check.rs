@@ -302,11 +302,18 @@ fn replying_to_the_wrong_sender_fails_udp_interleaved() {
 
 // ---- socat ----
 
-/// `socat TCP-LISTEN:PORT,fork,reuseaddr PIPE`, killed on drop.
+/// `socat TCP-LISTEN:PORT,fork,reuseaddr PIPE` in a process group of its
+/// own, killed with its children on drop: socat forks one per connection,
+/// and a child stuck on its own pipe (see the README) never exits alone.
 struct Socat(std::process::Child);
 
 impl Drop for Socat {
     fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -314,6 +321,7 @@ impl Drop for Socat {
 
 #[test]
 fn socat_gets_a_report_for_every_tcp_check() {
+    use std::os::unix::process::CommandExt;
     if !have("socat") {
         eprintln!("note: socat is not installed (.ci/run installs it); test not run");
         return;
@@ -322,6 +330,7 @@ fn socat_gets_a_report_for_every_tcp_check() {
     let child = Command::new("socat")
         .arg(format!("TCP-LISTEN:{port},fork,reuseaddr,bind=127.0.0.1"))
         .arg("PIPE")
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -351,9 +360,11 @@ fn socat_gets_a_report_for_every_tcp_check() {
         let result = report.results().next().expect("the check ran");
         eprintln!("socat: {}", echod::check::render_line(result));
         assert_ne!(report.exit_code(), 2, "{}", result.detail);
-        // socat moves bytes faithfully; what else it does is what the
-        // report is for (see the README).
-        if ["echo", "binary", "half-close"].contains(&result.name) {
+        assert!(!result.detail.is_empty());
+        // socat echoes; what else it does varies from run to run (its
+        // PIPE can deadlock on itself when a client stops reading, see
+        // the README), so only the short echo is certain.
+        if result.name == "echo" {
             assert_eq!(result.outcome, Outcome::Pass, "{}", result.detail);
         }
     }
