@@ -13,7 +13,7 @@ use super::probe::{
     receive, send,
 };
 use super::report::{fmt_bytes, fmt_duration};
-use super::stream::{after_half_close, shortfall};
+use super::stream::{after_half_close, fill_without_reading, read_back, shortfall};
 use super::{Context, Defect, Outcome, Unreachable, Verdict};
 
 /// What each concurrency client sends after its first echo.
@@ -310,41 +310,17 @@ fn each_finishes(streams: &[TcpStream], deadline: Deadline, timeout: Duration) -
 /// taking bytes; a second client must still be served; then the first
 /// reads everything back.
 pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
+    const SEED: u64 = 4;
     // Three waits, each bounded by the timeout: filling (which ends sooner,
     // at the first stall), the second client, and the read-back.
     let deadline = ctx.deadline();
     let slow = ctx.connect_first(deadline)?;
     let start = Instant::now();
-    let payload = Payload::Random {
-        seed: 4,
-        len: BACKPRESSURE_LIMIT,
+    let sent = match fill_without_reading(&slow, SEED, BACKPRESSURE_LIMIT, ctx, deadline) {
+        Ok(filled) => filled,
+        Err(verdict) => return Ok(verdict),
     };
-    let sent = send(&slow, payload, deadline, Some(ctx.stall()));
-    let unbounded = match sent.end {
-        SendEnd::Stalled => false,
-        SendEnd::Done => true,
-        SendEnd::TimedOut => {
-            return Ok(Verdict::skip(format!(
-                "the server took {} in {} from a client that read nothing, without stopping \
-                 and without reaching {}: too slow to tell; raise --timeout",
-                fmt_bytes(sent.bytes),
-                fmt_duration(ctx.timeout),
-                fmt_bytes(BACKPRESSURE_LIMIT)
-            ))
-            .figure("bytes_sent", sent.bytes));
-        }
-        SendEnd::Failed(err) => {
-            return Ok(Verdict::fail(
-                Some(Defect::ResetsConnection),
-                format!(
-                    "sending to a client that read nothing failed after {}: {err}",
-                    fmt_bytes(sent.bytes)
-                ),
-            )
-            .figure("bytes_sent", sent.bytes));
-        }
-    };
-    let filled = start.elapsed();
+    let fill_time = start.elapsed();
     // Meanwhile, is anyone else served?
     let other_start = Instant::now();
     let deadline = ctx.deadline();
@@ -385,14 +361,7 @@ pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
         }
     };
     // Now read everything back.
-    let deadline = ctx.deadline();
-    let shut = slow.shutdown(Shutdown::Write);
-    let mut verifier = Verifier::new(Payload::Random {
-        seed: 4,
-        len: sent.bytes,
-    });
-    let rx = receive(&slow, &mut verifier, Until::Eof, deadline);
-    let verdict = after_half_close(&rx, sent.bytes, shut.is_ok(), ctx.timeout);
+    let (rx, verdict) = read_back(&slow, SEED, &sent, ctx);
     if verdict.outcome != Outcome::Pass {
         return Ok(verdict.about(&format!(
             "reading back {} sent without reading",
@@ -402,10 +371,10 @@ pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
     let figures = |v: Verdict| {
         v.figure("bytes_sent", sent.bytes)
             .figure("bytes_received", rx.bytes)
-            .millis("fill_ms", filled)
+            .millis("fill_ms", fill_time)
             .millis("second_client_ms", other_took)
     };
-    if unbounded {
+    if !sent.stalled {
         return Ok(figures(Verdict::fail(
             Some(Defect::UnboundedBuffering),
             format!(

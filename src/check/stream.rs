@@ -383,76 +383,114 @@ pub(super) fn half_close(ctx: &Context) -> Result<Verdict, Unreachable> {
     Ok(with_send_note(verdict, &sent))
 }
 
-/// eof-with-queued-output: send MiBs without reading, shut down the write
-/// side, then read: every byte must arrive before EOF.
-pub(super) fn eof_with_queued_output(ctx: &Context) -> Result<Verdict, Unreachable> {
-    let deadline = ctx.deadline();
-    let stream = ctx.connect_first(deadline)?;
-    let start = Instant::now();
-    let payload = Payload::Random {
-        seed: 3,
-        len: QUEUED_OUTPUT_BYTES,
-    };
-    let sent = send(&stream, payload, deadline, Some(ctx.stall()));
-    let stalled = match sent.end {
-        SendEnd::Done => false,
-        SendEnd::Stalled => true,
-        SendEnd::TimedOut => {
-            return Ok(Verdict::skip(format!(
-                "the server took {} in {} from a client that was not reading, without \
-                 stopping and without reaching {}: too slow to tell; raise --timeout",
-                fmt_bytes(sent.bytes),
-                fmt_duration(ctx.timeout),
-                fmt_bytes(QUEUED_OUTPUT_BYTES)
-            ))
-            .figure("bytes_sent", sent.bytes));
-        }
-        SendEnd::Failed(ref err) => {
-            let how = if probe::is_reset(err) {
+/// How far filling a connection that does not read got.
+pub(super) struct Filled {
+    /// Bytes the server took.
+    pub(super) bytes: u64,
+    /// True when it stopped taking them before the limit.
+    pub(super) stalled: bool,
+}
+
+/// Sends up to `limit` random bytes from `seed` without reading, until the
+/// server stops taking them (see [`Context::stall`]). A server that keeps
+/// taking them too slowly to tell is a skip; a failed send is a failure.
+pub(super) fn fill_without_reading(
+    stream: &TcpStream,
+    seed: u64,
+    limit: u64,
+    ctx: &Context,
+    deadline: Deadline,
+) -> Result<Filled, Verdict> {
+    let payload = Payload::Random { seed, len: limit };
+    let sent = send(stream, payload, deadline, Some(ctx.stall()));
+    let bytes = sent.bytes;
+    match sent.end {
+        SendEnd::Done => Ok(Filled {
+            bytes,
+            stalled: false,
+        }),
+        SendEnd::Stalled => Ok(Filled {
+            bytes,
+            stalled: true,
+        }),
+        SendEnd::TimedOut => Err(Verdict::skip(format!(
+            "the server took {} in {} from a client that was not reading, without stopping \
+             and without reaching {}: too slow to tell; raise --timeout",
+            fmt_bytes(bytes),
+            fmt_duration(ctx.timeout),
+            fmt_bytes(limit)
+        ))
+        .figure("bytes_sent", bytes)),
+        SendEnd::Failed(err) => {
+            let how = if probe::is_reset(&err) {
                 "the server reset the connection"
             } else {
                 "sending failed"
             };
-            return Ok(Verdict::fail(
+            Err(Verdict::fail(
                 Some(Defect::ResetsConnection),
                 format!(
                     "{how} after {} from a client that was not reading yet ({err})",
-                    fmt_bytes(sent.bytes)
+                    fmt_bytes(bytes)
                 ),
             )
-            .figure("bytes_sent", sent.bytes));
+            .figure("bytes_sent", bytes))
         }
-    };
-    // The FIN goes out after whatever the kernel still holds for the
-    // server; the server sees EOF with echo of its own still queued. The
-    // read-back is a second wait, with a timeout of its own.
+    }
+}
+
+/// Shuts down the write side of a connection filled by
+/// [`fill_without_reading`] and reads the echo back to EOF: a second wait,
+/// with a timeout of its own. The FIN goes out after whatever the kernel
+/// still holds for the server, so the server meets EOF with echo of its own
+/// still queued.
+pub(super) fn read_back(
+    stream: &TcpStream,
+    seed: u64,
+    filled: &Filled,
+    ctx: &Context,
+) -> (Received, Verdict) {
     let deadline = ctx.deadline();
     let shut = stream.shutdown(Shutdown::Write);
     let mut verifier = Verifier::new(Payload::Random {
-        seed: 3,
-        len: sent.bytes,
+        seed,
+        len: filled.bytes,
     });
-    let rx = receive(&stream, &mut verifier, Until::Eof, deadline);
-    let verdict = after_half_close(&rx, sent.bytes, shut.is_ok(), ctx.timeout);
+    let rx = receive(stream, &mut verifier, Until::Eof, deadline);
+    let verdict = after_half_close(&rx, filled.bytes, shut.is_ok(), ctx.timeout);
+    (rx, verdict)
+}
+
+/// eof-with-queued-output: send MiBs without reading, shut down the write
+/// side, then read: every byte must arrive before EOF.
+pub(super) fn eof_with_queued_output(ctx: &Context) -> Result<Verdict, Unreachable> {
+    const SEED: u64 = 3;
+    let deadline = ctx.deadline();
+    let stream = ctx.connect_first(deadline)?;
+    let start = Instant::now();
+    let filled = match fill_without_reading(&stream, SEED, QUEUED_OUTPUT_BYTES, ctx, deadline) {
+        Ok(filled) => filled,
+        Err(verdict) => return Ok(verdict),
+    };
+    let (rx, verdict) = read_back(&stream, SEED, &filled, ctx);
     if verdict.outcome != Outcome::Pass {
         return Ok(verdict);
     }
     let elapsed = took(start, &rx);
-    let how = if stalled {
-        format!(
-            "sent {} without reading until the server stopped taking bytes",
-            fmt_bytes(sent.bytes)
-        )
+    let until = if filled.stalled {
+        " until the server stopped taking bytes"
     } else {
-        format!("sent {} without reading", fmt_bytes(sent.bytes))
+        ""
     };
     Ok(Verdict::pass(format!(
-        "{how}, then shut down the write side: all came back, then EOF, in {}",
+        "sent {} without reading{until}, then shut down the write side: all came back, then \
+         EOF, in {}",
+        fmt_bytes(filled.bytes),
         fmt_duration(elapsed)
     ))
-    .figure("bytes_sent", sent.bytes)
+    .figure("bytes_sent", filled.bytes)
     .figure("bytes_received", rx.bytes)
-    .figure("server_stopped_reading", stalled)
+    .figure("server_stopped_reading", filled.stalled)
     .millis("elapsed_ms", elapsed))
 }
 
@@ -664,7 +702,7 @@ mod tests {
             ),
             (
                 received(11, Some(b'x'), RecvEnd::TimedOut),
-                Defect::HoldsBackBytes,
+                Defect::Stalls,
             ),
             (received(11, Some(b'x'), RecvEnd::Eof), Defect::ClosesEarly),
             (
