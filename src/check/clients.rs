@@ -9,8 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::probe::{
-    self, Deadline, Payload, Received, RecvEnd, SendEnd, Until, Verifier, connect, exchange,
-    receive, send,
+    self, Deadline, Payload, Received, RecvEnd, SendEnd, Until, Verifier, connect, echo_line,
+    exchange, receive, send,
 };
 use super::report::{fmt_bytes, fmt_duration};
 use super::stream::{after_half_close, fill_without_reading, read_back, shortfall};
@@ -327,13 +327,7 @@ pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
     let other = match connect(ctx.addr, deadline) {
         Ok(stream) => {
             let line = b"echod check: second client\n";
-            let (_, rx) = exchange(
-                &stream,
-                Payload::Bytes(line),
-                false,
-                Until::Count(line.len() as u64),
-                deadline,
-            );
+            let rx = echo_line(&stream, line, deadline);
             if rx.exact(line.len() as u64) {
                 Ok(other_start.elapsed())
             } else {
@@ -400,13 +394,7 @@ pub(super) fn reset_survival(ctx: &Context) -> Result<Verdict, Unreachable> {
     let deadline = ctx.deadline();
     let bystander = ctx.connect_first(deadline)?;
     let before = b"echod check: here before the resets\n";
-    let (_, rx) = exchange(
-        &bystander,
-        Payload::Bytes(before),
-        false,
-        Until::Count(before.len() as u64),
-        deadline,
-    );
+    let rx = echo_line(&bystander, before, deadline);
     if !rx.exact(before.len() as u64) {
         return Ok(shortfall(&rx, before.len() as u64, ctx.timeout)
             .about("a client connected before any reset"));
@@ -479,13 +467,7 @@ pub(super) fn reset_survival(ctx: &Context) -> Result<Verdict, Unreachable> {
         return Ok(verdict.figure("resets", resets));
     }
     let after = b"echod check: still here after the resets\n";
-    let (_, rx) = exchange(
-        &bystander,
-        Payload::Bytes(after),
-        false,
-        Until::Count(after.len() as u64),
-        deadline,
-    );
+    let rx = echo_line(&bystander, after, deadline);
     if !rx.exact(after.len() as u64) {
         let mut verdict = shortfall(&rx, after.len() as u64, ctx.timeout).about(&format!(
             "after {resets} other clients reset their connections, a client connected before \

@@ -512,6 +512,20 @@ pub fn exchange(
     })
 }
 
+/// Sends `line` and receives its echo (without waiting for EOF, so the
+/// stream stays usable): the round trip most checks start or end with.
+pub fn echo_line(stream: &TcpStream, line: &[u8], deadline: Deadline) -> Received {
+    let len = line.len() as u64;
+    exchange(
+        stream,
+        Payload::Bytes(line),
+        false,
+        Until::Count(len),
+        deadline,
+    )
+    .1
+}
+
 /// A UDP socket on an ephemeral port of `target`'s family; connected to
 /// `target` when `connected`, so that the kernel reports "port unreachable"
 /// as ECONNREFUSED and drops datagrams from anyone else.

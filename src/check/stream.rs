@@ -700,10 +700,7 @@ mod tests {
                 received(11, Some(b'\n'), RecvEnd::TimedOut),
                 Defect::LineBuffering,
             ),
-            (
-                received(11, Some(b'x'), RecvEnd::TimedOut),
-                Defect::Stalls,
-            ),
+            (received(11, Some(b'x'), RecvEnd::TimedOut), Defect::Stalls),
             (received(11, Some(b'x'), RecvEnd::Eof), Defect::ClosesEarly),
             (
                 received(11, Some(b'x'), RecvEnd::Reset),
