@@ -46,11 +46,11 @@ use target::Target;
 
 const CHECK_HELP: &str = "\
 Examples:
-  echod check localhost:7007                 every TCP check, on IPv4 and IPv6 if the name has both
-  echod check --udp 127.0.0.1:7007           the UDP checks
-  echod check [::1]:7 --only echo half-close two checks only
-  echod check --list                         each check and the defect it looks for
-  echod check host:7 --json | jq .summary    one JSON object, for scripts and CI
+  echod check localhost:7007                   every TCP check (IPv4 and IPv6 if the name has both)
+  echod check --udp 127.0.0.1:7007             the UDP checks
+  echod check [::1]:7 --only echo half-close   two checks only
+  echod check --list                           each check and the defect it looks for
+  echod check host:7 --json | jq .summary      one JSON object, for scripts and CI
 
 Exit status:
   0  every check that ran passed (skipped ones do not count)
@@ -80,7 +80,7 @@ pub struct CheckArgs {
     pub list: bool,
 
     /// How many clients the concurrency check connects at once.
-    #[arg(long, value_name = "N", default_value_t = 50,
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CLIENTS as u16,
           value_parser = clap::value_parser!(u16).range(1..=MAX_CLIENTS as i64))]
     pub clients: u16,
 
@@ -95,8 +95,12 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
-/// The most clients `--clients` accepts: each is a socket and, for a
-/// moment, a thread of this process.
+/// How many clients the concurrency check connects by default: more than
+/// a small thread pool or accept backlog handles at once, few enough for
+/// any machine.
+pub const DEFAULT_CLIENTS: usize = 50;
+
+/// The most clients `--clients` accepts: each is a socket of this process.
 pub const MAX_CLIENTS: usize = 1000;
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -214,7 +218,7 @@ impl CheckConfig {
             },
             transport,
             checks: CHECKS.iter().filter(|c| c.transport == transport).collect(),
-            clients: 50,
+            clients: DEFAULT_CLIENTS,
             timeout,
         }
     }

@@ -149,7 +149,7 @@ fn a_name_with_both_families_is_checked_on_each() {
         udp: false,
         only: vec!["echo".into()],
         list: false,
-        clients: 50,
+        clients: 10,
         timeout: IO_TIMEOUT,
         json: false,
     }
