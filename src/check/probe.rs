@@ -134,10 +134,7 @@ impl<'a> Payload<'a> {
     pub fn reader(&self) -> PayloadReader<'a> {
         match *self {
             Payload::Bytes(bytes) => PayloadReader::Bytes(bytes),
-            Payload::Random { seed, len } => PayloadReader::Random {
-                state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-                left: len,
-            },
+            Payload::Random { seed, len } => PayloadReader::Random { seed, at: 0, len },
         }
     }
 
@@ -155,29 +152,49 @@ impl<'a> Payload<'a> {
 pub enum PayloadReader<'a> {
     /// What is left of a byte slice.
     Bytes(&'a [u8]),
-    /// A xorshift generator and the count still to produce.
+    /// Pseudo-random bytes: each 8-byte word is a hash of the seed and its
+    /// index, so any part can be made without the ones before it, a word
+    /// at a time.
     Random {
-        /// Generator state; never zero.
-        state: u64,
-        /// Bytes still to produce.
-        left: u64,
+        /// Chooses the sequence.
+        seed: u64,
+        /// Offset of the next byte.
+        at: u64,
+        /// Length of the whole payload.
+        len: u64,
     },
+}
+
+/// SplitMix64's finaliser: a well-mixed 64-bit hash of `x`.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 impl Read for PayloadReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             PayloadReader::Bytes(bytes) => bytes.read(buf),
-            PayloadReader::Random { state, left } => {
-                let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                for byte in &mut buf[..n] {
-                    *state ^= *state << 13;
-                    *state ^= *state >> 7;
-                    *state ^= *state << 17;
-                    let b = (*state >> 24) as u8;
-                    *byte = if b == b'\n' { b'.' } else { b };
+            PayloadReader::Random { seed, at, len } => {
+                let left = usize::try_from(*len - *at).unwrap_or(usize::MAX);
+                let n = buf.len().min(left);
+                let mut filled = 0;
+                while filled < n {
+                    let pos = *at + filled as u64;
+                    let word = mix(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (pos / 8));
+                    let from = (pos % 8) as usize;
+                    let take = (8 - from).min(n - filled);
+                    buf[filled..filled + take]
+                        .copy_from_slice(&word.to_le_bytes()[from..from + take]);
+                    filled += take;
                 }
-                *left -= n as u64;
+                for byte in &mut buf[..n] {
+                    if *byte == b'\n' {
+                        *byte = b'.';
+                    }
+                }
+                *at += n as u64;
                 Ok(n)
             }
         }
@@ -328,7 +345,10 @@ impl<'a> Verifier<'a> {
                 Ok(n) => filled += n,
             }
         }
+        // Slices compare at memcmp speed; the byte is searched only once
+        // they differ.
         if self.mismatch.is_none()
+            && got[..filled] != self.scratch[..filled]
             && let Some(i) = (0..filled).find(|&i| got[i] != self.scratch[i])
         {
             self.mismatch = Some(Mismatch {
@@ -566,6 +586,20 @@ pub fn recv_datagram(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_payloads_read_the_same_in_any_pieces() {
+        let payload = Payload::Random { seed: 9, len: 1001 };
+        let whole = payload.to_vec();
+        let mut reader = payload.reader();
+        let mut pieces = Vec::new();
+        for size in [1, 3, 8, 13, 64, 1000].iter().cycle().take(100) {
+            let mut buf = vec![0; *size];
+            let n = reader.read(&mut buf).unwrap();
+            pieces.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(pieces, whole);
+    }
 
     #[test]
     fn random_payloads_repeat_and_have_no_newline() {
