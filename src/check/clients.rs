@@ -338,7 +338,7 @@ pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
     };
     let other_took = match other {
         Ok(took) => took,
-        Err(verdict) => {
+        Err(verdict) if sent.stalled => {
             let mut verdict = verdict;
             verdict.detail = format!(
                 "while a first client had {} of echo unread, a second client was not served \
@@ -348,6 +348,16 @@ pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
                 verdict.detail
             );
             verdict.defect = Some(Defect::BlocksOnSlowReader);
+            let _ = slow.shutdown(Shutdown::Both);
+            return Ok(verdict.figure("bytes_sent", sent.bytes));
+        }
+        Err(verdict) => {
+            // The server never stopped taking bytes from the first client,
+            // so the second one's trouble is not the first one's doing.
+            let verdict = verdict.about(&format!(
+                "the server took all {} from a client that read nothing, and a second client",
+                fmt_bytes(sent.bytes)
+            ));
             // The slow client's bytes are not read back: closing with them
             // unread resets the connection, which is fine here.
             let _ = slow.shutdown(Shutdown::Both);

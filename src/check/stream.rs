@@ -165,6 +165,16 @@ pub(super) fn after_half_close(
             )),
         };
     }
+    if got == 0 && matches!(rx.end, RecvEnd::Eof) {
+        return figures(Verdict::fail(
+            Some(Defect::NeverReplying),
+            format!(
+                "nothing came back for {}; the server closed the connection when the client \
+                 finished sending (it discards what it reads, like an RFC 863 discard server)",
+                fmt_bytes(sent)
+            ),
+        ));
+    }
     if rx.mismatch.is_none() && rx.extra == 0 && client_finished {
         let cut = match rx.end {
             RecvEnd::Eof => Some("closed"),
