@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::probe::{
     self, Deadline, Payload, Received, RecvEnd, SendEnd, Until, Verifier, connect, echo_line,
-    exchange, receive, send,
+    exchange, receive, receive_ready, send,
 };
 use super::report::{fmt_bytes, fmt_duration};
 use super::stream::{after_half_close, fill_without_reading, read_back, shortfall};
@@ -21,10 +21,6 @@ const CONCURRENCY_REST: u64 = 16 * 1024;
 
 /// Threads that run the concurrency clients' second phase.
 const CONCURRENCY_WORKERS: usize = 16;
-
-/// When a client's wait ended after the deadline, how long it still gets
-/// to collect an echo that has already arrived (which takes no wait).
-const COLLECT: Duration = Duration::from_millis(1);
 
 /// The most the backpressure check sends to a client that reads nothing.
 /// Socket buffers at both ends hold up to about 40 MiB with common Linux
@@ -204,15 +200,14 @@ fn first_echoes(streams: &[TcpStream], deadline: Deadline, timeout: Duration) ->
     for (i, stream) in streams.iter().enumerate() {
         let greeting = greeting(i);
         let len = greeting.len() as u64;
-        // Once the deadline has passed, collect only echoes already there:
+        // Once the deadline has passed, take only echoes already there:
         // the wait stays bounded however many clients are left.
-        let wait = if deadline.passed() {
-            Deadline::after(COLLECT)
-        } else {
-            deadline
-        };
         let mut verifier = Verifier::new(Payload::Bytes(&greeting));
-        let rx = receive(stream, &mut verifier, Until::Count(len), wait);
+        let rx = if deadline.passed() {
+            receive_ready(stream, &mut verifier, len)
+        } else {
+            receive(stream, &mut verifier, Until::Count(len), deadline)
+        };
         if rx.exact(len) {
             served += 1;
             continue;
@@ -225,7 +220,15 @@ fn first_echoes(streams: &[TcpStream], deadline: Deadline, timeout: Duration) ->
         }
     }
     let (i, rx, len) = first_failure?;
-    let verdict = if silent == n - served && served == 1 {
+    let verdict = if silent == n {
+        Verdict::fail(
+            Some(Defect::NeverReplying),
+            format!(
+                "all {n} clients connected, and none got its first line back within {}",
+                fmt_duration(timeout)
+            ),
+        )
+    } else if silent == n - served && served == 1 {
         Verdict::fail(
             Some(Defect::OneClientAtATime),
             format!(

@@ -475,6 +475,36 @@ pub fn receive(
     verifier.finish(end, first_at)
 }
 
+/// Takes what has already arrived on `stream`, up to `count` bytes in all
+/// for `verifier`, without waiting: for when a deadline has passed but
+/// echoes that came in the meantime should still count.
+pub fn receive_ready(stream: &TcpStream, verifier: &mut Verifier<'_>, count: u64) -> Received {
+    let mut buf = vec![0; CHUNK];
+    let end = match stream.set_nonblocking(true) {
+        Err(err) => RecvEnd::Failed(err),
+        Ok(()) => loop {
+            let left = count.saturating_sub(verifier.received());
+            if left == 0 {
+                break RecvEnd::Complete;
+            }
+            let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+            match (&*stream).read(&mut buf[..want]) {
+                Ok(0) => break RecvEnd::Eof,
+                Ok(n) => verifier.push(&buf[..n]),
+                Err(err) => {
+                    if let Some(end) = classify_read_error(err) {
+                        break end;
+                    }
+                }
+            }
+        },
+    };
+    // Back to blocking for whoever uses the stream next; if that fails,
+    // their reads fail with a clear error of their own.
+    let _ = stream.set_nonblocking(false);
+    verifier.finish(end, None)
+}
+
 /// How a read error ends receiving; `None` for Interrupted (read again).
 pub fn classify_read_error(err: io::Error) -> Option<RecvEnd> {
     if err.kind() == io::ErrorKind::Interrupted {
@@ -563,7 +593,8 @@ pub fn udp_socket(target: SocketAddr, connected: bool) -> io::Result<UdpSocket> 
 }
 
 /// Receives one datagram into `buf`, waiting until `deadline`: `Ok(None)`
-/// when none came.
+/// when none came. Once the deadline has passed it still takes a datagram
+/// that is already there, without waiting.
 pub fn recv_datagram(
     socket: &UdpSocket,
     buf: &mut [u8],
@@ -571,7 +602,16 @@ pub fn recv_datagram(
 ) -> io::Result<Option<(usize, SocketAddr)>> {
     loop {
         let Some(wait) = deadline.socket_timeout() else {
-            return Ok(None);
+            socket.set_nonblocking(true)?;
+            let got = socket.recv_from(buf);
+            socket.set_nonblocking(false)?;
+            return match got {
+                Ok(got) => Ok(Some(got)),
+                Err(err) if is_timeout(&err) || err.kind() == io::ErrorKind::Interrupted => {
+                    Ok(None)
+                }
+                Err(err) => Err(err),
+            };
         };
         socket.set_read_timeout(Some(wait))?;
         match socket.recv_from(buf) {
