@@ -612,11 +612,21 @@ pub enum Event<'a> {
 /// per family), calling `on_event` as results come. Fails only when the
 /// target does not resolve; an unreachable server is in the report.
 pub fn run(config: &CheckConfig, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Report, String> {
-    let started = Instant::now();
     let addrs = config.target.resolve()?;
+    Ok(run_on(config, &addrs, on_event))
+}
+
+/// Runs the configured checks on `addrs`, as if the target had resolved to
+/// them: one after the other, each with its own results.
+pub fn run_on(
+    config: &CheckConfig,
+    addrs: &[SocketAddr],
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Report {
+    let started = Instant::now();
     let several = addrs.len() > 1;
     let mut addresses = Vec::new();
-    for addr in addrs {
+    for &addr in addrs {
         on_event(Event::Address(addr));
         let context = Context {
             addr,
@@ -680,14 +690,14 @@ pub fn run(config: &CheckConfig, on_event: &mut dyn FnMut(Event<'_>)) -> Result<
         }
         addresses.push(report);
     }
-    Ok(Report {
+    Report {
         target: config.target.to_string(),
         transport: config.transport,
         timeout: config.timeout,
         clients: config.clients,
         addresses,
         elapsed: started.elapsed(),
-    })
+    }
 }
 
 /// Why an address could not be reached, and what to do, in a sentence.
