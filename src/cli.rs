@@ -111,6 +111,10 @@ pub enum Command {
     /// a reset, a stalled connection, a failed connect, a lost datagram) is
     /// counted and makes the exit status 1.
     Bench(crate::bench::BenchArgs),
+    /// Check any echo server, TCP or UDP, for the usual defects: line
+    /// buffering, lost bytes on half-close, one client at a time, truncated
+    /// datagrams, and more (`--list` shows each check).
+    Check(crate::check::CheckArgs),
 }
 
 /// Options of the server (`echod` with no subcommand).

@@ -75,6 +75,7 @@
 
 pub mod activation;
 pub mod bench;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod exchange;

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Some(Command::Client(args)) => echod::client::run(args),
         Some(Command::Ping(args)) => echod::ping::run(args),
         Some(Command::Bench(args)) => echod::bench::run(args),
+        Some(Command::Check(args)) => echod::check::command(args),
     }
 }
 

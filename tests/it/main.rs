@@ -2,17 +2,18 @@
 //! IPv6, in-process and as the built binary, plus real `nc` and `socat`.
 //! One test crate with a module per topic.
 
+mod check;
+mod bench;
 mod cli;
+mod client;
 mod hardening;
 mod interop;
 mod leaks;
 mod ops;
+mod ping;
 mod tcp;
+mod tools;
 mod udp;
 mod udp_guard;
-mod util;
 
-mod bench;
-mod client;
-mod ping;
-mod tools;
+mod util;

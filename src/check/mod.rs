@@ -1,0 +1,872 @@
+//! `echod check ADDR`: a conformance probe for any RFC 862 echo server.
+//!
+//! Many echo servers pass a quick `nc` session and still lose bytes on
+//! half-close, wait for a newline, serve one client at a time, truncate big
+//! datagrams or buffer without bound. Each named check here looks for one
+//! such defect from the outside, with real sockets, and says what it
+//! measured: bytes, time, the first wrong offset. Every wait is bounded by
+//! the check's timeout, so a server that never answers ends the run with
+//! FAIL lines, not a hang.
+//!
+//! # Layout
+//!
+//! - this file: the command line ([`CheckArgs`]), the catalogue of checks
+//!   ([`CHECKS`]), the vocabulary of results ([`Outcome`], [`Defect`],
+//!   [`CheckResult`]) and the runner ([`run`]);
+//! - [`probe`]: the socket toolkit every check is written with (connect
+//!   with a deadline, send and receive with deadlines, verify an echo with
+//!   the first wrong offset);
+//! - [`target`]: `ADDR` parsed and resolved, one address per family;
+//! - `stream.rs`: the checks on one TCP connection (echo, binary,
+//!   unbuffered, half-close, eof-with-queued-output, slow-drip);
+//! - `clients.rs`: the checks with several TCP clients (concurrency,
+//!   backpressure, reset-survival);
+//! - `datagram.rs`: the UDP checks;
+//! - `report.rs`: the report, as text lines or one JSON object.
+
+mod clients;
+mod datagram;
+pub mod probe;
+mod report;
+mod stream;
+pub mod target;
+
+pub use report::{AddressReport, Report, render_line};
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::net::Transport;
+use probe::Deadline;
+use target::Target;
+
+const CHECK_HELP: &str = "\
+Examples:
+  echod check localhost:7007                   every TCP check (IPv4 and IPv6 if the name has both)
+  echod check --udp 127.0.0.1:7007             the UDP checks
+  echod check [::1]:7 --only echo half-close   two checks only
+  echod check --list                           each check and the defect it looks for
+  echod check host:7 --json | jq .summary      one JSON object, for scripts and CI
+
+Exit status:
+  0  every check that ran passed (skipped ones do not count)
+  1  at least one check failed
+  2  the command line was wrong, the name did not resolve, or the server could not be reached";
+
+/// Options of `echod check`.
+#[derive(Debug, Args)]
+#[command(after_help = CHECK_HELP)]
+pub struct CheckArgs {
+    /// The server: HOST:PORT, or HOST alone for port 7; an IPv6 address in
+    /// brackets, as in `[::1]:7007`. A name with both IPv4 and IPv6
+    /// addresses is checked on one of each.
+    #[arg(value_name = "ADDR")]
+    pub addr: Option<String>,
+
+    /// Check the UDP service instead of TCP.
+    #[arg(long)]
+    pub udp: bool,
+
+    /// Run only the named checks (see --list), separated by spaces or commas.
+    #[arg(long, value_name = "NAME", num_args = 1.., value_delimiter = ',')]
+    pub only: Vec<String>,
+
+    /// List the checks, with what each looks for, and exit.
+    #[arg(long)]
+    pub list: bool,
+
+    /// How many clients the concurrency check connects at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CLIENTS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=MAX_CLIENTS as i64))]
+    pub clients: u16,
+
+    /// Seconds a check waits for the server before it fails (decimals
+    /// allowed). A check in steps gives each step this long (--list shows
+    /// how many); slow-drip takes 2 s more by design.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
+    pub timeout: Duration,
+
+    /// Print one JSON object with every result and figure, instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How many clients the concurrency check connects by default: more than
+/// a small thread pool or accept backlog handles at once, few enough for
+/// any machine.
+pub const DEFAULT_CLIENTS: usize = 50;
+
+/// The most clients `--clients` accepts: each is a socket of this process.
+pub const MAX_CLIENTS: usize = 1000;
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds, such as 5 or 0.5"))?;
+    if (0.01..=3600.0).contains(&secs) {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!(
+            "{text} seconds is outside the accepted range 0.01 to 3600"
+        ))
+    }
+}
+
+impl CheckArgs {
+    /// Validates the flags into a configuration: the target parsed, the
+    /// checks chosen. The error is a sentence for the user.
+    pub fn to_config(&self) -> Result<CheckConfig, String> {
+        let mut only = self.only.clone();
+        // `--only a b ADDR` reads ADDR as a name too: take it back.
+        let addr = match &self.addr {
+            Some(addr) => addr.clone(),
+            None => match only.pop() {
+                Some(last) if !CHECKS.iter().any(|c| c.name == last) => last,
+                _ => {
+                    return Err(
+                        "give the address of the server to check, such as localhost:7007".into(),
+                    );
+                }
+            },
+        };
+        let transport = if self.udp {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        };
+        if !self.only.is_empty() && only.is_empty() {
+            return Err(format!(
+                "--only needs at least one check name before the address '{addr}'; \
+                 `echod check --list` shows them"
+            ));
+        }
+        Ok(CheckConfig {
+            target: Target::parse(&addr)?,
+            transport,
+            checks: select(transport, &only)?,
+            clients: usize::from(self.clients),
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// The checks to run: every one of `transport`, or those named.
+pub fn select(transport: Transport, only: &[String]) -> Result<Vec<&'static CheckInfo>, String> {
+    if only.is_empty() {
+        return Ok(CHECKS.iter().filter(|c| c.transport == transport).collect());
+    }
+    let mut chosen: Vec<&'static CheckInfo> = Vec::new();
+    for name in only {
+        let name = name.trim();
+        let Some(check) = CHECKS.iter().find(|c| c.name == name) else {
+            let hint = if name.contains(['.', ':', '[']) {
+                " (put ADDR before --only, or separate the names with commas)"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "'{name}' is not a check{hint}; `echod check --list` shows them all"
+            ));
+        };
+        if check.transport != transport {
+            let flag = match check.transport {
+                Transport::Udp => "add --udp to run it",
+                Transport::Tcp => "drop --udp to run it",
+            };
+            return Err(format!(
+                "'{name}' is a {} check and this run checks {}; {flag}",
+                check.transport, transport
+            ));
+        }
+        if !chosen.iter().any(|c| c.name == check.name) {
+            chosen.push(check);
+        }
+    }
+    // Run in catalogue order whatever the order given: reset-survival,
+    // which may bring a fragile server down, stays last.
+    chosen.sort_by_key(|c| CHECKS.iter().position(|k| k.name == c.name));
+    Ok(chosen)
+}
+
+/// A validated `echod check` run.
+#[derive(Clone, Debug)]
+pub struct CheckConfig {
+    /// The server, as given.
+    pub target: Target,
+    /// TCP or UDP checks.
+    pub transport: Transport,
+    /// The checks to run, in catalogue order.
+    pub checks: Vec<&'static CheckInfo>,
+    /// Clients of the concurrency check.
+    pub clients: usize,
+    /// The bound on each check's waiting.
+    pub timeout: Duration,
+}
+
+impl CheckConfig {
+    /// Every check of `transport` against `addr`: what tests and scripts
+    /// calling the library want.
+    pub fn all(addr: SocketAddr, transport: Transport, timeout: Duration) -> CheckConfig {
+        CheckConfig {
+            target: Target {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            },
+            transport,
+            checks: CHECKS.iter().filter(|c| c.transport == transport).collect(),
+            clients: DEFAULT_CLIENTS,
+            timeout,
+        }
+    }
+
+    /// Keeps only the named checks (in catalogue order).
+    pub fn only(mut self, names: &[&str]) -> CheckConfig {
+        self.checks.retain(|c| names.contains(&c.name));
+        self
+    }
+}
+
+/// What a check came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server did what RFC 862 and its clients expect.
+    Pass,
+    /// It did not; the detail says what was seen.
+    Fail,
+    /// The check could not run; the detail says why.
+    Skip,
+}
+
+impl Outcome {
+    /// `PASS`, `FAIL` or `SKIP`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Pass => "PASS",
+            Outcome::Fail => "FAIL",
+            Outcome::Skip => "SKIP",
+        }
+    }
+}
+
+/// The defect a failed check points at, named so scripts can tell them
+/// apart (`--json` gives the name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Defect {
+    /// Accepts connections (or datagrams) and sends nothing back.
+    NeverReplying,
+    /// Bytes came back changed.
+    CorruptsBytes,
+    /// More bytes came back than were sent.
+    ExtraBytes,
+    /// Echoes only complete lines: waits for a newline.
+    LineBuffering,
+    /// Holds small pieces back and sends them later in bulk.
+    HoldsBackBytes,
+    /// The echo stopped part way and did not resume: the server hangs on
+    /// the connection.
+    Stalls,
+    /// Closed the connection before echoing everything, while the client
+    /// was still sending.
+    ClosesEarly,
+    /// Reset the connection instead of closing it.
+    ResetsConnection,
+    /// Never closes its side after the client shut down its own.
+    IgnoresHalfClose,
+    /// Closes when the client finishes sending, dropping echo bytes it
+    /// still held.
+    CloseOnEofWithoutFlush,
+    /// Serves one client at a time.
+    OneClientAtATime,
+    /// Serves only so many clients at a time.
+    LimitedClients,
+    /// Clients arriving together wait for SYN retransmission: the listen
+    /// backlog is too small.
+    SmallBacklog,
+    /// A client that does not read stops the server for everyone.
+    BlocksOnSlowReader,
+    /// Keeps taking bytes from a client that reads nothing back.
+    UnboundedBuffering,
+    /// Dies (or stops serving) when clients reset their connections.
+    DiesOnReset,
+    /// Stopped accepting connections part way through the run.
+    StoppedServing,
+    /// Cuts datagrams short.
+    UdpTruncation,
+    /// Replies from another address or port than the one written to.
+    UdpWrongSource,
+    /// Sends replies to the wrong sender.
+    UdpCrossedReplies,
+}
+
+impl Defect {
+    /// The defect's name, as printed and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Defect::NeverReplying => "never-replying",
+            Defect::CorruptsBytes => "corrupts-bytes",
+            Defect::ExtraBytes => "extra-bytes",
+            Defect::LineBuffering => "line-buffering",
+            Defect::HoldsBackBytes => "holds-back-bytes",
+            Defect::Stalls => "stalls",
+            Defect::ClosesEarly => "closes-early",
+            Defect::ResetsConnection => "resets-connection",
+            Defect::IgnoresHalfClose => "ignores-half-close",
+            Defect::CloseOnEofWithoutFlush => "close-on-eof-without-flush",
+            Defect::OneClientAtATime => "one-client-at-a-time",
+            Defect::LimitedClients => "limited-clients",
+            Defect::SmallBacklog => "small-backlog",
+            Defect::BlocksOnSlowReader => "blocks-on-slow-reader",
+            Defect::UnboundedBuffering => "unbounded-buffering",
+            Defect::DiesOnReset => "dies-on-reset",
+            Defect::StoppedServing => "stopped-serving",
+            Defect::UdpTruncation => "udp-truncation",
+            Defect::UdpWrongSource => "udp-wrong-source",
+            Defect::UdpCrossedReplies => "udp-crossed-replies",
+        }
+    }
+}
+
+/// A named figure a check measured (bytes, milliseconds, an offset).
+pub type Figure = (&'static str, serde_json::Value);
+
+/// The result of one check on one address.
+#[derive(Clone, Debug)]
+pub struct CheckResult {
+    /// The check's name, as in [`CHECKS`].
+    pub name: &'static str,
+    /// Pass, fail or skip.
+    pub outcome: Outcome,
+    /// What was measured, or what went wrong, in a sentence.
+    pub detail: String,
+    /// For a failure, the defect it points at, when one is recognised.
+    pub defect: Option<Defect>,
+    /// How long the check took.
+    pub elapsed: Duration,
+    /// The figures behind the detail, for `--json`.
+    pub figures: Vec<Figure>,
+}
+
+/// What a check function concludes; the runner adds name and time.
+#[derive(Debug)]
+pub(crate) struct Verdict {
+    outcome: Outcome,
+    detail: String,
+    defect: Option<Defect>,
+    figures: Vec<Figure>,
+    /// The server no longer accepts connections: later checks are skipped.
+    server_gone: bool,
+}
+
+impl Verdict {
+    fn new(outcome: Outcome, defect: Option<Defect>, detail: String) -> Verdict {
+        Verdict {
+            outcome,
+            detail,
+            defect,
+            figures: Vec::new(),
+            server_gone: false,
+        }
+    }
+
+    pub(crate) fn pass(detail: String) -> Verdict {
+        Verdict::new(Outcome::Pass, None, detail)
+    }
+
+    pub(crate) fn fail(defect: Option<Defect>, detail: String) -> Verdict {
+        Verdict::new(Outcome::Fail, defect, detail)
+    }
+
+    pub(crate) fn skip(detail: String) -> Verdict {
+        Verdict::new(Outcome::Skip, None, detail)
+    }
+
+    /// Adds a figure.
+    pub(crate) fn figure(
+        mut self,
+        name: &'static str,
+        value: impl Into<serde_json::Value>,
+    ) -> Verdict {
+        self.figures.push((name, value.into()));
+        self
+    }
+
+    /// Adds a duration figure, in milliseconds.
+    pub(crate) fn millis(self, name: &'static str, time: Duration) -> Verdict {
+        let ms = (time.as_secs_f64() * 1e6).round() / 1e3;
+        self.figure(name, ms)
+    }
+
+    /// Prefixes the detail with what it is about (a client, a part).
+    pub(crate) fn about(mut self, what: &str) -> Verdict {
+        self.detail = format!("{what}: {}", self.detail);
+        self
+    }
+
+    pub(crate) fn server_gone(mut self) -> Verdict {
+        self.server_gone = true;
+        self
+    }
+}
+
+/// A check could not reach the server at all: its first connection was
+/// refused or timed out (TCP), or its first datagram was answered "port
+/// unreachable" (UDP).
+#[derive(Debug)]
+pub(crate) struct Unreachable(pub(crate) io::Error);
+
+/// What a check is given.
+pub(crate) struct Context {
+    /// The address under test.
+    pub(crate) addr: SocketAddr,
+    /// The bound on the check's waiting.
+    pub(crate) timeout: Duration,
+    /// Clients of the concurrency check.
+    pub(crate) clients: usize,
+}
+
+/// How long a write must make no progress before the probe concludes that
+/// the server stopped reading. Loopback and LAN servers drain a socket
+/// buffer in far less; a server that pauses this long is not reading.
+const STALL: Duration = Duration::from_millis(200);
+
+impl Context {
+    /// The deadline of a check starting now.
+    pub(crate) fn deadline(&self) -> Deadline {
+        Deadline::after(self.timeout)
+    }
+
+    /// [`STALL`], or a fifth of the timeout if that is shorter.
+    pub(crate) fn stall(&self) -> Duration {
+        STALL.min(self.timeout / 5)
+    }
+
+    /// The check's first connection: failing it means the server cannot be
+    /// reached, which the runner reports as such.
+    pub(crate) fn connect_first(&self, deadline: Deadline) -> Result<TcpStream, Unreachable> {
+        probe::connect(self.addr, deadline).map_err(Unreachable)
+    }
+}
+
+type CheckFn = fn(&Context) -> Result<Verdict, Unreachable>;
+
+/// One named check.
+pub struct CheckInfo {
+    /// Its name, for `--only` and the report.
+    pub name: &'static str,
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// What it does and the defect it finds, for `--list`.
+    pub reason: &'static str,
+    /// How many waits of `--timeout` it may take one after another.
+    pub waits: u32,
+    /// Time it takes by design, beyond its waits.
+    pub fixed: Duration,
+    run: CheckFn,
+}
+
+impl CheckInfo {
+    /// The longest the check can take with `timeout`, whatever the server
+    /// does (plus scheduling: a few milliseconds per step).
+    pub fn bound(&self, timeout: Duration) -> Duration {
+        timeout * self.waits + self.fixed
+    }
+}
+
+impl std::fmt::Debug for CheckInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Every check, in the order they run. reset-survival is the last TCP
+/// check because a fragile server may not survive it.
+pub static CHECKS: &[CheckInfo] = &[
+    CheckInfo {
+        name: "echo",
+        transport: Transport::Tcp,
+        reason: "a short line comes back: the server is there and echoes at all",
+        waits: 1,
+        fixed: Duration::ZERO,
+        run: stream::echo,
+    },
+    CheckInfo {
+        name: "binary",
+        transport: Transport::Tcp,
+        reason: "all 256 byte values, then 1 MiB of random bytes with no newline, come back \
+                 exact: catches text-only servers (NUL, CR/LF or UTF-8 mangling) and line buffering",
+        waits: 1,
+        fixed: Duration::ZERO,
+        run: stream::binary,
+    },
+    CheckInfo {
+        name: "unbuffered",
+        transport: Transport::Tcp,
+        reason: "a few bytes with no newline come back promptly: catches servers that wait for \
+                 a newline before echoing (line buffering)",
+        waits: 1,
+        fixed: Duration::ZERO,
+        run: stream::unbuffered,
+    },
+    CheckInfo {
+        name: "half-close",
+        transport: Transport::Tcp,
+        reason: "send, shut down the write side, then receive every byte and EOF: not a reset, \
+                 not a hang (what `nc -N` and scripts rely on)",
+        waits: 1,
+        fixed: Duration::ZERO,
+        run: stream::half_close,
+    },
+    CheckInfo {
+        name: "eof-with-queued-output",
+        transport: Transport::Tcp,
+        reason: "send MiBs without reading, so the server holds echo it cannot write yet, then \
+                 shut down the write side: every byte must still arrive (catches closing on \
+                 EOF without flushing)",
+        waits: 2,
+        fixed: Duration::ZERO,
+        run: stream::eof_with_queued_output,
+    },
+    CheckInfo {
+        name: "concurrency",
+        transport: Transport::Tcp,
+        reason: "N clients (--clients) connect and each gets a first echo before any finishes, \
+                 then each sends more, half-closes and gets exactly its bytes: catches servers \
+                 that serve one client at a time",
+        waits: 1,
+        fixed: Duration::ZERO,
+        run: clients::concurrency,
+    },
+    CheckInfo {
+        name: "backpressure",
+        transport: Transport::Tcp,
+        reason: "a client writes without reading until the server stops taking bytes; meanwhile \
+                 a second client is served; then the first reads everything back: catches \
+                 unbounded buffering and servers one slow reader can stall",
+        waits: 3,
+        fixed: Duration::ZERO,
+        run: clients::backpressure,
+    },
+    CheckInfo {
+        name: "slow-drip",
+        transport: Transport::Tcp,
+        reason: "1 byte every 10 ms for 2 s is echoed as it goes: catches servers that hold \
+                 small pieces back (interactive use feels dead)",
+        waits: 1,
+        fixed: stream::DRIP,
+        run: stream::slow_drip,
+    },
+    CheckInfo {
+        name: "reset-survival",
+        transport: Transport::Tcp,
+        reason: "clients that reset mid-transfer do not take the server down: a client connected \
+                 before them and a fresh one are still served (catches dying on ECONNRESET, \
+                 EPIPE or SIGPIPE)",
+        waits: 1,
+        fixed: Duration::ZERO,
+        run: clients::reset_survival,
+    },
+    CheckInfo {
+        name: "udp-sizes",
+        transport: Transport::Udp,
+        reason: "datagrams of 0, 1, 1472, 8192 and 65,507 bytes come back identical: reports \
+                 the size a server truncates at",
+        waits: 1,
+        fixed: Duration::ZERO,
+        run: datagram::sizes,
+    },
+    CheckInfo {
+        name: "udp-source",
+        transport: Transport::Udp,
+        reason: "the reply comes from the address and port the datagram was sent to, or \
+                 connected clients (nc -u) never see it",
+        waits: 1,
+        fixed: Duration::ZERO,
+        run: datagram::source,
+    },
+    CheckInfo {
+        name: "udp-interleaved",
+        transport: Transport::Udp,
+        reason: "several senders interleave datagrams and each gets exactly its own replies",
+        waits: 1,
+        fixed: Duration::ZERO,
+        run: datagram::interleaved,
+    },
+];
+
+/// What the runner reports as it goes, for printing live.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Checks on this address begin.
+    Address(SocketAddr),
+    /// A check finished.
+    Result(SocketAddr, &'a CheckResult),
+    /// The address could not be reached; its checks are skipped.
+    Unreachable(SocketAddr, &'a str),
+}
+
+/// Runs the configured checks on every address the target resolves to (one
+/// per family), calling `on_event` as results come. Fails only when the
+/// target does not resolve; an unreachable server is in the report.
+pub fn run(config: &CheckConfig, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Report, String> {
+    let addrs = config.target.resolve()?;
+    Ok(run_on(config, &addrs, on_event))
+}
+
+/// Runs the configured checks on `addrs`, as if the target had resolved to
+/// them: one after the other, each with its own results.
+pub fn run_on(
+    config: &CheckConfig,
+    addrs: &[SocketAddr],
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Report {
+    let started = Instant::now();
+    let several = addrs.len() > 1;
+    let mut addresses = Vec::new();
+    for &addr in addrs {
+        on_event(Event::Address(addr));
+        let context = Context {
+            addr,
+            timeout: config.timeout,
+            clients: config.clients,
+        };
+        let mut report = AddressReport {
+            addr,
+            unreachable: None,
+            results: Vec::new(),
+        };
+        // Set once a check reached the server; a connection refused after
+        // that means the server went away during the run.
+        let mut reached = false;
+        let mut gone_during: Option<&str> = None;
+        for check in &config.checks {
+            let start = Instant::now();
+            let verdict = if let Some(why) = &report.unreachable {
+                Verdict::skip(format!("not run: {why}"))
+            } else if let Some(earlier) = gone_during {
+                Verdict::skip(format!(
+                    "not run: the server stopped accepting connections during {earlier}"
+                ))
+            } else {
+                match (check.run)(&context) {
+                    Ok(verdict) => {
+                        reached = true;
+                        verdict
+                    }
+                    Err(Unreachable(err)) if !reached => {
+                        let why = unreachable_sentence(&config.target, addr, config, &err, several);
+                        on_event(Event::Unreachable(addr, &why));
+                        report.unreachable = Some(why.clone());
+                        Verdict::skip(format!("not run: {why}"))
+                    }
+                    Err(Unreachable(err)) => Verdict::fail(
+                        Some(Defect::StoppedServing),
+                        format!(
+                            "could not reach the server any more ({err}): it stopped serving \
+                             after the earlier checks (it may have crashed)"
+                        ),
+                    )
+                    .server_gone(),
+                }
+            };
+            if verdict.server_gone && gone_during.is_none() {
+                gone_during = Some(check.name);
+            }
+            let result = CheckResult {
+                name: check.name,
+                outcome: verdict.outcome,
+                detail: verdict.detail,
+                defect: verdict.defect,
+                elapsed: start.elapsed(),
+                figures: verdict.figures,
+            };
+            if report.unreachable.is_none() {
+                on_event(Event::Result(addr, &result));
+            }
+            report.results.push(result);
+        }
+        addresses.push(report);
+    }
+    Report {
+        target: config.target.to_string(),
+        transport: config.transport,
+        timeout: config.timeout,
+        clients: config.clients,
+        addresses,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Why an address could not be reached, and what to do, in a sentence.
+fn unreachable_sentence(
+    target: &Target,
+    addr: SocketAddr,
+    config: &CheckConfig,
+    err: &io::Error,
+    several: bool,
+) -> String {
+    let transport = config.transport;
+    let port = addr.port();
+    let mut text = match (err.kind(), transport) {
+        (io::ErrorKind::ConnectionRefused, Transport::Tcp) => format!(
+            "could not connect to {addr}: connection refused, so nothing listens on tcp port \
+             {port} there. Is the server running, on this address and port?"
+        ),
+        (io::ErrorKind::ConnectionRefused, Transport::Udp) => format!(
+            "{addr} answered \"port unreachable\", so nothing listens on udp port {port} there. \
+             Is the server running, and serving UDP?"
+        ),
+        (kind, _) if probe::is_timeout(err) || kind == io::ErrorKind::TimedOut => format!(
+            "could not connect to {addr} within {}: no answer at all (the host may be down, or \
+             a firewall drops the packets). Check the address, or raise --timeout",
+            report::fmt_duration(config.timeout)
+        ),
+        _ => format!(
+            "could not reach {transport} {addr}: {err}. Check the address and that this \
+             machine has a route to it"
+        ),
+    };
+    if several {
+        let family = if addr.is_ipv6() { "IPv6" } else { "IPv4" };
+        text.push_str(&format!(
+            " ({} resolves to an {family} address too, and clients that try it get this \
+             error: serve it, or check one address alone)",
+            target.host
+        ));
+    }
+    text
+}
+
+/// `echod check`: parses, runs, prints, and returns the documented exit
+/// status. Output that cannot be written (a closed pipe) is not an error.
+pub fn command(args: &CheckArgs) -> ExitCode {
+    let mut out = io::stdout().lock();
+    if args.list {
+        let _ = out.write_all(report::render_list().as_bytes());
+        return ExitCode::SUCCESS;
+    }
+    let config = match args.to_config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("echod check: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let json = args.json;
+    let mut print = |event: Event<'_>| match event {
+        Event::Address(addr) if !json => {
+            let _ = writeln!(out, "{}", report::render_header(&config, addr));
+        }
+        Event::Result(_, result) if !json => {
+            let _ = writeln!(out, "{}", report::render_line(result));
+        }
+        Event::Unreachable(_, why) => eprintln!("echod check: {why}"),
+        _ => {}
+    };
+    let report = match run(&config, &mut print) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("echod check: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = if json {
+        serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()
+    } else {
+        report.render_summary()
+    };
+    let _ = writeln!(out, "{text}");
+    ExitCode::from(report.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(checks: &[&CheckInfo]) -> Vec<&'static str> {
+        checks.iter().map(|c| c.name).collect()
+    }
+
+    #[test]
+    fn names_are_unique_and_lowercase() {
+        for (i, check) in CHECKS.iter().enumerate() {
+            assert!(
+                check
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '-'),
+                "{}",
+                check.name
+            );
+            assert!(CHECKS[..i].iter().all(|c| c.name != check.name));
+        }
+    }
+
+    #[test]
+    fn all_checks_of_the_transport_by_default() {
+        let tcp = select(Transport::Tcp, &[]).unwrap();
+        assert_eq!(tcp.len(), 9);
+        assert_eq!(tcp.last().unwrap().name, "reset-survival");
+        let udp = select(Transport::Udp, &[]).unwrap();
+        assert_eq!(names(&udp), ["udp-sizes", "udp-source", "udp-interleaved"]);
+    }
+
+    #[test]
+    fn only_keeps_catalogue_order_and_drops_repeats() {
+        let only = ["half-close", "echo", "echo"].map(String::from);
+        let chosen = select(Transport::Tcp, &only).unwrap();
+        assert_eq!(names(&chosen), ["echo", "half-close"]);
+    }
+
+    #[test]
+    fn only_explains_unknown_names_and_the_wrong_transport() {
+        let err = select(Transport::Tcp, &["echoo".into()]).unwrap_err();
+        assert!(err.contains("'echoo' is not a check"), "{err}");
+        let err = select(Transport::Tcp, &["127.0.0.1:7".into()]).unwrap_err();
+        assert!(err.contains("put ADDR before --only"), "{err}");
+        let err = select(Transport::Tcp, &["udp-sizes".into()]).unwrap_err();
+        assert!(err.contains("add --udp"), "{err}");
+        let err = select(Transport::Udp, &["echo".into()]).unwrap_err();
+        assert!(err.contains("drop --udp"), "{err}");
+    }
+
+    #[test]
+    fn timeout_accepts_decimals_within_bounds() {
+        assert_eq!(parse_timeout("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("soon").is_err());
+    }
+
+    #[test]
+    fn defect_names_are_distinct() {
+        let all = [
+            Defect::NeverReplying,
+            Defect::CorruptsBytes,
+            Defect::ExtraBytes,
+            Defect::LineBuffering,
+            Defect::HoldsBackBytes,
+            Defect::Stalls,
+            Defect::ClosesEarly,
+            Defect::ResetsConnection,
+            Defect::IgnoresHalfClose,
+            Defect::CloseOnEofWithoutFlush,
+            Defect::OneClientAtATime,
+            Defect::LimitedClients,
+            Defect::SmallBacklog,
+            Defect::BlocksOnSlowReader,
+            Defect::UnboundedBuffering,
+            Defect::DiesOnReset,
+            Defect::StoppedServing,
+            Defect::UdpTruncation,
+            Defect::UdpWrongSource,
+            Defect::UdpCrossedReplies,
+        ];
+        for (i, d) in all.iter().enumerate() {
+            assert!(all[..i].iter().all(|e| e.name() != d.name()));
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The report of a run: one line per check as text, or one JSON object,
+//! and the exit status it comes to.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::{CHECKS, CheckConfig, CheckResult, Outcome};
+use crate::net::Transport;
+
+/// Everything a run found.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The target as given (`host:port`).
+    pub target: String,
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// The bound on each check's waiting.
+    pub timeout: Duration,
+    /// Clients of the concurrency check.
+    pub clients: usize,
+    /// One entry per address checked (one per address family).
+    pub addresses: Vec<AddressReport>,
+    /// How long the whole run took.
+    pub elapsed: Duration,
+}
+
+/// The checks on one address.
+#[derive(Clone, Debug)]
+pub struct AddressReport {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Why it could not be reached, if it could not (its checks are then
+    /// all skipped).
+    pub unreachable: Option<String>,
+    /// One result per check, in the order they ran.
+    pub results: Vec<CheckResult>,
+}
+
+impl AddressReport {
+    fn count(&self, outcome: Outcome) -> usize {
+        self.results.iter().filter(|r| r.outcome == outcome).count()
+    }
+}
+
+impl Report {
+    /// 0 when nothing failed, 1 when a check failed, 2 when an address
+    /// could not be reached (the run is incomplete, which matters most).
+    pub fn exit_code(&self) -> u8 {
+        if self.addresses.iter().any(|a| a.unreachable.is_some()) {
+            2
+        } else if self.failed() > 0 {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// How many checks failed, over all addresses.
+    pub fn failed(&self) -> usize {
+        self.addresses.iter().map(|a| a.count(Outcome::Fail)).sum()
+    }
+
+    /// The result of check `name` on the first address.
+    pub fn result(&self, name: &str) -> Option<&CheckResult> {
+        self.addresses
+            .first()?
+            .results
+            .iter()
+            .find(|r| r.name == name)
+    }
+
+    /// Every result, over all addresses.
+    pub fn results(&self) -> impl Iterator<Item = &CheckResult> {
+        self.addresses.iter().flat_map(|a| a.results.iter())
+    }
+
+    /// The closing lines: a count per address and what to do next.
+    pub fn render_summary(&self) -> String {
+        let mut text = String::new();
+        for address in &self.addresses {
+            if address.unreachable.is_some() {
+                // The reason was printed as an error when it happened.
+                let _ = writeln!(text, "{}: not checked (unreachable)", address.addr);
+                continue;
+            }
+            let failed: Vec<&str> = address
+                .results
+                .iter()
+                .filter(|r| r.outcome == Outcome::Fail)
+                .map(|r| r.name)
+                .collect();
+            let _ = write!(
+                text,
+                "{}: {} passed, {} failed, {} skipped",
+                address.addr,
+                address.count(Outcome::Pass),
+                failed.len(),
+                address.count(Outcome::Skip),
+            );
+            if !failed.is_empty() {
+                let _ = write!(text, " ({})", failed.join(", "));
+            }
+            text.push('\n');
+        }
+        let _ = write!(
+            text,
+            "{} ({})",
+            match self.exit_code() {
+                0 => "the server passed every check that ran",
+                1 => "the server failed checks: each FAIL line says what was seen",
+                _ => "the run is incomplete: an address could not be reached",
+            },
+            fmt_duration(self.elapsed)
+        );
+        text
+    }
+
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> Value {
+        let addresses: Vec<Value> = self
+            .addresses
+            .iter()
+            .map(|a| {
+                json!({
+                    "address": a.addr.to_string(),
+                    "unreachable": a.unreachable,
+                    "passed": a.count(Outcome::Pass),
+                    "failed": a.count(Outcome::Fail),
+                    "skipped": a.count(Outcome::Skip),
+                    "checks": a.results.iter().map(result_json).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let count = |o| self.addresses.iter().map(|a| a.count(o)).sum::<usize>();
+        json!({
+            "target": self.target,
+            "transport": self.transport.to_string(),
+            "timeout_secs": self.timeout.as_secs_f64(),
+            "clients": self.clients,
+            "addresses": addresses,
+            "summary": {
+                "passed": count(Outcome::Pass),
+                "failed": count(Outcome::Fail),
+                "skipped": count(Outcome::Skip),
+                "elapsed_secs": seconds(self.elapsed),
+                "exit_code": self.exit_code(),
+            },
+        })
+    }
+}
+
+fn result_json(result: &CheckResult) -> Value {
+    let figures: Map<String, Value> = result
+        .figures
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.clone()))
+        .collect();
+    json!({
+        "name": result.name,
+        "outcome": result.outcome.label().to_ascii_lowercase(),
+        "detail": result.detail,
+        "defect": result.defect.map(|d| d.name()),
+        "elapsed_secs": seconds(result.elapsed),
+        "figures": figures,
+    })
+}
+
+fn seconds(time: Duration) -> f64 {
+    (time.as_secs_f64() * 1e6).round() / 1e6
+}
+
+/// The line before an address's results.
+pub fn render_header(config: &CheckConfig, addr: SocketAddr) -> String {
+    let bound: Duration = config.checks.iter().map(|c| c.bound(config.timeout)).sum();
+    format!(
+        "checking {} echo at {addr}: {} check{}, each step waiting at most {} (all: at most {})",
+        config.transport,
+        config.checks.len(),
+        if config.checks.len() == 1 { "" } else { "s" },
+        fmt_duration(config.timeout),
+        fmt_duration(bound)
+    )
+}
+
+/// Width of the name column: the longest check name.
+const NAME_WIDTH: usize = 22;
+
+/// One check's line: outcome, name, what was measured, and the defect.
+pub fn render_line(result: &CheckResult) -> String {
+    let mut line = format!(
+        "{}  {:<NAME_WIDTH$}  {}",
+        result.outcome.label(),
+        result.name,
+        result.detail
+    );
+    if let Some(defect) = result.defect {
+        let _ = write!(line, " [{}]", defect.name());
+    }
+    line
+}
+
+/// `--list`: each check with its transport and reason.
+pub fn render_list() -> String {
+    let mut text = String::new();
+    for check in CHECKS {
+        let steps = match check.waits {
+            1 => String::new(),
+            n => format!(" ({n} steps)"),
+        };
+        let _ = writeln!(
+            text,
+            "{:<NAME_WIDTH$}  {}  {}{steps}",
+            check.name, check.transport, check.reason
+        );
+    }
+    text.push_str(
+        "\nTCP checks run by default, UDP checks with --udp; --only NAME... picks some.\n\
+         Each step waits at most --timeout for the server.\n",
+    );
+    text
+}
+
+/// A byte count as people read it: `31 bytes`, `64 KiB`, `1.5 MiB`.
+pub fn fmt_bytes(n: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * 1024;
+    match n {
+        1 => "1 byte".into(),
+        n if n < 10 * KIB => format!("{n} bytes"),
+        n if n < MIB && n % KIB == 0 => format!("{} KiB", n / KIB),
+        n if n < MIB => format!("{:.1} KiB", n as f64 / KIB as f64),
+        n if n % MIB == 0 => format!("{} MiB", n / MIB),
+        n => format!("{:.1} MiB", n as f64 / MIB as f64),
+    }
+}
+
+/// A duration as people read it: `0.21 ms`, `4.2 ms`, `310 ms`, `2.5 s`.
+pub fn fmt_duration(time: Duration) -> String {
+    let ms = time.as_secs_f64() * 1e3;
+    if ms < 1.0 {
+        format!("{ms:.2} ms")
+    } else if ms < 10.0 {
+        format!("{ms:.1} ms")
+    } else if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else if time.subsec_millis() == 0 {
+        format!("{} s", time.as_secs())
+    } else {
+        format!("{:.1} s", time.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::Defect;
+
+    #[test]
+    fn bytes_read_naturally() {
+        assert_eq!(fmt_bytes(0), "0 bytes");
+        assert_eq!(fmt_bytes(1), "1 byte");
+        assert_eq!(fmt_bytes(256), "256 bytes");
+        assert_eq!(fmt_bytes(64 * 1024), "64 KiB");
+        assert_eq!(fmt_bytes(1024 * 1024), "1 MiB");
+        assert_eq!(fmt_bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(fmt_duration(Duration::from_micros(210)), "0.21 ms");
+        assert_eq!(fmt_duration(Duration::from_micros(4200)), "4.2 ms");
+        assert_eq!(fmt_duration(Duration::from_millis(310)), "310 ms");
+        assert_eq!(fmt_duration(Duration::from_secs(5)), "5 s");
+        assert_eq!(fmt_duration(Duration::from_millis(2500)), "2.5 s");
+    }
+
+    fn report(outcomes: &[Outcome], unreachable: bool) -> Report {
+        let results = outcomes
+            .iter()
+            .map(|&outcome| CheckResult {
+                name: "echo",
+                outcome,
+                detail: "31 bytes came back exact".into(),
+                defect: (outcome == Outcome::Fail).then_some(Defect::NeverReplying),
+                elapsed: Duration::from_millis(2),
+                figures: vec![("bytes_sent", 31.into())],
+            })
+            .collect();
+        Report {
+            target: "localhost:7".into(),
+            transport: Transport::Tcp,
+            timeout: Duration::from_secs(5),
+            clients: 50,
+            addresses: vec![AddressReport {
+                addr: "127.0.0.1:7".parse().unwrap(),
+                unreachable: unreachable.then(|| "connection refused".into()),
+                results,
+            }],
+            elapsed: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn exit_code_follows_the_worst_result() {
+        assert_eq!(
+            report(&[Outcome::Pass, Outcome::Skip], false).exit_code(),
+            0
+        );
+        assert_eq!(
+            report(&[Outcome::Pass, Outcome::Fail], false).exit_code(),
+            1
+        );
+        assert_eq!(report(&[Outcome::Skip], true).exit_code(), 2);
+    }
+
+    #[test]
+    fn a_line_names_outcome_check_measure_and_defect() {
+        let report = report(&[Outcome::Fail], false);
+        let line = render_line(&report.addresses[0].results[0]);
+        assert!(line.starts_with("FAIL  echo  "), "{line}");
+        assert!(
+            line.ends_with("31 bytes came back exact [never-replying]"),
+            "{line}"
+        );
+        let summary = report.render_summary();
+        assert!(
+            summary.contains("0 passed, 1 failed, 0 skipped (echo)"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn json_has_every_result_and_figure() {
+        let json = report(&[Outcome::Pass, Outcome::Fail], false).to_json();
+        assert_eq!(json["summary"]["exit_code"], 1);
+        assert_eq!(json["summary"]["failed"], 1);
+        let checks = json["addresses"][0]["checks"].as_array().unwrap();
+        assert_eq!(checks.len(), 2);
+        assert_eq!(checks[0]["outcome"], "pass");
+        assert_eq!(checks[0]["defect"], Value::Null);
+        assert_eq!(checks[1]["defect"], "never-replying");
+        assert_eq!(checks[1]["figures"]["bytes_sent"], 31);
+    }
+
+    #[test]
+    fn the_list_gives_every_check_a_reason() {
+        let list = render_list();
+        for check in CHECKS {
+            assert!(list.contains(check.name) && list.contains(check.reason));
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Small echo servers with one defect each, for `echod check` to find.
+//!
+//! Each runs on threads over blocking std sockets on 127.0.0.1, port 0,
+//! and stops when dropped: the accept loop polls a stop flag every few
+//! milliseconds, and every handler has socket timeouts, so no thread
+//! outlives a test by more than [`HANDLER_TIMEOUT`].
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The longest a handler waits on a socket.
+pub const HANDLER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the accept loop looks at the stop flag.
+const POLL: Duration = Duration::from_millis(2);
+
+/// A broken server; stops on drop.
+pub struct Broken {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Broken {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// How a TCP server hands out connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Serve {
+    /// A thread per connection.
+    Threads,
+    /// One connection at a time, on the accept thread.
+    OneAtATime,
+}
+
+/// A TCP server running `handle` for each connection. A handler may set
+/// the stop flag to take the whole server down.
+pub fn tcp(serve: Serve, handle: fn(TcpStream, &AtomicBool)) -> Broken {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    thread::spawn(move || {
+        while !flag.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    stream.set_read_timeout(Some(HANDLER_TIMEOUT)).unwrap();
+                    stream.set_write_timeout(Some(HANDLER_TIMEOUT)).unwrap();
+                    match serve {
+                        Serve::OneAtATime => handle(stream, &flag),
+                        Serve::Threads => {
+                            let flag = Arc::clone(&flag);
+                            thread::spawn(move || handle(stream, &flag));
+                        }
+                    }
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => thread::sleep(POLL),
+                Err(_) => thread::sleep(POLL),
+            }
+        }
+        // Dropping the listener here refuses new connections.
+    });
+    Broken { addr, stop }
+}
+
+/// A UDP server calling `handle` for each datagram, until dropped.
+pub fn udp(mut handle: impl FnMut(&UdpSocket, &[u8], SocketAddr) + Send + 'static) -> Broken {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    socket.set_read_timeout(Some(POLL * 5)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    thread::spawn(move || {
+        let mut buf = vec![0; 65_536];
+        while !flag.load(Ordering::SeqCst) {
+            if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+                handle(&socket, &buf[..n], peer);
+            }
+        }
+    });
+    Broken { addr, stop }
+}
+
+/// A plain, correct echo loop; the defects are in what the handlers do
+/// around it.
+fn echo_until_eof(mut stream: &TcpStream) -> std::io::Result<()> {
+    let mut buf = [0; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        stream.write_all(&buf[..n])?;
+    }
+}
+
+/// Echoes only whole lines (and the last partial line at EOF), like a
+/// server built on `for line in reader.lines()`.
+pub fn line_buffering(stream: TcpStream, _: &AtomicBool) {
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if writer.write_all(&line).is_err() || !line.ends_with(b"\n") {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = writer.shutdown(Shutdown::Write);
+}
+
+/// Reads on one thread and writes on another, and closes the connection
+/// as soon as the reader sees EOF: whatever the writer still holds is lost.
+pub fn close_on_eof_without_flush(stream: TcpStream, _: &AtomicBool) {
+    // A small send buffer, so that most of the echo waits in the writer's
+    // queue rather than in the kernel.
+    socket2::SockRef::from(&stream)
+        .set_send_buffer_size(16 * 1024)
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let mut writer = stream.try_clone().unwrap();
+    thread::spawn(move || {
+        for chunk in rx {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let mut reader = &stream;
+    let mut buf = [0; 16 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+            // The defect: EOF (or an error) closes everything at once.
+            _ => {
+                let _ = stream.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    }
+}
+
+/// A correct echo, served one connection at a time.
+pub fn plain_echo(stream: TcpStream, _: &AtomicBool) {
+    let _ = echo_until_eof(&stream);
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// Reads and discards everything, replying nothing (an RFC 863 discard
+/// server, or a hung one).
+pub fn never_replying(mut stream: TcpStream, _: &AtomicBool) {
+    let mut buf = [0; 64 * 1024];
+    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+/// Echoes, but never closes its side after the client's EOF; it keeps
+/// the connection until the server stops or [`HANDLER_TIMEOUT`] passes.
+pub fn ignores_half_close(stream: TcpStream, stop: &AtomicBool) {
+    if echo_until_eof(&stream).is_err() {
+        return;
+    }
+    let until = Instant::now() + HANDLER_TIMEOUT;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+        thread::sleep(POLL * 5);
+    }
+}
+
+/// Echoes, and takes the whole server down on the first reset or broken
+/// pipe, like a server that treats every I/O error as fatal.
+pub fn dies_on_reset(stream: TcpStream, stop: &AtomicBool) {
+    if echo_until_eof(&stream).is_err() {
+        stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Echoes datagrams cut at 1,024 bytes: a receive buffer too small.
+pub fn udp_truncating(socket: &UdpSocket, datagram: &[u8], peer: SocketAddr) {
+    let _ = socket.send_to(&datagram[..datagram.len().min(1024)], peer);
+}
+
+/// Never answers a datagram.
+pub fn udp_silent(_: &UdpSocket, _: &[u8], _: SocketAddr) {}
+
+/// Answers from a new socket, so from another port than the one written to.
+pub fn udp_wrong_source(_: &UdpSocket, datagram: &[u8], peer: SocketAddr) {
+    if let Ok(other) = UdpSocket::bind("127.0.0.1:0") {
+        let _ = other.send_to(datagram, peer);
+    }
+}
+
+/// Answers every datagram to the first peer it ever heard from.
+pub fn udp_first_peer_only() -> impl FnMut(&UdpSocket, &[u8], SocketAddr) + Send + 'static {
+    let mut first = None;
+    move |socket, datagram, peer| {
+        let to = *first.get_or_insert(peer);
+        let _ = socket.send_to(datagram, to);
+    }
+}
