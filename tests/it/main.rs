@@ -2,8 +2,8 @@
 //! IPv6, in-process and as the built binary, plus real `nc` and `socat`.
 //! One test crate with a module per topic.
 
-mod check;
 mod bench;
+mod check;
 mod cli;
 mod client;
 mod hardening;
