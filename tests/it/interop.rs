@@ -32,16 +32,16 @@ fn file_payload() -> Vec<u8> {
     random_bytes(862, 3 * 1024 * 1024 + 17)
 }
 
-#[test]
-fn nc_pipes_a_file_through_over_ipv4() {
+/// `nc -N ADDR PORT < file` against the binary bound to `addr`.
+fn nc_pipes_a_file_through(addr: &str) {
     if !have("nc") {
         println!("skipped: nc is not installed (apt-get install netcat-openbsd)");
         return;
     }
-    let server = Binary::start(&["--port", "0", "-b", "127.0.0.1", "--no-udp"]);
+    let server = Binary::start(&["--port", "0", "-b", addr, "--no-udp"]);
     let port = server.tcp.unwrap().port().to_string();
     let payload = file_payload();
-    let back = pipe_through("nc", &["-N".into(), "127.0.0.1".into(), port], &payload);
+    let back = pipe_through("nc", &["-N".into(), addr.into(), port], &payload);
     assert!(
         back == payload,
         "nc got {} bytes back of {}",
@@ -51,21 +51,13 @@ fn nc_pipes_a_file_through_over_ipv4() {
 }
 
 #[test]
+fn nc_pipes_a_file_through_over_ipv4() {
+    nc_pipes_a_file_through("127.0.0.1");
+}
+
+#[test]
 fn nc_pipes_a_file_through_over_ipv6() {
-    if !have("nc") {
-        println!("skipped: nc is not installed (apt-get install netcat-openbsd)");
-        return;
-    }
-    let server = Binary::start(&["--port", "0", "-b", "::1", "--no-udp"]);
-    let port = server.tcp.unwrap().port().to_string();
-    let payload = file_payload();
-    let back = pipe_through("nc", &["-N".into(), "::1".into(), port], &payload);
-    assert!(
-        back == payload,
-        "nc got {} bytes back of {}",
-        back.len(),
-        payload.len()
-    );
+    nc_pipes_a_file_through("::1");
 }
 
 #[test]
