@@ -43,6 +43,9 @@
 #   OUT=dir        where results go (default benches/runs/YYYY-MM-DD,
 #                  with -HHMM added when that exists)
 #   SKIP_BUILD=1   use the binaries already built
+#   ECHOD_ARGS=... extra options for echod (e.g. "--buffer 65536"), to
+#                  measure a setting against the same reference
+#   CELLS_ONLY=... space-separated cells to run (tcp-64-c50 ... stream udp)
 #   ONLY=...       space-separated parts to run: cells syscalls memory
 #                  fairness (default: all)
 #
@@ -65,6 +68,7 @@ WARMUP=${WARMUP:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 PORT=${PORT:-17200}
 ONLY=${ONLY:-cells syscalls memory fairness}
+ECHOD_ARGS=${ECHOD_ARGS:-}
 
 if [[ -z "${OUT:-}" ]]; then
     OUT=benches/runs/$(date +%F)
@@ -108,7 +112,7 @@ TCK=$(getconf CLK_TCK)
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUT/machine.txt"
 {
-    echo "ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP IDLE_CONNS=$IDLE_CONNS ONLY='$ONLY' benches/run.sh"
+    echo "ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP IDLE_CONNS=$IDLE_CONNS ONLY='$ONLY'${ECHOD_ARGS:+ ECHOD_ARGS='$ECHOD_ARGS'}${CELLS_ONLY:+ CELLS_ONLY='$CELLS_ONLY'} benches/run.sh"
 } >"$OUT/command.txt"
 
 PIDS=()
@@ -124,7 +128,8 @@ trap cleanup EXIT
 start_server() {
     local name=$1 port=$2
     if [[ $name == echod ]]; then
-        taskset -c 0 "$ECHOD" -q -b 127.0.0.1 -p "$port" --idle-timeout 0 --udp-rate 0 \
+        # shellcheck disable=SC2086
+        taskset -c 0 "$ECHOD" -q -b 127.0.0.1 -p "$port" --idle-timeout 0 --udp-rate 0 $ECHOD_ARGS \
             2>>"$OUT/echod.stderr" &
     else
         taskset -c 0 "$REF" "127.0.0.1:$port" 2>>"$OUT/reference.stderr" &
@@ -200,6 +205,9 @@ CELLS+=(stream)
 CELL_ARGS[stream]="-c 1 -s 65536 --pipeline 16"
 CELLS+=(udp)
 CELL_ARGS[udp]="--udp -c 50 -s 64"
+if [[ -n "${CELLS_ONLY:-}" ]]; then
+    read -r -a CELLS <<<"$CELLS_ONLY"
+fi
 
 EPORT=$PORT
 RPORT=$((PORT + 1))
@@ -242,22 +250,38 @@ if [[ " $ONLY " == *" syscalls "* ]]; then
                 taskset -c 1 "$ECHOD" bench "127.0.0.1:$port" --warmup "$WARMUP" -d "$DURATION" --json -c 50 -s "$size" >"$tmp" &
                 bench=$!
                 sleep "$WIN_START"
-                perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$tmp.perf" -- sleep "$WIN_LEN" 2>/dev/null || true
+                # The total, then (x86_64 numbers) recvfrom, sendto, writev,
+                # read, write, epoll_wait/epoll_pwait, to show where they go.
+                perf stat -x, -o "$tmp.perf" -p "$pid" -e raw_syscalls:sys_enter \
+                    -e raw_syscalls:sys_enter --filter 'id == 45' \
+                    -e raw_syscalls:sys_enter --filter 'id == 44' \
+                    -e raw_syscalls:sys_enter --filter 'id == 20' \
+                    -e raw_syscalls:sys_enter --filter 'id == 0' \
+                    -e raw_syscalls:sys_enter --filter 'id == 1' \
+                    -e raw_syscalls:sys_enter --filter 'id == 232 || id == 281' \
+                    -- sleep "$WIN_LEN" 2>/dev/null || true
                 wait "$bench" || true
                 python3 - "$tmp" "$tmp.perf" "$server" "$size" "$WIN_LEN" >>"$RESULTS" <<'EOF'
 import json, sys
 path, perf_path, server, size, win = sys.argv[1:]
 bench = json.load(open(path))
-count = None
+counts, window = [], None
 for line in open(perf_path):
     parts = line.strip().split(",")
-    if len(parts) > 2 and "raw_syscalls:sys_enter" in line and parts[0].isdigit():
-        count = int(parts[0])
-per_s = count / float(win) if count is not None else None
+    if len(parts) > 3 and "raw_syscalls:sys_enter" in line:
+        counts.append(int(parts[0]) if parts[0].isdigit() else None)
+        if parts[3].isdigit():
+            # perf's own counting time: its start-up makes it shorter than
+            # the sleep, so the sleep's length would undercount the rate.
+            window = int(parts[3]) / 1e9
+names = ["total", "recvfrom", "sendto", "writev", "read", "write", "epoll_wait"]
+by_name = dict(zip(names, counts))
 mps = bench.get("messages_per_s") or 0
+messages = mps * window if window else 0
+per_msg = {k: (v / messages if v is not None and messages else None) for k, v in by_name.items()}
 print(json.dumps({"kind": "syscalls", "server": server, "cell": f"tcp-{size}-c50",
-                  "syscalls": count, "window_s": float(win),
-                  "syscalls_per_message": (per_s / mps) if per_s and mps else None,
+                  "syscalls": by_name, "window_s": window, "messages_in_window": messages,
+                  "syscalls_per_message": per_msg["total"], "per_message": per_msg,
                   "bench": bench}))
 EOF
                 echo "  $server tcp-$size-c50: $(tail -1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["syscalls_per_message"], "syscalls per message")')"
