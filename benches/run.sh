@@ -25,7 +25,7 @@
 #      (benches/idle.py opens them).
 #   6. Fairness: 500 request/response clients (64 bytes) alone, then
 #      beside one connection streaming at full speed (two bench processes
-#      at once, both on CPU 1): their p50/p99 both ways.
+#      at once, both on CPU 1): their p50/p99 both ways, ROUNDS times.
 #   Results go to benches/runs/<date>/: results.jsonl (one JSON object per
 #   run, with the bench's own JSON inside), summary.md (the tables),
 #   machine.txt and command.txt.
@@ -293,6 +293,7 @@ fi
 
 if [[ " $ONLY " == *" fairness "* ]]; then
     echo "fairness: 500 x 64-byte request/response, without and with one stream"
+    for ((round = 1; round <= ROUNDS; round++)); do
     for server in echod reference; do
         if [[ $server == echod ]]; then pid=$EPID port=$EPORT; else pid=$RPID port=$RPORT; fi
         for with in no yes; do
@@ -307,20 +308,21 @@ if [[ " $ONLY " == *" fairness "* ]]; then
             taskset -c 1 "$ECHOD" bench "127.0.0.1:$port" --warmup "$WARMUP" -d "$DURATION" \
                 --json -c 500 -s 64 >"$small" || true
             if [[ $with == yes ]]; then wait "$sbench" || true; fi
-            python3 - "$small" "$stream" "$server" "$with" >>"$RESULTS" <<'EOF'
+            python3 - "$small" "$stream" "$server" "$with" "$round" >>"$RESULTS" <<'EOF'
 import json, sys
-small, stream, server, with_stream = sys.argv[1:]
+small, stream, server, with_stream, rnd = sys.argv[1:]
 s = json.load(open(small))
 try:
     t = json.load(open(stream))
 except Exception:
     t = None
-print(json.dumps({"kind": "fairness", "server": server, "with_stream": with_stream == "yes",
+print(json.dumps({"kind": "fairness", "server": server, "with_stream": with_stream == "yes", "round": int(rnd),
                   "small": s, "stream": t}))
 EOF
             echo "  $server stream=$with: $(tail -1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["small"]["latency_us"]; print("p50 %s us, p99 %s us" % (l["p50"], l["p99"]))')"
             rm -f "$small" "$stream"
         done
+    done
     done
 fi
 

@@ -145,16 +145,21 @@ def main():
     fair = [r for r in rows if r["kind"] == "fairness"]
     if fair:
         print("\n### Fairness: 500 × 64-byte request/response clients, without and with one stream\n")
-        print("| server | stream beside | small msg/s | small p50 / p99 / max µs | stream MB/s |")
-        print("|---|---|---|---|---|")
+        print("Both load generators share CPU 1. Median over rounds, (min–max).\n")
+        print("| server | stream beside | small msg/s | small p50 µs | small p99 µs | stream MB/s |")
+        print("|---|---|---|---|---|---|")
+        groups = defaultdict(list)
         for r in fair:
-            s, t = r["small"], r["stream"]
-            lat = s["latency_us"]
-            print(f"| {r['server']} | {'yes' if r['with_stream'] else 'no'} | {k(s['messages_per_s'])} "
-                  f"| {lat['p50']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f} "
-                  f"| {t['mb_per_s']:,.0f} |" if t else
-                  f"| {r['server']} | {'yes' if r['with_stream'] else 'no'} | {k(s['messages_per_s'])} "
-                  f"| {lat['p50']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f} | - |")
+            groups[(r["server"], r["with_stream"])].append(r)
+        for (server, with_stream), runs in groups.items():
+            def f0(v):
+                return f"{v:,.0f}"
+            streams = [r["stream"]["mb_per_s"] for r in runs if r.get("stream")]
+            print(f"| {server} | {'yes' if with_stream else 'no'} "
+                  f"| {spread([r['small']['messages_per_s'] for r in runs], k)} "
+                  f"| {spread([r['small']['latency_us']['p50'] for r in runs], f0)} "
+                  f"| {spread([r['small']['latency_us']['p99'] for r in runs], f0)} "
+                  f"| {spread(streams, f0) if streams else '-'} |")
 
     if targets:
         print("\n### Targets\n")
