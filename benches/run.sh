@@ -343,6 +343,7 @@ if [[ " $ONLY " == *" memory "* ]]; then
     done
 fi
 
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
 python3 benches/summary.py "$OUT" >"$OUT/summary.md"
 cat "$OUT/summary.md"
 echo
