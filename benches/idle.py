@@ -3,7 +3,8 @@
 
 Usage: idle.py PID HOST PORT N NAME
 
-Opens N TCP connections to HOST:PORT; on each it sends one byte and waits
+After 100 warm-up connections (opened, echoed, closed), opens N TCP
+connections to HOST:PORT; on each it sends one byte and waits
 for its echo, so the server has accepted and served it, then leaves it
 idle. Reads the server's VmRSS and RssAnon (/proc/PID/status) before the
 first connection and one second after the last, and prints one JSON
@@ -30,6 +31,12 @@ def status(pid):
 def main():
     pid, host, port, n, name = sys.argv[1:]
     port, n = int(port), int(n)
+    # Warm-up: the accept and echo paths touch their code pages once;
+    # those are the binary's, not the connections'.
+    for _ in range(100):
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(b"x")
+            s.recv(1)
     time.sleep(0.5)
     before = status(pid)
     socks = []
