@@ -50,6 +50,8 @@
 #   ECHOD_ARGS=... extra options for echod (e.g. "--buffer 65536"), to
 #                  measure a setting against the same reference
 #   CELLS_ONLY=... space-separated cells to run (tcp-64-c50 ... stream udp)
+#   ECHOD_BIN=path an echod binary to measure instead of target/release's
+#                  (a build of another commit); it also runs the load
 #   ONLY=...       space-separated parts to run: cells syscalls memory
 #                  fairness (default: all)
 #
@@ -101,7 +103,7 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --release --quiet
     cargo build --release --quiet --manifest-path benches/reference-tokio/Cargo.toml
 fi
-ECHOD=$ROOT/target/release/echod
+ECHOD=${ECHOD_BIN:-$ROOT/target/release/echod}
 REF=$ROOT/benches/reference-tokio/target/release/reference-tokio-echo
 [[ -x $ECHOD && -x $REF ]] || die "binaries missing: build without SKIP_BUILD."
 
