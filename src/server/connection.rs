@@ -197,10 +197,10 @@ impl Buffers {
 }
 
 /// How many reads one connection may do per turn before others are served.
-/// With the default 16 KiB buffer that is up to 256 KiB per turn: enough to
+/// With the default 64 KiB buffer that is up to 256 KiB per turn: enough to
 /// stream at full speed, small enough that one fast client cannot make 500
 /// others wait long.
-const READS_PER_TURN: usize = 16;
+const READS_PER_TURN: usize = 4;
 
 /// What one step of the state machine achieved.
 enum Step {

@@ -351,3 +351,15 @@ mod draining_reason {
         );
     }
 }
+
+/// Idle connections are the many: each costs its slab entry and nothing
+/// else (no ring, no peer address). 56 bytes plus the slab's tag keeps the
+/// idle cost within the 64 bytes per connection benches/run.sh measures.
+#[test]
+fn a_connection_stays_small() {
+    assert!(
+        std::mem::size_of::<Connection<mio::net::TcpStream>>() <= 56,
+        "Connection grew to {} bytes",
+        std::mem::size_of::<Connection<mio::net::TcpStream>>()
+    );
+}

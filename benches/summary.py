@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Markdown tables from a run of benches/run.sh.
+
+Usage: summary.py RUN_DIR   (reads RUN_DIR/results.jsonl, machine.txt,
+command.txt; prints Markdown on stdout)
+"""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+CELL_ORDER = [f"tcp-{s}-c{c}" for s in (64, 512, 4096) for c in (1, 50, 500)] + ["stream", "udp"]
+LABEL = {"stream": "stream 1 conn, 64 KiB x16 in flight", "udp": "udp 64 B, 50 sockets"}
+
+
+def label(cell):
+    if cell in LABEL:
+        return LABEL[cell]
+    _, size, conns = cell.split("-")
+    return f"tcp {size} B, {conns[1:]} conn"
+
+
+def spread(values, fmt):
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return fmt(med)
+    return f"{fmt(med)} ({fmt(min(values))}–{fmt(max(values))})"
+
+
+def k(x):
+    return f"{x / 1000:,.1f}k" if x < 1e6 else f"{x / 1e6:,.2f}M"
+
+
+def per_cpu(run):
+    share = run["server_cpu_share"]
+    rate = run["bench"].get("messages_per_s") or 0
+    return rate / share if share > 0 else float("nan")
+
+
+def mb_per_cpu(run):
+    share = run["server_cpu_share"]
+    rate = run["bench"].get("mb_per_s") or 0
+    return rate / share if share > 0 else float("nan")
+
+
+def main():
+    out = sys.argv[1]
+    rows = [json.loads(line) for line in open(f"{out}/results.jsonl") if line.strip()]
+    cells = defaultdict(lambda: defaultdict(dict))  # cell -> server -> round -> run
+    for r in rows:
+        if r["kind"] == "cell":
+            cells[r["cell"]][r["server"]][r["round"]] = r
+    print("## echod vs tokio current_thread reference\n")
+    print("```")
+    print(open(f"{out}/machine.txt").read().strip())
+    print("command: " + open(f"{out}/command.txt").read().strip())
+    print("```\n")
+    targets = []
+    if cells:
+        print("Median over rounds, (min–max) where there were several. Server CPU is the share of "
+              "its core it used; below ~95% the load generator, not the server, set the pace, "
+              "and messages per server-CPU-second is still a fair measure of efficiency.\n")
+        print("| cell | echod msg/s | echod MB/s | echod p50 / p99 µs | echod CPU | ref msg/s "
+              "| ref p50 / p99 µs | ref CPU | echod msg/CPU-s | ref msg/CPU-s | echod / ref |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        ratios = {}
+        for cell in CELL_ORDER:
+            if cell not in cells:
+                continue
+            e, r = cells[cell].get("echod", {}), cells[cell].get("reference", {})
+            ev, rv = list(e.values()), list(r.values())
+            ratio = [per_cpu(e[i]) / per_cpu(r[i]) for i in e if i in r]
+            ratios[cell] = ratio
+
+            def lat(runs, q):
+                return statistics.median(x["bench"]["latency_us"][q] for x in runs) if runs else 0
+
+            errors = sum(x["bench"].get("errors", 0) or 0 for x in ev + rv)
+            print(f"| {label(cell)}{' ⚠ ' + str(errors) + ' errors' if errors else ''} "
+                  f"| {spread([x['bench']['messages_per_s'] for x in ev], k)} "
+                  f"| {spread([x['bench']['mb_per_s'] for x in ev], lambda v: f'{v:,.1f}')} "
+                  f"| {lat(ev, 'p50'):.0f} / {lat(ev, 'p99'):.0f} "
+                  f"| {spread([x['server_cpu_share'] * 100 for x in ev], lambda v: f'{v:.0f}%')} "
+                  f"| {spread([x['bench']['messages_per_s'] for x in rv], k)} "
+                  f"| {lat(rv, 'p50'):.0f} / {lat(rv, 'p99'):.0f} "
+                  f"| {spread([x['server_cpu_share'] * 100 for x in rv], lambda v: f'{v:.0f}%')} "
+                  f"| {spread([per_cpu(x) for x in ev], k)} "
+                  f"| {spread([per_cpu(x) for x in rv], k)} "
+                  f"| **{spread(ratio, lambda v: f'{v:.2f}×')}** |")
+        if "stream" in cells:
+            ev = list(cells["stream"].get("echod", {}).values())
+            rv = list(cells["stream"].get("reference", {}).values())
+            print(f"\nStream, MB per server-CPU-second: echod "
+                  f"{spread([mb_per_cpu(x) for x in ev], lambda v: f'{v:,.0f}')}, reference "
+                  f"{spread([mb_per_cpu(x) for x in rv], lambda v: f'{v:,.0f}')}.\n")
+        many = [c for c in CELL_ORDER if c in ratios and (c.endswith("c50") or c.endswith("c500"))]
+        if many:
+            worst = min(statistics.median(ratios[c]) for c in many)
+            lowest = min(min(ratios[c]) for c in many)
+            targets.append(("msg per server-CPU-s ≥ 1.3× reference, every cell with 50 or 500 connections",
+                            worst >= 1.3,
+                            f"lowest cell median {worst:.2f}×, lowest single round {lowest:.2f}×"))
+        if "stream" in ratios and ratios["stream"]:
+            m = statistics.median(ratios["stream"])
+            targets.append(("one-connection stream MB per server-CPU-s ≥ 3.5× reference", m >= 3.5,
+                            f"median {m:.2f}× ({min(ratios['stream']):.2f}–{max(ratios['stream']):.2f})"))
+        if "udp" in ratios and ratios["udp"]:
+            m = statistics.median(ratios["udp"])
+            targets.append(("UDP datagrams per server-CPU-s ≥ 1.3× reference", m >= 1.3,
+                            f"median {m:.2f}× ({min(ratios['udp']):.2f}–{max(ratios['udp']):.2f})"))
+
+    sys_rows = [r for r in rows if r["kind"] == "syscalls"]
+    if sys_rows:
+        print("\n### System calls per echoed message, 50 connections\n")
+        print("perf stat over a window inside the measured period; messages counted as the "
+              "server's writes in that window (one per message at one in flight).\n")
+        print("| cell | echod | reference |")
+        print("|---|---|---|")
+        by = defaultdict(dict)
+        for r in sys_rows:
+            by[r["cell"]][r["server"]] = r["syscalls_per_message"]
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"
+        for cell in CELL_ORDER:
+            if cell in by:
+                print(f"| {label(cell)} | {fmt(by[cell].get('echod'))} | {fmt(by[cell].get('reference'))} |")
+        ev = [v.get("echod") for v in by.values() if v.get("echod") is not None]
+        if ev:
+            targets.append(("≤ 2.1 syscalls per echoed message at 50 connections", max(ev) <= 2.1,
+                            f"echod {min(ev):.2f}–{max(ev):.2f} over 64/512/4096 B"))
+
+    mem = [r for r in rows if r["kind"] == "memory"]
+    if mem:
+        print("\n### Idle memory\n")
+        print("| server | connections | RSS before → after | RSS per connection | anonymous per connection |")
+        print("|---|---|---|---|---|")
+        for r in mem:
+            print(f"| {r['server']} | {r['connections']:,} | {r['before']['VmRSS'] / 1024:,.0f} → "
+                  f"{r['after']['VmRSS'] / 1024:,.0f} KiB | {r['bytes_per_connection']:,.0f} B "
+                  f"| {r['anon_bytes_per_connection']:,.0f} B |")
+            if r["server"] == "echod":
+                targets.append((f"≤ 64 bytes of user memory per idle connection at {r['connections']:,} "
+                                "(anonymous RSS)",
+                                r["anon_bytes_per_connection"] <= 64,
+                                f"{r['bytes_per_connection']:.0f} B (RSS), {r['anon_bytes_per_connection']:.0f} B anonymous"))
+
+    fair = [r for r in rows if r["kind"] == "fairness"]
+    if fair:
+        print("\n### Fairness: 500 × 64-byte request/response clients, without and with one stream\n")
+        print("Both load generators share CPU 1. Median over rounds, (min–max).\n")
+        print("| server | stream beside | small msg/s | small p50 µs | small p99 µs | stream MB/s |")
+        print("|---|---|---|---|---|---|")
+        groups = defaultdict(list)
+        for r in fair:
+            groups[(r["server"], r["with_stream"])].append(r)
+        for (server, with_stream), runs in groups.items():
+            def f0(v):
+                return f"{v:,.0f}"
+            streams = [r["stream"]["mb_per_s"] for r in runs if r.get("stream")]
+            print(f"| {server} | {'yes' if with_stream else 'no'} "
+                  f"| {spread([r['small']['messages_per_s'] for r in runs], k)} "
+                  f"| {spread([r['small']['latency_us']['p50'] for r in runs], f0)} "
+                  f"| {spread([r['small']['latency_us']['p99'] for r in runs], f0)} "
+                  f"| {spread(streams, f0) if streams else '-'} |")
+
+    if targets:
+        print("\n### Targets\n")
+        print("| target | met | figures |")
+        print("|---|---|---|")
+        for name, ok, figures in targets:
+            print(f"| {name} | {'met' if ok else '**not met**'} | {figures} |")
+
+
+if __name__ == "__main__":
+    main()
