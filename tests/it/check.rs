@@ -404,18 +404,7 @@ fn echod(args: &[&str]) -> (ExitStatus, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + IO_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("echod {args:?} did not finish");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
+    let status = crate::util::wait_bounded(&mut child, IO_TIMEOUT);
     let mut out = String::new();
     let mut err = String::new();
     child

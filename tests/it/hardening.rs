@@ -22,14 +22,7 @@ fn signal(server: &Binary, signal: &str) {
 /// Waits (bounded) for the server to exit by itself.
 #[track_caller]
 fn wait_for_exit(server: &mut Binary) -> std::process::ExitStatus {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the server did not exit");
-        thread::sleep(Duration::from_millis(20));
-    }
+    crate::util::wait_bounded(&mut server.child, IO_TIMEOUT)
 }
 
 /// One round trip on an open connection.

@@ -53,18 +53,7 @@ fn run(command: &mut Command) -> Output {
         let mut bytes = Vec::new();
         stderr.read_to_end(&mut bytes).map(|_| bytes)
     });
-    let deadline = Instant::now() + IO_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} did not finish within {IO_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let status = crate::util::wait_bounded(&mut child, IO_TIMEOUT);
     Output {
         status,
         stdout: out.join().unwrap().unwrap(),

@@ -91,20 +91,10 @@ pub fn echod(args: &[&str], input: Input) -> Run {
     }
 }
 
-/// Waits for `child` at most a generous bound; kills it and fails after.
+/// Waits for a tool at most a generous bound; kills it and fails after.
 #[track_caller]
 pub fn wait_bounded(child: &mut std::process::Child) -> ExitStatus {
-    let deadline = Instant::now() + 3 * IO_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the tool did not finish in {:?}", 3 * IO_TIMEOUT);
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+    crate::util::wait_bounded(child, 3 * IO_TIMEOUT)
 }
 
 /// A file of `len` deterministic random bytes in the temp directory,

@@ -266,3 +266,21 @@ pub fn no_udp_rate_limit() -> GuardConfig {
         ..GuardConfig::default()
     }
 }
+
+/// Waits for `child` to exit, at most `bound`; kills it and fails the test
+/// after that, so a hung process cannot hang the suite.
+#[track_caller]
+pub fn wait_bounded(child: &mut Child, bound: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(status) = child.try_wait().expect("the child can be waited for") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the process did not finish within {bound:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
