@@ -89,8 +89,6 @@ pub struct Cli {
 /// The tools that come with the server.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the man page or shell completions for echod.
-    Generate(crate::generate::GenerateArgs),
     // The doc comments here are the help texts (clap takes a variant's
     // over its struct's).
     /// Send stdin to an echo server and print what comes back, checking it.
@@ -118,6 +116,8 @@ pub enum Command {
     /// buffering, lost bytes on half-close, one client at a time, truncated
     /// datagrams, and more (`--list` shows each check).
     Check(crate::check::CheckArgs),
+    /// Print the man page or shell completions for echod.
+    Generate(crate::generate::GenerateArgs),
 }
 
 /// Options of the server (`echod` with no subcommand).
