@@ -91,9 +91,28 @@ impl UdpCounters {
     }
 }
 
+/// What the datagram echo needs of a socket: mio's `UdpSocket`, or a
+/// scripted fake in tests (a loopback send practically never says
+/// WouldBlock, so the reply queue cannot be tested over a real socket).
+pub trait Datagrams {
+    /// Receives one datagram into `buf`.
+    fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+    /// Sends one datagram to `to`.
+    fn send_to(&self, payload: &[u8], to: SocketAddr) -> io::Result<usize>;
+}
+
+impl Datagrams for UdpSocket {
+    fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        UdpSocket::recv_from(self, buf)
+    }
+    fn send_to(&self, payload: &[u8], to: SocketAddr) -> io::Result<usize> {
+        UdpSocket::send_to(self, payload, to)
+    }
+}
+
 /// One UDP socket and its queue of replies not yet sent.
-pub struct UdpEcho {
-    socket: UdpSocket,
+pub struct UdpEcho<S = UdpSocket> {
+    socket: S,
     local: SocketAddr,
     ready: Readiness,
     queue: VecDeque<Reply>,
@@ -108,9 +127,16 @@ pub struct UdpEcho {
     pub queued: bool,
 }
 
-impl UdpEcho {
+impl UdpEcho<UdpSocket> {
+    /// The socket, for registering with the poll.
+    pub fn socket_mut(&mut self) -> &mut UdpSocket {
+        &mut self.socket
+    }
+}
+
+impl<S: Datagrams> UdpEcho<S> {
     /// Wraps a bound socket; `guard` says which datagrams to refuse.
-    pub fn new(socket: UdpSocket, local: SocketAddr, guard: &GuardConfig) -> UdpEcho {
+    pub fn new(socket: S, local: SocketAddr, guard: &GuardConfig) -> UdpEcho<S> {
         UdpEcho {
             socket,
             local,
@@ -139,11 +165,6 @@ impl UdpEcho {
         self.counters.dropped_shutdown += left;
         self.queue.clear();
         self.queued_bytes = 0;
-    }
-
-    /// The socket, for registering with the poll.
-    pub fn socket_mut(&mut self) -> &mut UdpSocket {
-        &mut self.socket
     }
 
     /// The address it is bound to.
@@ -298,3 +319,6 @@ impl UdpEcho {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod queue_tests;

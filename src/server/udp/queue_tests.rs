@@ -1,0 +1,177 @@
+//! The reply queue, over a scripted fake socket: what happens when
+//! `send_to` says WouldBlock (on loopback it practically never does, so a
+//! real socket cannot show it).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+
+use super::*;
+
+/// A socket whose receives and sends are scripted. With the receive script
+/// empty a receive says WouldBlock; with the send script empty a send
+/// succeeds.
+#[derive(Default)]
+struct Fake {
+    incoming: RefCell<VecDeque<(Vec<u8>, SocketAddr)>>,
+    send_results: RefCell<VecDeque<io::ErrorKind>>,
+    sent: RefCell<Vec<(Vec<u8>, SocketAddr)>>,
+}
+
+impl Datagrams for Fake {
+    fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (payload, from) = self
+            .incoming
+            .borrow_mut()
+            .pop_front()
+            .ok_or(io::ErrorKind::WouldBlock)?;
+        buf[..payload.len()].copy_from_slice(&payload);
+        Ok((payload.len(), from))
+    }
+
+    fn send_to(&self, payload: &[u8], to: SocketAddr) -> io::Result<usize> {
+        if let Some(kind) = self.send_results.borrow_mut().pop_front() {
+            return Err(kind.into());
+        }
+        self.sent.borrow_mut().push((payload.to_vec(), to));
+        Ok(payload.len())
+    }
+}
+
+const BOTH: Readiness = Readiness {
+    readable: true,
+    writable: true,
+    read_closed: false,
+};
+const WRITABLE: Readiness = Readiness {
+    writable: true,
+    ..Readiness::NONE
+};
+
+/// An ordinary client port (the guard refuses ports below 1024).
+fn peer(n: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 40_000 + n))
+}
+
+/// A UDP echo over the fake, rate limit off, with `datagrams` waiting.
+fn echo(datagrams: Vec<Vec<u8>>) -> UdpEcho<Fake> {
+    let fake = Fake::default();
+    for (i, payload) in datagrams.into_iter().enumerate() {
+        fake.incoming
+            .borrow_mut()
+            .push_back((payload, peer(i as u16)));
+    }
+    let guard = GuardConfig {
+        rate: 0,
+        ..GuardConfig::default()
+    };
+    UdpEcho::new(fake, peer(9999), &guard)
+}
+
+/// Serves an event, then turns from the ready queue (which bring no new
+/// readiness) until the socket has nothing more to read (bounded).
+fn serve(echo: &mut UdpEcho<Fake>, event: Readiness) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut readiness = event;
+    for _ in 0..100 {
+        if echo.on_ready(readiness, &mut buf) == Turn::Wait {
+            return;
+        }
+        readiness = Readiness::NONE;
+    }
+    panic!("the socket never stopped yielding");
+}
+
+#[test]
+fn a_reply_that_would_block_is_queued_and_sent_in_order_later() {
+    let mut udp = echo(vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+    udp.socket
+        .send_results
+        .borrow_mut()
+        .push_back(io::ErrorKind::WouldBlock);
+    serve(&mut udp, BOTH);
+    assert!(
+        udp.socket.sent.borrow().is_empty(),
+        "nothing goes out while blocked"
+    );
+    assert_eq!(udp.counters.received, 3);
+    // The socket becomes writable: the queue drains, oldest first, each
+    // reply to its own sender.
+    serve(&mut udp, WRITABLE);
+    let sent = udp.socket.sent.borrow().clone();
+    assert_eq!(
+        sent,
+        vec![
+            (b"one".to_vec(), peer(0)),
+            (b"two".to_vec(), peer(1)),
+            (b"three".to_vec(), peer(2)),
+        ]
+    );
+    assert_eq!(udp.counters.sent, 3);
+    assert_eq!(udp.counters.dropped(), 0);
+}
+
+#[test]
+fn the_queue_is_bounded_in_datagrams_and_counts_what_it_drops() {
+    let extra = 10;
+    let datagrams = (0..QUEUE_DATAGRAMS + extra)
+        .map(|i| vec![i as u8; 8])
+        .collect();
+    let mut udp = echo(datagrams);
+    udp.socket
+        .send_results
+        .borrow_mut()
+        .push_back(io::ErrorKind::WouldBlock);
+    serve(&mut udp, BOTH);
+    assert_eq!(udp.counters.dropped_queue_full, extra as u64);
+    serve(&mut udp, WRITABLE);
+    assert_eq!(udp.counters.sent, QUEUE_DATAGRAMS as u64);
+    assert_eq!(
+        udp.counters.received,
+        udp.counters.sent + udp.counters.dropped()
+    );
+}
+
+#[test]
+fn the_queue_is_bounded_in_bytes() {
+    let size = 60_000;
+    let datagrams = (0..30).map(|i| vec![i as u8; size]).collect();
+    let mut udp = echo(datagrams);
+    udp.socket
+        .send_results
+        .borrow_mut()
+        .push_back(io::ErrorKind::WouldBlock);
+    serve(&mut udp, BOTH);
+    let fits = (QUEUE_BYTES / size) as u64;
+    assert_eq!(udp.counters.dropped_queue_full, 30 - fits);
+    serve(&mut udp, WRITABLE);
+    assert_eq!(udp.counters.sent, fits);
+}
+
+#[test]
+fn replies_still_queued_at_shutdown_are_counted() {
+    let mut udp = echo(vec![b"late".to_vec(), b"later".to_vec()]);
+    let mut results = udp.socket.send_results.borrow_mut();
+    results.push_back(io::ErrorKind::WouldBlock);
+    drop(results);
+    serve(&mut udp, BOTH);
+    udp.close();
+    assert_eq!(udp.counters.dropped_shutdown, 2);
+    assert_eq!(
+        udp.counters.received,
+        udp.counters.sent + udp.counters.dropped()
+    );
+}
+
+#[test]
+fn a_failed_send_drops_only_that_reply() {
+    let mut udp = echo(vec![b"a".to_vec(), b"b".to_vec()]);
+    udp.socket
+        .send_results
+        .borrow_mut()
+        .push_back(io::ErrorKind::ConnectionRefused);
+    serve(&mut udp, BOTH);
+    assert_eq!(udp.counters.dropped_send_error, 1);
+    assert_eq!(*udp.socket.sent.borrow(), vec![(b"b".to_vec(), peer(1))]);
+}
