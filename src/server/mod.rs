@@ -179,7 +179,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a connection the server closes may take to send its EOF
 /// after the server's FIN (see `State::Draining`) before it is closed
-/// regardless.
+/// regardless (checked by the once-a-second sweep, so up to a second more).
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// The connection limit is warned about at most this often; it is counted
@@ -303,9 +303,9 @@ enum Phase {
         sessions: u64,
     },
     /// Sessions still open after the grace were told to close (FIN sent,
-    /// reading to their EOF) and are dropped at `until` whatever happens.
+    /// reading to their EOF); the sweep drops any still draining after
+    /// [`DRAIN_LIMIT`], as it does for every close the server starts.
     Cutting {
-        until: Instant,
         sessions: u64,
         cut: u64,
     },
@@ -530,13 +530,7 @@ impl Server {
         }
         match turn {
             Turn::Wait => {}
-            // Queued once at most: a connection that yields to an event
-            // while already waiting in the queue must not get two turns.
-            Turn::Yield if !conn.queued => {
-                conn.queued = true;
-                self.ready.push(Source::Connection(key).token());
-            }
-            Turn::Yield => {}
+            Turn::Yield => enqueue(&mut self.ready, key, conn),
             Turn::Closed(reason) => self.close(key, reason),
         }
     }
@@ -715,7 +709,7 @@ impl Server {
         let (sessions, cut) = match self.phase {
             Phase::Serving => (0, 0),
             Phase::Grace { sessions, .. } => (sessions, 0),
-            Phase::Cutting { sessions, cut, .. } => (sessions, cut),
+            Phase::Cutting { sessions, cut } => (sessions, cut),
         };
         let stats = self.stats();
         log::info!(
@@ -738,7 +732,7 @@ impl Server {
         match self.phase {
             Phase::Serving => {}
             Phase::Grace { cut_at, .. } => consider(cut_at),
-            Phase::Cutting { until, .. } => consider(until),
+            Phase::Cutting { .. } => {}
         }
         if self.needs_sweeping() {
             consider(self.next_sweep);
@@ -760,22 +754,11 @@ impl Server {
         {
             self.accept_all();
         }
-        match self.phase {
-            Phase::Grace { cut_at, sessions } if now >= cut_at => {
-                let cut = self.cut_all();
-                self.phase = Phase::Cutting {
-                    until: now + DRAIN_LIMIT,
-                    sessions,
-                    cut,
-                };
-            }
-            Phase::Cutting { until, .. } if now >= until => {
-                let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
-                for key in keys {
-                    self.close(key, CloseReason::Shutdown);
-                }
-            }
-            _ => {}
+        if let Phase::Grace { cut_at, sessions } = self.phase
+            && now >= cut_at
+        {
+            let cut = self.cut_all();
+            self.phase = Phase::Cutting { sessions, cut };
         }
         if self.needs_sweeping() && now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
@@ -790,9 +773,8 @@ impl Server {
         let mut cut = 0;
         for (key, conn) in self.connections.iter_mut() {
             if let State::Open | State::Flushing = conn.state() {
-                conn.begin_close(key, CloseReason::Shutdown, &mut self.buffers);
-                conn.active = now;
-                self.ready.push(Source::Connection(key).token());
+                let reason = CloseReason::Shutdown;
+                close_from_server(key, conn, reason, now, &mut self.buffers, &mut self.ready);
                 cut += 1;
             }
         }
@@ -814,10 +796,15 @@ impl Server {
                 State::Open | State::Flushing => {
                     if self.idle_timeout.is_some_and(|limit| quiet >= limit) {
                         log::debug!("connection {key}: idle for {} s, closing", quiet.as_secs());
-                        conn.begin_close(key, CloseReason::Idle, &mut self.buffers);
-                        conn.active = now;
-                        // It may have unread input, or be closed already.
-                        self.ready.push(Source::Connection(key).token());
+                        let reason = CloseReason::Idle;
+                        close_from_server(
+                            key,
+                            conn,
+                            reason,
+                            now,
+                            &mut self.buffers,
+                            &mut self.ready,
+                        );
                     }
                 }
                 State::Draining(reason) if quiet >= DRAIN_LIMIT => expired.push((key, reason)),
@@ -833,6 +820,31 @@ impl Server {
 
 /// One line for one readiness event, with every flag mio reports: what a
 /// learner should see to understand edge-triggered readiness.
+/// Puts a connection on the ready queue, once at most: one that yields to
+/// an event while already waiting there must not get two turns.
+fn enqueue(ready: &mut Vec<Token>, key: usize, conn: &mut Connection<TcpStream>) {
+    if !conn.queued {
+        conn.queued = true;
+        ready.push(Source::Connection(key).token());
+    }
+}
+
+/// Starts a close the server decided on (idle, shutdown); the drain limit
+/// counts from `now`. The connection is queued: it may have unread input,
+/// or be closed already, and no new event will say so.
+fn close_from_server(
+    key: usize,
+    conn: &mut Connection<TcpStream>,
+    reason: CloseReason,
+    now: Millis,
+    bufs: &mut Buffers,
+    ready: &mut Vec<Token>,
+) {
+    conn.begin_close(key, reason, bufs);
+    conn.active = now;
+    enqueue(ready, key, conn);
+}
+
 fn trace_event(event: &mio::event::Event) {
     let flags = [
         (event.is_readable(), "readable"),
