@@ -19,6 +19,13 @@ struct Fake {
     sent: RefCell<Vec<(Vec<u8>, SocketAddr)>>,
 }
 
+impl Fake {
+    /// The next send fails with `kind` (WouldBlock: the send buffer is full).
+    fn fail_next_send(&self, kind: io::ErrorKind) {
+        self.send_results.borrow_mut().push_back(kind);
+    }
+}
+
 impl Datagrams for Fake {
     fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         let (payload, from) = self
@@ -86,10 +93,7 @@ fn serve(echo: &mut UdpEcho<Fake>, event: Readiness) {
 #[test]
 fn a_reply_that_would_block_is_queued_and_sent_in_order_later() {
     let mut udp = echo(vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
-    udp.socket
-        .send_results
-        .borrow_mut()
-        .push_back(io::ErrorKind::WouldBlock);
+    udp.socket.fail_next_send(io::ErrorKind::WouldBlock);
     serve(&mut udp, BOTH);
     assert!(
         udp.socket.sent.borrow().is_empty(),
@@ -119,10 +123,7 @@ fn the_queue_is_bounded_in_datagrams_and_counts_what_it_drops() {
         .map(|i| vec![i as u8; 8])
         .collect();
     let mut udp = echo(datagrams);
-    udp.socket
-        .send_results
-        .borrow_mut()
-        .push_back(io::ErrorKind::WouldBlock);
+    udp.socket.fail_next_send(io::ErrorKind::WouldBlock);
     serve(&mut udp, BOTH);
     assert_eq!(udp.counters.dropped_queue_full, extra as u64);
     serve(&mut udp, WRITABLE);
@@ -138,10 +139,7 @@ fn the_queue_is_bounded_in_bytes() {
     let size = 60_000;
     let datagrams = (0..30).map(|i| vec![i as u8; size]).collect();
     let mut udp = echo(datagrams);
-    udp.socket
-        .send_results
-        .borrow_mut()
-        .push_back(io::ErrorKind::WouldBlock);
+    udp.socket.fail_next_send(io::ErrorKind::WouldBlock);
     serve(&mut udp, BOTH);
     let fits = (QUEUE_BYTES / size) as u64;
     assert_eq!(udp.counters.dropped_queue_full, 30 - fits);
@@ -152,9 +150,7 @@ fn the_queue_is_bounded_in_bytes() {
 #[test]
 fn replies_still_queued_at_shutdown_are_counted() {
     let mut udp = echo(vec![b"late".to_vec(), b"later".to_vec()]);
-    let mut results = udp.socket.send_results.borrow_mut();
-    results.push_back(io::ErrorKind::WouldBlock);
-    drop(results);
+    udp.socket.fail_next_send(io::ErrorKind::WouldBlock);
     serve(&mut udp, BOTH);
     udp.close();
     assert_eq!(udp.counters.dropped_shutdown, 2);
@@ -167,10 +163,7 @@ fn replies_still_queued_at_shutdown_are_counted() {
 #[test]
 fn a_failed_send_drops_only_that_reply() {
     let mut udp = echo(vec![b"a".to_vec(), b"b".to_vec()]);
-    udp.socket
-        .send_results
-        .borrow_mut()
-        .push_back(io::ErrorKind::ConnectionRefused);
+    udp.socket.fail_next_send(io::ErrorKind::ConnectionRefused);
     serve(&mut udp, BOTH);
     assert_eq!(udp.counters.dropped_send_error, 1);
     assert_eq!(*udp.socket.sent.borrow(), vec![(b"b".to_vec(), peer(1))]);
