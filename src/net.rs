@@ -49,7 +49,11 @@ impl fmt::Display for BindError {
             source,
         } = self;
         let port = addr.port();
-        let ip = addr.ip();
+        // "port 7 on [::]:" reads better than "port 7 on :::".
+        let ip = match addr.ip() {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        };
         match source.kind() {
             io::ErrorKind::PermissionDenied if port < 1024 => write!(
                 f,
@@ -213,7 +217,7 @@ mod tests {
     fn low_port_permission_error_names_the_way_out() {
         let text = error(13, "[::]:7"); // EACCES
         assert!(
-            text.starts_with("permission denied binding tcp port 7 on ::"),
+            text.starts_with("permission denied binding tcp port 7 on [::]:"),
             "{text}"
         );
         assert!(text.contains("--port 7007"), "{text}");
