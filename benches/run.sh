@@ -47,6 +47,9 @@
 #   OUT=dir        where results go (default benches/runs/YYYY-MM-DD,
 #                  with -HHMM added when that exists)
 #   SKIP_BUILD=1   use the binaries already built
+#   REFERENCE=tokio  the reference server: tokio (benches/reference-tokio)
+#                  or c (benches/reference-c/echo.c, a hand-written
+#                  edge-triggered epoll echo, built with cc -O2)
 #   ECHOD_ARGS=... extra options for echod (e.g. "--buffer 65536"), to
 #                  measure a setting against the same reference
 #   CELLS_ONLY=... space-separated cells to run (tcp-64-c50 ... stream udp)
@@ -75,6 +78,7 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 PORT=${PORT:-17200}
 ONLY=${ONLY:-cells syscalls memory fairness}
 ECHOD_ARGS=${ECHOD_ARGS:-}
+REFERENCE=${REFERENCE:-tokio}
 
 if [[ -z "${OUT:-}" ]]; then
     OUT=benches/runs/$(date +%F)
@@ -88,6 +92,10 @@ die() {
     echo "run.sh: $*" >&2
     exit 1
 }
+case $REFERENCE in
+    tokio | c) ;;
+    *) die "REFERENCE must be tokio or c, not '$REFERENCE'." ;;
+esac
 for tool in cargo taskset python3; do
     command -v "$tool" >/dev/null || die "$tool is needed but not installed."
 done
@@ -101,10 +109,22 @@ fi
 
 if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --release --quiet
-    cargo build --release --quiet --manifest-path benches/reference-tokio/Cargo.toml
+    if [[ $REFERENCE == tokio ]]; then
+        cargo build --release --quiet --manifest-path benches/reference-tokio/Cargo.toml
+    else
+        command -v cc >/dev/null || die "REFERENCE=c needs a C compiler (cc)."
+        mkdir -p benches/reference-c/target
+        cc -O2 -o benches/reference-c/target/echo-c benches/reference-c/echo.c
+    fi
 fi
 ECHOD=${ECHOD_BIN:-$ROOT/target/release/echod}
-REF=$ROOT/benches/reference-tokio/target/release/reference-tokio-echo
+if [[ $REFERENCE == tokio ]]; then
+    REF=$ROOT/benches/reference-tokio/target/release/reference-tokio-echo
+    REF_NAME="tokio current_thread (benches/reference-tokio)"
+else
+    REF=$ROOT/benches/reference-c/target/echo-c
+    REF_NAME="C edge-triggered epoll (benches/reference-c/echo.c)"
+fi
 [[ -x $ECHOD && -x $REF ]] || die "binaries missing: build without SKIP_BUILD."
 
 TCK=$(getconf CLK_TCK)
@@ -114,11 +134,12 @@ TCK=$(getconf CLK_TCK)
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
     echo "kernel: $(uname -sr)"
     echo "rustc: $(rustc --version)"
+    echo "reference: $REF_NAME"
     echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)')"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUT/machine.txt"
 {
-    echo "ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP IDLE_CONNS=$IDLE_CONNS ONLY='$ONLY'${ECHOD_ARGS:+ ECHOD_ARGS='$ECHOD_ARGS'}${CELLS_ONLY:+ CELLS_ONLY='$CELLS_ONLY'} benches/run.sh"
+    echo "ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP IDLE_CONNS=$IDLE_CONNS ONLY='$ONLY' REFERENCE=$REFERENCE${ECHOD_ARGS:+ ECHOD_ARGS='$ECHOD_ARGS'}${CELLS_ONLY:+ CELLS_ONLY='$CELLS_ONLY'} benches/run.sh"
 } >"$OUT/command.txt"
 
 PIDS=()
@@ -138,7 +159,11 @@ start_server() {
         taskset -c 0 "$ECHOD" -q -b 127.0.0.1 -p "$port" --idle-timeout 0 --udp-rate 0 $ECHOD_ARGS \
             2>>"$OUT/echod.stderr" &
     else
-        taskset -c 0 "$REF" "127.0.0.1:$port" 2>>"$OUT/reference.stderr" &
+        if [[ $REFERENCE == tokio ]]; then
+            taskset -c 0 "$REF" "127.0.0.1:$port" 2>>"$OUT/reference.stderr" &
+        else
+            taskset -c 0 "$REF" 127.0.0.1 "$port" 2>>"$OUT/reference.stderr" &
+        fi
     fi
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")

@@ -52,7 +52,10 @@ def main():
     for r in rows:
         if r["kind"] == "cell":
             cells[r["cell"]][r["server"]][r["round"]] = r
-    print("## echod vs tokio current_thread reference\n")
+    machine = open(f"{out}/machine.txt").read()
+    reference = next((line.split(": ", 1)[1] for line in machine.splitlines()
+                      if line.startswith("reference: ")), "tokio current_thread")
+    print(f"## echod vs {reference}\n")
     print("```")
     print(open(f"{out}/machine.txt").read().strip())
     print("command: " + open(f"{out}/command.txt").read().strip())
@@ -164,7 +167,10 @@ def main():
                   f"| {spread([r['small']['latency_us']['p99'] for r in runs], f0)} "
                   f"| {spread(streams, f0) if streams else '-'} |")
 
-    if targets:
+    if targets and not reference.startswith("tokio"):
+        print("\n(The targets are stated against the tokio reference; see a run with "
+              "REFERENCE=tokio.)")
+    elif targets:
         print("\n### Targets\n")
         print("| target | met | figures |")
         print("|---|---|---|")
