@@ -29,7 +29,17 @@
 #      the memory that grows with connections; total RSS is shown too.
 #   6. Fairness: 500 request/response clients (64 bytes) alone, then
 #      beside one connection streaming at full speed (two bench processes
-#      at once, both on CPU 1): their p50/p99 both ways, ROUNDS times.
+#      at once, both on CPU 1): their p50/p99 both ways, ROUNDS times, and
+#      the server's CPU. The stream's client runs once at normal priority
+#      (the two load generators then compete for CPU 1, and the small
+#      clients slow down on their own side too) and once at SCHED_IDLE
+#      (`chrt -i 0`: it gets only the CPU the small clients' generator
+#      leaves, so what changes for them is the server's doing). The
+#      stream's share of the server is its MB/s times the server CPU per
+#      MB of the stream alone (run first, each round), over the server's
+#      CPU; the small clients' p99 may rise by at most 1 / (1 - share),
+#      the factor by which the stream lengthens a turn of the loop if it
+#      takes that share of it.
 #   Results go to benches/runs/<date>/: results.jsonl (one JSON object per
 #   run, with the bench's own JSON inside), summary.md (the tables),
 #   machine.txt and command.txt.
@@ -96,7 +106,7 @@ case $REFERENCE in
     tokio | c) ;;
     *) die "REFERENCE must be tokio or c, not '$REFERENCE'." ;;
 esac
-for tool in cargo taskset python3; do
+for tool in cargo taskset chrt python3; do
     command -v "$tool" >/dev/null || die "$tool is needed but not installed."
 done
 [[ $(nproc) -ge 2 ]] || die "needs at least 2 CPUs (server on CPU 0, load on CPU 1)."
@@ -334,28 +344,49 @@ if [[ " $ONLY " == *" fairness "* ]]; then
     for ((round = 1; round <= ROUNDS; round++)); do
     for server in echod reference; do
         if [[ $server == echod ]]; then pid=$EPID port=$EPORT; else pid=$RPID port=$RPORT; fi
-        for with in no yes; do
+        # The stream alone first: its server CPU per MB prices the stream's
+        # share of the server in the runs beside the small clients.
+        run_cell "$server" "$pid" "$port" fairness-stream "$round" -c 1 -s 65536 --pipeline 16
+        for with in no yes idle; do
             small=$(mktemp)
             stream=$(mktemp)
-            if [[ $with == yes ]]; then
-                taskset -c 1 "$ECHOD" bench "127.0.0.1:$port" --warmup "$WARMUP" -d "$((DURATION + 2))" \
+            if [[ $with != no ]]; then
+                # "idle": the stream's client runs at SCHED_IDLE, so it only
+                # takes CPU time the small clients' load generator leaves
+                # over, and a rise in their p99 comes from the server.
+                prio=()
+                [[ $with == idle ]] && prio=(chrt -i 0)
+                "${prio[@]}" taskset -c 1 "$ECHOD" bench "127.0.0.1:$port" --warmup "$WARMUP" -d "$((DURATION + 2))" \
                     --json -c 1 -s 65536 --pipeline 16 >"$stream" &
                 sbench=$!
                 sleep 0.5
             fi
             taskset -c 1 "$ECHOD" bench "127.0.0.1:$port" --warmup "$WARMUP" -d "$DURATION" \
-                --json -c 500 -s 64 >"$small" || true
-            if [[ $with == yes ]]; then wait "$sbench" || true; fi
-            python3 - "$small" "$stream" "$server" "$with" "$round" >>"$RESULTS" <<'EOF'
+                --json -c 500 -s 64 >"$small" &
+            sm=$!
+            # The server's CPU over the same kind of window as the cells:
+            # with the small clients' cost per message from the run without
+            # the stream, it tells what share of the server the stream took.
+            sleep "$WIN_START"
+            c0=$(cpu_ticks "$pid")
+            t0=$(now_ns)
+            sleep "$WIN_LEN"
+            c1=$(cpu_ticks "$pid")
+            t1=$(now_ns)
+            wait "$sm" || true
+            if [[ $with != no ]]; then wait "$sbench" || true; fi
+            python3 - "$small" "$stream" "$server" "$with" "$round" "$((c1 - c0))" "$TCK" "$((t1 - t0))" >>"$RESULTS" <<'EOF'
 import json, sys
-small, stream, server, with_stream, rnd = sys.argv[1:]
+small, stream, server, with_stream, rnd, ticks, tck, ns = sys.argv[1:]
 s = json.load(open(small))
 try:
     t = json.load(open(stream))
 except Exception:
     t = None
-print(json.dumps({"kind": "fairness", "server": server, "with_stream": with_stream == "yes", "round": int(rnd),
-                  "small": s, "stream": t}))
+share = (int(ticks) / int(tck)) / (int(ns) / 1e9)
+print(json.dumps({"kind": "fairness", "server": server, "with_stream": with_stream != "no",
+                  "stream_client": {"no": None, "yes": "normal", "idle": "SCHED_IDLE"}[with_stream], "round": int(rnd),
+                  "server_cpu_share": share, "small": s, "stream": t}))
 EOF
             echo "  $server stream=$with: $(tail -1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["small"]["latency_us"]; print("p50 %s us, p99 %s us" % (l["p50"], l["p99"]))')"
             rm -f "$small" "$stream"
