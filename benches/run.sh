@@ -17,8 +17,8 @@
 #      (utime + stime from /proc/PID/stat) over a window inside the
 #      measured period; "messages per server-CPU-second" is the bench's
 #      message rate divided by the server's CPU rate over that window.
-#   4. Syscalls per echoed message at 50 connections (both servers, once
-#      per size): `perf stat -e raw_syscalls:sys_enter -p PID` over the
+#   4. Syscalls per echoed message at 50 connections (both servers, each
+#      size, ROUNDS times): `perf stat -e raw_syscalls:sys_enter -p PID` over the
 #      same kind of window, divided by the messages echoed in it, counted
 #      as the server's writes (one per message at one in flight), with a
 #      breakdown by call (x86_64 syscall numbers).
@@ -283,7 +283,8 @@ if [[ " $ONLY " == *" syscalls "* ]]; then
     if ! command -v perf >/dev/null; then
         echo "syscalls: perf not installed (apt-get install linux-perf); skipped" | tee -a "$OUT/notes.txt"
     else
-        echo "syscalls: perf stat -e raw_syscalls:sys_enter at 50 connections"
+        echo "syscalls: perf stat -e raw_syscalls:sys_enter at 50 connections, $ROUNDS round(s)"
+        for ((round = 1; round <= ROUNDS; round++)); do
         for size in 64 512 4096; do
             for server in echod reference; do
                 if [[ $server == echod ]]; then pid=$EPID port=$EPORT; else pid=$RPID port=$RPORT; fi
@@ -302,9 +303,9 @@ if [[ " $ONLY " == *" syscalls "* ]]; then
                     -e raw_syscalls:sys_enter --filter 'id == 232 || id == 281' \
                     -- sleep "$WIN_LEN" 2>/dev/null || true
                 wait "$bench" || true
-                python3 - "$tmp" "$tmp.perf" "$server" "$size" "$WIN_LEN" >>"$RESULTS" <<'EOF'
+                python3 - "$tmp" "$tmp.perf" "$server" "$size" "$WIN_LEN" "$round" >>"$RESULTS" <<'EOF'
 import json, sys
-path, perf_path, server, size, win = sys.argv[1:]
+path, perf_path, server, size, win, rnd = sys.argv[1:]
 bench = json.load(open(path))
 counts, window = [], None
 for line in open(perf_path):
@@ -326,7 +327,7 @@ writes = (by_name.get("sendto") or 0) + (by_name.get("writev") or 0) + (by_name.
 mps = bench.get("messages_per_s") or 0
 by_bench = mps * window if window else 0
 per_msg = {k: (v / writes if v is not None and writes else None) for k, v in by_name.items()}
-print(json.dumps({"kind": "syscalls", "server": server, "cell": f"tcp-{size}-c50",
+print(json.dumps({"kind": "syscalls", "server": server, "cell": f"tcp-{size}-c50", "round": int(rnd),
                   "syscalls": by_name, "window_s": window, "messages_in_window": writes,
                   "messages_in_window_by_bench_rate": by_bench,
                   "syscalls_per_message": per_msg["total"], "per_message": per_msg,
@@ -335,6 +336,7 @@ EOF
                 echo "  $server tcp-$size-c50: $(tail -1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["syscalls_per_message"], "syscalls per message")')"
                 rm -f "$tmp" "$tmp.perf"
             done
+        done
         done
     fi
 fi
