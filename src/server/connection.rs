@@ -356,6 +356,8 @@ impl<S: Stream> Connection<S> {
                 }
             }
             if let State::Closed(reason) = self.state {
+                // Whatever the way here, the buffers go back at once.
+                self.release(bufs);
                 return Turn::Closed(reason);
             }
             steps_left -= 1;
@@ -776,3 +778,6 @@ mod tests;
 
 #[cfg(test)]
 mod fuzz;
+
+#[cfg(all(test, target_os = "linux"))]
+mod splice_tests;
