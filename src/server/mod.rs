@@ -25,7 +25,7 @@ mod udp_guard;
 
 pub use clock::Millis;
 pub use connection::{Buffers, CloseReason, Connection, Readiness, State, Stream, Turn};
-pub use pipe::MAX_PIPES;
+pub use pipe::{MAX_PIPES, SPARE_PIPES};
 pub use udp::{MAX_DATAGRAM, UdpCounters};
 pub use udp_guard::{DEFAULT_UDP_RATE, GuardConfig, PortRange};
 

@@ -16,14 +16,10 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use echod::server::MAX_PIPES;
+use echod::server::{MAX_PIPES, SPARE_PIPES};
 use socket2::SockRef;
 
 use crate::util::{Binary, IO_TIMEOUT, connect, echo_tcp, random_bytes};
-
-/// Empty pipes the server keeps for reuse (its `SPARE_PIPES`): the most
-/// pipe descriptors, two each, it may hold with no connection open.
-const SPARE_PIPES: usize = 8;
 
 /// A server binary on `addr`'s loopback, TCP only, with `extra` options.
 fn server(bind: &str, extra: &[&str]) -> Binary {
@@ -185,27 +181,28 @@ fn resets_mid_stream_leave_no_pipe_behind() {
     assert_eq!(echo_tcp(addr, b"warm up"), b"warm up");
     let (_, baseline) = pipes_and_others(pid);
 
-    // More than the pool holds: leaked pipes would exceed the spares.
-    for i in 0..MAX_PIPES + SPARE_PIPES {
-        let payload = random_bytes(i as u64, 1 << 20);
-        let mut stream = connect(addr);
+    // Each client sends without reading until its sends stall: the server
+    // then has bytes in the pipe it cannot send. Twice as many as the pool
+    // keeps, so leaked pipes would show.
+    let payload = Arc::new(random_bytes(1, 16 << 20));
+    for _ in 0..2 * SPARE_PIPES {
+        let stream = connect(addr);
         let mut writer = stream.try_clone().unwrap();
-        // Sends until the reset makes the write fail.
-        let sender = thread::spawn(move || {
-            let _ = writer.write_all(&payload);
-        });
-        let mut echo = vec![0; 256 << 10];
-        stream
-            .read_exact(&mut echo)
-            .expect("reads part of the echo");
+        writer
+            .set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let sent = Arc::clone(&payload);
+        // Ends when a send stalls for the timeout (or, unlikely, all fit).
+        thread::spawn(move || {
+            let _ = writer.write_all(&sent);
+        })
+        .join()
+        .unwrap();
+        // Linger 0: the close sends an RST, with unread bytes on both sides.
         SockRef::from(&stream)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
-        // Shutting down both ways stops the sender's write; the drop then
-        // sends the RST.
-        let _ = stream.shutdown(Shutdown::Both);
         drop(stream);
-        sender.join().unwrap();
     }
 
     let deadline = Instant::now() + IO_TIMEOUT;

@@ -44,6 +44,10 @@ const BOTH: Readiness = Readiness {
     writable: true,
     read_closed: false,
 };
+const WRITABLE: Readiness = Readiness {
+    writable: true,
+    ..Readiness::NONE
+};
 
 /// A connection over one end of a socket pair, and the peer's end.
 fn pair() -> (Connection<Pair>, UnixStream) {
@@ -88,7 +92,11 @@ fn bulk_with_backlog(bufs: &mut Buffers, payload: &[u8]) -> (Connection<Pair>, U
 }
 
 /// Turns, bounded, with the peer reading up to `chunk` bytes before each,
-/// until `done` holds; returns what the peer read.
+/// until `done` holds; returns what the peer read. Each turn brings a
+/// writable edge and never a readable one: the peer sent everything before
+/// the first event, so no new bytes could bring one, and the connection
+/// must remember on its own that the socket still has bytes. A pipe full of
+/// slots must not make it forget (see `echo_through_pipe`).
 #[track_caller]
 fn serve_until(
     c: &mut Connection<Pair>,
@@ -108,7 +116,7 @@ fn serve_until(
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
             Err(err) => panic!("peer read: {err}"),
         }
-        c.on_ready(1, BOTH, bufs);
+        c.on_ready(1, WRITABLE, bufs);
     }
     panic!("not done after 1,000 turns: {:?}", c.state());
 }
@@ -199,4 +207,45 @@ fn a_pipe_with_bytes_in_it_is_not_reused() {
     });
     got.extend(take_all(&mut peer));
     assert!(got == payload, "stale bytes reached the next connection");
+}
+
+/// Bytes that arrive in many small pieces fill the pipe's slots long
+/// before its byte size: a splice in then says WouldBlock with the socket
+/// still holding bytes. The connection must not take that for "drained",
+/// or, with no new bytes coming to bring an edge, it would never read the
+/// rest (`serve_until` brings only writable edges).
+#[test]
+fn a_pipe_full_of_small_pieces_does_not_lose_readiness() {
+    let capacity = 1 << 16;
+    let mut bufs = Buffers::new(capacity).splicing(true);
+    let (mut c, mut peer) = pair();
+    SockRef::from(&c.stream.0)
+        .set_send_buffer_size(capacity)
+        .unwrap();
+    // Room for the peer's many small sends before the server reads them.
+    SockRef::from(&peer).set_send_buffer_size(4 << 20).unwrap();
+    // One full buffer to make it bulk, then pieces of 100 bytes, each its
+    // own page slot in the pipe.
+    let mut payload = bytes(capacity, 6);
+    peer.write_all(&payload).unwrap();
+    for i in 0..1500 {
+        let piece = bytes(100, i as u8);
+        peer.write_all(&piece).unwrap();
+        payload.extend_from_slice(&piece);
+    }
+    peer.shutdown(Shutdown::Write).unwrap();
+    c.on_ready(1, BOTH, &mut bufs);
+    assert!(c.splicing.holds_pipe(), "{:?}", c.splicing);
+    // The peer reads nothing yet: turns until the send buffer is full and
+    // the pipe is full of slots.
+    for _ in 0..100 {
+        if c.on_ready(1, Readiness::NONE, &mut bufs) == Turn::Wait {
+            break;
+        }
+    }
+    let mut got = serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, |c| {
+        matches!(c.state(), State::Closed(_))
+    });
+    got.extend(take_all(&mut peer));
+    assert!(got == payload, "the echo differs");
 }
