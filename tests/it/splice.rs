@@ -28,17 +28,23 @@ fn server(bind: &str, extra: &[&str]) -> Binary {
     Binary::start(&args)
 }
 
-/// The counters the server logs on SIGUSR1: bytes spliced, and times a
-/// bulk connection found no pipe.
+/// The counters line the server logs on SIGUSR1.
 #[track_caller]
-fn splice_counters(server: &Binary) -> (u64, u64) {
+fn stats_line(server: &Binary) -> String {
     let status = Command::new("kill")
         .arg("-USR1")
         .arg(server.child.id().to_string())
         .status()
         .unwrap();
     assert!(status.success(), "kill -USR1 failed");
-    let line = server.wait_for_line("tcp: accepted");
+    server.wait_for_line("tcp: accepted")
+}
+
+/// From the counters the server logs on SIGUSR1: bytes spliced, and times
+/// a bulk connection found no pipe.
+#[track_caller]
+fn splice_counters(server: &Binary) -> (u64, u64) {
+    let line = stats_line(server);
     let number_after = |label: &str| -> u64 {
         let rest = line
             .split(label)
@@ -79,6 +85,10 @@ fn stream_is_spliced_byte_for_byte(bind: &str) {
     assert_eq!(back.len(), payload.len());
     assert!(back == payload, "the 64 MiB echo differs");
     let (spliced, _) = splice_counters(&server);
+    // The stats line was read by `splice_counters`; ask again for bytes.
+    let line = stats_line(&server);
+    let n = payload.len();
+    assert!(line.contains(&format!("bytes in {n}, out {n} (")), "{line}");
     assert!(
         spliced >= (payload.len() / 2) as u64,
         "only {spliced} of {} bytes went through a pipe",
