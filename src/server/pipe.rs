@@ -21,7 +21,7 @@
 //! as pieces of pages, so a pipe can be full with far fewer bytes in it
 //! than its size. Hence a splice from the socket that says WouldBlock is
 //! ambiguous: the socket is empty, *or* the pipe has no free slot. Only
-//! with the pipe empty is it certainly the socket (see [`Pipe::may_fill`]).
+//! with the pipe empty is it certainly the socket (see `Pipe::may_fill`).
 //!
 //! Linux only; elsewhere [`Pipes`] never hands out a pipe and every
 //! connection stays on the copying path.
