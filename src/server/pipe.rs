@@ -269,15 +269,27 @@ mod linux {
             }
         }
 
-        fn open(&self) -> io::Result<Pipe> {
+        fn open(&mut self) -> io::Result<Pipe> {
             let (read, write) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
             // The pipe is the connection's buffer, so it gets the ring's
             // size (the kernel rounds up to a power of two of pages; we
             // never put more than `capacity` bytes in). Refused above
-            // `fs.pipe-max-size`: then no pipe, rather than one whose room
-            // we would misjudge.
+            // `fs.pipe-max-size` (1 MiB by default) or past the user's pipe
+            // allowance: then no pipe, rather than one whose room we would
+            // misjudge, and no more attempts (each would cost three system
+            // calls for the same answer): the pool stays at what it has.
             let size = i32::try_from(self.capacity).unwrap_or(i32::MAX);
-            fcntl(&write, FcntlArg::F_SETPIPE_SZ(size))?;
+            if let Err(err) = fcntl(&write, FcntlArg::F_SETPIPE_SZ(size)) {
+                self.max = self.attached.len() + self.spare.len();
+                log::info!(
+                    "the kernel refused a pipe of {} bytes ({err}), so no more pipes are \
+                     opened ({} open) and other bulk connections are echoed by copying; a \
+                     --buffer no larger than /proc/sys/fs/pipe-max-size lets them splice",
+                    self.capacity,
+                    self.max
+                );
+                return Err(err.into());
+            }
             Ok(Pipe {
                 read,
                 write,
