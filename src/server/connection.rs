@@ -462,12 +462,13 @@ impl<S: Stream> Connection<S> {
     /// behind them; no byte crosses into user space.
     ///
     /// Edge-triggered readiness as on the other paths, with one difference:
-    /// a short or WouldBlock splice in is only trusted to mean "socket
-    /// drained" when the pipe was empty, because a pipe can run out of
-    /// slots before it holds `capacity` bytes (see [`super::pipe`]).
-    /// Otherwise `readable` stays set and the pipe is marked maybe full:
-    /// the next splice in waits until a splice out made room, so readiness
-    /// is never lost and the loop never spins on a full pipe.
+    /// a pipe can run out of slots before it holds `capacity` bytes (see
+    /// [`super::pipe`]), so a short splice in never means "socket drained"
+    /// here (it costs one more call, made in the next step), and a
+    /// WouldBlock means it only if the pipe was empty. Otherwise `readable`
+    /// stays set and the pipe is marked maybe full: the next splice in
+    /// waits until a splice out has made room, so readiness is never lost
+    /// and the loop does not spin on a full pipe.
     fn echo_through_pipe(
         &mut self,
         key: usize,
@@ -480,6 +481,8 @@ impl<S: Stream> Connection<S> {
         let (Some(pipe), Some(socket)) =
             (bufs.pipes.get_mut(self.splicing), self.stream.splice_fd())
         else {
+            // Cannot happen: `attach_pipe` checked both. Were it to, the
+            // connection ends with an error rather than losing bytes.
             return Err(io::ErrorKind::Unsupported.into());
         };
         if self.ready.readable && pipe.may_fill(capacity) {
