@@ -11,7 +11,8 @@
 //!
 //! 1. [`ring`]: the byte ring buffer that holds what a socket would not take.
 //! 2. [`server`]'s `connection` module: one TCP peer, its state machine, and
-//!    the echo path (scratch buffer first, ring only for leftovers).
+//!    the echo path (scratch buffer first, ring only for leftovers, a pipe
+//!    and `splice` for bulk streams on Linux: the `pipe` module).
 //! 3. [`server`]: the loop itself: poll, dispatch by token, the ready queue.
 //! 4. [`server`]'s `udp` module: datagram echo with a bounded reply queue,
 //!    and `udp_guard`, which datagrams it refuses to answer (CERT
@@ -66,6 +67,7 @@
 //! src/server/mod.rs            Server: Poll, tokens, slab, the one loop
 //! src/server/listener.rs       accept and what its errors mean
 //! src/server/connection.rs     Connection + State: the echo state machine
+//! src/server/pipe.rs           pipes for splice(2): bulk streams echoed without a copy
 //! src/server/udp.rs            datagram echo and its bounded reply queue
 //! src/server/udp_guard.rs      which datagrams not to answer; per-source rate limit
 //! ```

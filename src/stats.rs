@@ -35,6 +35,11 @@ pub struct TcpStats {
     pub bytes_in: u64,
     /// Bytes echoed to closed connections.
     pub bytes_out: u64,
+    /// Bytes echoed through a pipe by `splice(2)` (any connection), part
+    /// of the bytes echoed.
+    pub spliced: u64,
+    /// Times a bulk connection found no pipe free and copied instead.
+    pub splice_fallbacks: u64,
 }
 
 impl TcpStats {
@@ -72,7 +77,8 @@ impl fmt::Display for Stats {
         write!(
             f,
             "tcp: accepted {}, active {}, closed {closed} (eof {}, reset {}, error {}, idle {}, \
-             shutdown {}), limit reached {}, refused {}, bytes in {}, out {}; ",
+             shutdown {}), limit reached {}, refused {}, bytes in {}, out {} (spliced {}, \
+             no pipe {}); ",
             t.accepted,
             t.active,
             t.closed_eof,
@@ -84,6 +90,8 @@ impl fmt::Display for Stats {
             t.refused,
             t.bytes_in,
             t.bytes_out,
+            t.spliced,
+            t.splice_fallbacks,
         )?;
         let u = &self.udp;
         write!(

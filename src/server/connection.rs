@@ -14,27 +14,47 @@
 //!    the ring, behind the pending bytes, so order is kept.
 //! 3. The ring drains: it goes back to the spares, and the connection is on
 //!    path 1 again. An idle connection holds no buffer.
+//! 4. On Linux, a read that filled the whole scratch buffer, with nothing
+//!    pending, marks the connection as bulk: it takes a pipe from the
+//!    loop's pool and echoes by `splice(2)`, socket → pipe → socket, with
+//!    no copy through user space (see [`super::pipe`]). The pipe is its
+//!    buffer while attached; once it is empty and the socket drained it
+//!    goes back to the pool, and the connection's next read takes one again
+//!    if that pipe moved at least a buffer's worth. No pipe free: paths 1
+//!    and 2 as before.
 //!
 //! The ring's capacity is the backpressure bound: when it is full the
 //! connection stops reading, the kernel's receive window fills, and TCP
 //! flow control slows the client down.
 
 use super::clock::Millis;
+use super::pipe::{Pipes, Splicing};
 use crate::ring::Ring;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd};
 
 /// What the connection logic needs of a socket.
 pub trait Stream: Read + Write {
     /// Shuts down the sending side: the peer reads end-of-file after the
     /// bytes already sent.
     fn shutdown_write(&self) -> io::Result<()>;
+
+    /// The descriptor `splice(2)` can move bytes through; `None` (the
+    /// default, for test fakes) keeps the connection on the copying path.
+    fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
 }
 
 impl Stream for mio::net::TcpStream {
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+
+    fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
     }
 }
 
@@ -161,6 +181,8 @@ pub struct Buffers {
     /// allocates nothing.
     #[allow(clippy::vec_box)]
     spare: Vec<Box<Ring>>,
+    /// Pipes for bulk connections (Linux; none with `--no-splice`).
+    pub pipes: Pipes,
 }
 
 /// How many drained rings the loop keeps for reuse: enough to absorb a
@@ -169,12 +191,21 @@ pub struct Buffers {
 const SPARE_RINGS: usize = 64;
 
 impl Buffers {
-    /// Buffers for connections whose rings hold `capacity` bytes.
+    /// Buffers for connections whose rings hold `capacity` bytes; no
+    /// pipes until [`Buffers::splicing`] turns them on.
     pub fn new(capacity: usize) -> Buffers {
         Buffers {
             scratch: vec![0; capacity].into_boxed_slice(),
             spare: Vec::new(),
+            pipes: Pipes::new(capacity, false),
         }
+    }
+
+    /// The same buffers, with bulk connections echoed through pipes if
+    /// `on` (and the system has `splice(2)`).
+    pub fn splicing(mut self, on: bool) -> Buffers {
+        self.pipes = Pipes::new(self.scratch.len(), on);
+        self
     }
 
     /// The capacity of each connection's ring.
@@ -221,6 +252,10 @@ pub struct Connection<S> {
     /// Boxed, so that the connection itself stays small: idle connections
     /// are the many, and each pays for this field whether it is used or not.
     ring: Option<Box<Ring>>,
+    /// Whether it is bulk, and the pipe holding its pending bytes while it
+    /// is echoed by `splice` (then `ring` is `None`): a two-byte key into
+    /// the loop's pool rather than the pipe itself, to keep it small.
+    splicing: Splicing,
     /// Bytes read from the peer.
     pub bytes_in: u64,
     /// Bytes written back to the peer.
@@ -242,6 +277,7 @@ impl<S: Stream> Connection<S> {
             state: State::Open,
             ready: Readiness::default(),
             ring: None,
+            splicing: Splicing::COPYING,
             bytes_in: 0,
             bytes_out: 0,
             opened: Millis::ZERO,
@@ -272,9 +308,10 @@ impl<S: Stream> Connection<S> {
         self.state
     }
 
-    /// Bytes received and not yet echoed.
-    pub fn pending(&self) -> usize {
-        self.ring.as_ref().map_or(0, |ring| ring.len())
+    /// Bytes received and not yet echoed, in its ring or its pipe.
+    pub fn pending(&self, bufs: &Buffers) -> usize {
+        let in_pipe = bufs.pipes.get(self.splicing).map_or(0, |pipe| pipe.len());
+        self.ring.as_ref().map_or(0, |ring| ring.len()) + in_pipe
     }
 
     /// The one place the state changes, so every transition can be traced.
@@ -308,7 +345,7 @@ impl<S: Stream> Connection<S> {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
                     log::trace!("connection {key}: {err}");
-                    self.release_ring(bufs);
+                    self.release(bufs);
                     // A close the server began keeps its reason: a peer
                     // that resets after our FIN does not make it a "reset".
                     let reason = match self.state {
@@ -319,6 +356,8 @@ impl<S: Stream> Connection<S> {
                 }
             }
             if let State::Closed(reason) = self.state {
+                // Whatever the way here, the buffers go back at once.
+                self.release(bufs);
                 return Turn::Closed(reason);
             }
             steps_left -= 1;
@@ -335,7 +374,7 @@ impl<S: Stream> Connection<S> {
         if let State::Closed(_) | State::Draining(_) = self.state {
             return;
         }
-        self.release_ring(bufs);
+        self.release(bufs);
         let next = if self.state == State::Flushing {
             // The peer's EOF was read already: no input can be left unread,
             // so closing now cannot turn into an RST.
@@ -352,11 +391,21 @@ impl<S: Stream> Connection<S> {
 
     /// `Open`: echo whatever can be echoed.
     fn echo(&mut self, key: usize, bufs: &mut Buffers, reads_left: &mut usize) -> io::Result<Step> {
-        if self.ring.is_none() {
-            self.echo_through_scratch(key, bufs, reads_left)
-        } else {
-            self.echo_through_ring(key, bufs, reads_left)
+        if self.splicing.holds_pipe() {
+            return self.echo_through_pipe(key, bufs, reads_left);
         }
+        if self.ring.is_some() {
+            return self.echo_through_ring(key, bufs, reads_left);
+        }
+        // Bulk, and nothing pending anywhere (so a pipe cannot reorder
+        // bytes): the next burst goes through a pipe if one is free.
+        if self.splicing == Splicing::BULK && self.ready.readable {
+            self.attach_pipe(key, bufs);
+            if self.splicing.holds_pipe() {
+                return self.echo_through_pipe(key, bufs, reads_left);
+            }
+        }
+        self.echo_through_scratch(key, bufs, reads_left)
     }
 
     /// Nothing pending: read into the shared scratch buffer, write straight
@@ -388,7 +437,97 @@ impl<S: Stream> Connection<S> {
             ring.push(&bufs.scratch[written..n]);
             self.ring = Some(ring);
         }
+        // A read that filled the whole buffer and went straight back out
+        // marks a bulk stream: with nothing pending, a pipe cannot reorder
+        // bytes, so the next reads go through one if the pool has one free.
+        if n == bufs.scratch.len() && written == n {
+            self.attach_pipe(key, bufs);
+        }
         Ok(Step::Progress)
+    }
+
+    /// Takes a pipe from the pool, if the stream can splice and one is
+    /// free; if not (a fallback, counted), the connection goes on copying.
+    fn attach_pipe(&mut self, key: usize, bufs: &mut Buffers) {
+        if self.stream.splice_fd().is_none() {
+            return;
+        }
+        self.splicing = bufs.pipes.attach().unwrap_or(Splicing::COPYING);
+        if self.splicing.holds_pipe() {
+            log::trace!("connection {key}: pipe attached");
+        }
+    }
+
+    /// Bulk: bytes pending in a pipe. Splice them out, then splice more in
+    /// behind them; no byte crosses into user space.
+    ///
+    /// Edge-triggered readiness as on the other paths, with one difference:
+    /// a pipe can run out of slots before it holds `capacity` bytes (see
+    /// [`super::pipe`]), so a short splice in never means "socket drained"
+    /// here (it costs one more call, made in the next step), and a
+    /// WouldBlock means it only if the pipe was empty. Otherwise `readable`
+    /// stays set and the pipe is marked maybe full: the next splice in
+    /// waits until a splice out has made room, so readiness is never lost
+    /// and the loop does not spin on a full pipe.
+    fn echo_through_pipe(
+        &mut self,
+        key: usize,
+        bufs: &mut Buffers,
+        reads_left: &mut usize,
+    ) -> io::Result<Step> {
+        // Out first: what is in the pipe goes before anything read now.
+        let mut moved = self.write_pipe(key, bufs)?;
+        let capacity = bufs.scratch.len();
+        let (Some(pipe), Some(socket)) =
+            (bufs.pipes.get_mut(self.splicing), self.stream.splice_fd())
+        else {
+            // Cannot happen: `attach_pipe` checked both. Were it to, the
+            // connection ends with an error rather than losing bytes.
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        if self.ready.readable && pipe.may_fill(capacity) {
+            *reads_left -= 1;
+            let was_empty = pipe.is_empty();
+            match pipe.fill_from(socket, capacity) {
+                Ok(0) => {
+                    log::trace!("connection {key}: EOF");
+                    let empty = pipe.is_empty();
+                    self.peer_finished_with(key, empty);
+                    moved = true;
+                }
+                Ok(n) => {
+                    // Short or not, `readable` stays set: a short count may
+                    // be a pipe out of slots, and the next call tells.
+                    log::trace!("connection {key}: spliced in {n}");
+                    self.bytes_in += n as u64;
+                    moved = true;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if was_empty {
+                        // An empty pipe has every slot free: it is the socket.
+                        log::trace!("connection {key}: splice in WouldBlock");
+                        self.ready.readable = false;
+                    } else {
+                        log::trace!("connection {key}: splice in WouldBlock, pipe maybe full");
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => moved = true,
+                Err(err) => return Err(err),
+            }
+        }
+        // Empty and nothing to read: the pipe goes back to the pool, so a
+        // quiet connection holds none. If it moved a buffer's worth, the
+        // connection stays bulk and its next burst starts in a pipe again,
+        // rather than paying a copy through the scratch buffer first.
+        if pipe.is_empty() && !self.ready.readable && self.state == State::Open {
+            let bulk = pipe.moved() >= capacity as u64;
+            log::trace!("connection {key}: pipe empty, back to the pool");
+            self.release(bufs);
+            if bulk {
+                self.splicing = Splicing::BULK;
+            }
+        }
+        Ok(if moved { Step::Progress } else { Step::Blocked })
     }
 
     /// Bytes pending: write from the ring, read behind them into the ring.
@@ -399,7 +538,7 @@ impl<S: Stream> Connection<S> {
         reads_left: &mut usize,
     ) -> io::Result<Step> {
         let mut moved = self.write_ring(key)?;
-        if self.pending() == 0 {
+        if self.ring.as_ref().is_some_and(|ring| ring.is_empty()) {
             self.release_ring(bufs);
             return Ok(Step::Progress);
         }
@@ -437,9 +576,9 @@ impl<S: Stream> Connection<S> {
 
     /// `Flushing`: write what is pending; close when it is all out.
     fn flush(&mut self, key: usize, bufs: &mut Buffers) -> io::Result<Step> {
-        let moved = self.write_ring(key)?;
-        if self.pending() == 0 {
-            self.release_ring(bufs);
+        let moved = self.write_ring(key)? | self.write_pipe(key, bufs)?;
+        if self.pending(bufs) == 0 {
+            self.release(bufs);
             // Protohackers Smoke Test: "once you've reached end-of-file on
             // your receiving side, and sent back all the data you've
             // received, close the socket so that the client knows you've
@@ -474,7 +613,13 @@ impl<S: Stream> Connection<S> {
 
     /// The peer shut down its sending side.
     fn peer_finished(&mut self, key: usize) {
-        let next = if self.pending() == 0 {
+        let empty = self.ring.as_ref().is_none_or(|ring| ring.is_empty());
+        self.peer_finished_with(key, empty);
+    }
+
+    /// The peer shut down its sending side; `empty`: nothing is pending.
+    fn peer_finished_with(&mut self, key: usize, empty: bool) {
+        let next = if empty {
             State::Closed(CloseReason::Eof)
         } else {
             State::Flushing
@@ -576,6 +721,54 @@ impl<S: Stream> Connection<S> {
         }
     }
 
+    /// One splice out of everything in the pipe, if writable; true if
+    /// bytes moved. A short splice out means the send buffer is full.
+    fn write_pipe(&mut self, key: usize, bufs: &mut Buffers) -> io::Result<bool> {
+        let Some(pipe) = bufs.pipes.get_mut(self.splicing) else {
+            return Ok(false);
+        };
+        if !self.ready.writable || pipe.is_empty() {
+            return Ok(false);
+        }
+        let Some(socket) = self.stream.splice_fd() else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        match pipe.drain_to(socket) {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                if pipe.is_empty() {
+                    log::trace!("connection {key}: spliced out {n}");
+                } else {
+                    // All of the pipe was offered: the send buffer is full.
+                    log::trace!("connection {key}: spliced out {n} (short)");
+                    self.ready.writable = false;
+                }
+                self.bytes_out += n as u64;
+                bufs.pipes.spliced += n as u64;
+                Ok(true)
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                log::trace!("connection {key}: splice out WouldBlock");
+                self.ready.writable = false;
+                Ok(false)
+            }
+            // Still writable: report "moved" so the step is tried again,
+            // as `write_ring` does.
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Gives back whatever buffer the connection holds: its ring to the
+    /// spares, its pipe to the pool (which closes it if bytes are left in
+    /// it). Called on every way to `Closed`, and by the server before it
+    /// drops a connection, so no pipe outlives its connection.
+    pub fn release(&mut self, bufs: &mut Buffers) {
+        self.release_ring(bufs);
+        bufs.pipes.detach(self.splicing);
+        self.splicing = Splicing::COPYING;
+    }
+
     fn release_ring(&mut self, bufs: &mut Buffers) {
         if let Some(ring) = self.ring.take() {
             bufs.give_back(ring);
@@ -588,3 +781,6 @@ mod tests;
 
 #[cfg(test)]
 mod fuzz;
+
+#[cfg(all(test, target_os = "linux"))]
+mod splice_tests;

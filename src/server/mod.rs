@@ -18,12 +18,14 @@
 mod clock;
 mod connection;
 mod listener;
+mod pipe;
 mod signals;
 mod udp;
 mod udp_guard;
 
 pub use clock::Millis;
 pub use connection::{Buffers, CloseReason, Connection, Readiness, State, Stream, Turn};
+pub use pipe::{MAX_PIPES, SPARE_PIPES};
 pub use udp::{MAX_DATAGRAM, UdpCounters};
 pub use udp_guard::{DEFAULT_UDP_RATE, GuardConfig, PortRange};
 
@@ -78,6 +80,9 @@ pub struct ServerConfig {
     pub socket_activation: bool,
     /// Log every readiness event at trace level: the teaching trace.
     pub trace_events: bool,
+    /// Echo bulk connections through a pipe with `splice(2)` (Linux only;
+    /// elsewhere ignored).
+    pub splice: bool,
 }
 
 impl Default for ServerConfig {
@@ -98,14 +103,16 @@ impl Default for ServerConfig {
             reuse_port: false,
             socket_activation: false,
             trace_events: false,
+            splice: true,
         }
     }
 }
 
 /// Descriptors kept free for everything that is not a connection: the
 /// listeners and UDP sockets, the poll, the waker, the signal pipe, stdio,
-/// and slack for a log file or a library that opens one.
-pub const RESERVED_DESCRIPTORS: u64 = 32;
+/// slack for a log file or a library that opens one, and the two ends of
+/// each of the [`MAX_PIPES`] pipes bulk connections are spliced through.
+pub const RESERVED_DESCRIPTORS: u64 = 32 + 2 * MAX_PIPES as u64;
 
 /// Raises the soft open-files limit to the hard limit (servers need many
 /// descriptors; the soft limit is often 1,024) and returns the connection
@@ -335,7 +342,7 @@ impl Server {
             listeners,
             udp,
             connections: Slab::new(),
-            buffers: Buffers::new(config.buffer),
+            buffers: Buffers::new(config.buffer).splicing(config.splice),
             datagram: vec![0; MAX_DATAGRAM].into_boxed_slice(),
             closed_udp: UdpCounters::default(),
             ready: Vec::new(),
@@ -464,6 +471,8 @@ impl Server {
     /// The counters, with the bytes of connections still open added in.
     pub fn stats(&self) -> Stats {
         let mut tcp = self.stats;
+        tcp.spliced = self.buffers.pipes.spliced;
+        tcp.splice_fallbacks = self.buffers.pipes.fallbacks;
         for (_, conn) in &self.connections {
             tcp.bytes_in += conn.bytes_in;
             tcp.bytes_out += conn.bytes_out;
@@ -641,7 +650,10 @@ impl Server {
     }
 
     fn close(&mut self, key: usize, reason: CloseReason) {
-        let conn = self.connections.remove(key);
+        let mut conn = self.connections.remove(key);
+        // Its pipe goes back to the pool (or is closed, if bytes are left
+        // in it) rather than staying attached to a connection now gone.
+        conn.release(&mut self.buffers);
         self.stats.closed(reason, conn.bytes_in, conn.bytes_out);
         if log::log_enabled!(log::Level::Debug) {
             let peer = conn

@@ -11,6 +11,7 @@ mod interop;
 mod leaks;
 mod ops;
 mod ping;
+mod splice;
 mod tcp;
 mod tools;
 mod udp;

@@ -693,9 +693,9 @@ impl Run {
             wire.sent
         );
         prop_assert!(
-            conn.pending() <= self.capacity,
+            conn.pending(&self.bufs) <= self.capacity,
             "{} bytes pending in a ring of {}",
-            conn.pending(),
+            conn.pending(&self.bufs),
             self.capacity
         );
         if let Some(ring) = &conn.ring {
@@ -707,7 +707,7 @@ impl Run {
         match conn.state() {
             State::Open | State::Flushing => prop_assert_eq!(
                 wire.consumed,
-                wire.sent.len() + conn.pending(),
+                wire.sent.len() + conn.pending(&self.bufs),
                 "bytes read must be echoed or pending"
             ),
             State::Draining(_) | State::Closed(_) => {
@@ -756,7 +756,7 @@ impl Run {
                     "stalled: no event can come, yet the connection is {:?} with {} bytes \
                      pending and remembers {:?}",
                     self.conn.state(),
-                    self.conn.pending(),
+                    self.conn.pending(&self.bufs),
                     self.conn.ready
                 )));
             }

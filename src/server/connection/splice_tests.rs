@@ -1,0 +1,251 @@
+//! The pipe path over a real socket pair and real pipes (Linux): the
+//! kernel's own `splice`, with the test as the peer deciding when to read,
+//! so the moments that matter (EOF with bytes in the pipe, a pool with no
+//! pipe left) happen on cue rather than by timing.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+
+use socket2::SockRef;
+
+use super::super::pipe::MAX_PIPES;
+use super::*;
+
+/// The server's end of a socket pair, nonblocking.
+struct Pair(UnixStream);
+
+impl Read for Pair {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for Pair {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stream for Pair {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.0.shutdown(Shutdown::Write)
+    }
+    fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.0.as_fd())
+    }
+}
+
+const BOTH: Readiness = Readiness {
+    readable: true,
+    writable: true,
+    read_closed: false,
+};
+const WRITABLE: Readiness = Readiness {
+    writable: true,
+    ..Readiness::NONE
+};
+
+/// A connection over one end of a socket pair, and the peer's end.
+fn pair() -> (Connection<Pair>, UnixStream) {
+    let (ours, peer) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    (Connection::new(Pair(ours)), peer)
+}
+
+/// Everything the peer can read now, without blocking.
+fn take_all(peer: &mut UnixStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0; 1 << 16];
+    loop {
+        match peer.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return out,
+            Err(err) => panic!("peer read: {err}"),
+        }
+    }
+}
+
+fn bytes(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// A connection whose socket takes at most about `capacity` bytes before
+/// a send is short, with `payload` and the peer's FIN waiting to be read,
+/// served once: it reads a full buffer, becomes bulk and takes a pipe.
+fn bulk_with_backlog(bufs: &mut Buffers, payload: &[u8]) -> (Connection<Pair>, UnixStream) {
+    let (mut c, mut peer) = pair();
+    SockRef::from(&c.stream.0)
+        .set_send_buffer_size(bufs.ring_capacity())
+        .unwrap();
+    peer.write_all(payload).unwrap();
+    peer.shutdown(Shutdown::Write).unwrap();
+    c.on_ready(1, BOTH, bufs);
+    (c, peer)
+}
+
+/// Turns, bounded, with the peer reading up to `chunk` bytes before each,
+/// until `done` holds; returns what the peer read. Each turn brings a
+/// writable edge and never a readable one: the peer sent everything before
+/// the first event, so no new bytes could bring one, and the connection
+/// must remember on its own that the socket still has bytes. A pipe full of
+/// slots must not make it forget (see `echo_through_pipe`).
+#[track_caller]
+fn serve_until(
+    c: &mut Connection<Pair>,
+    peer: &mut UnixStream,
+    bufs: &mut Buffers,
+    chunk: usize,
+    done: impl Fn(&Connection<Pair>) -> bool,
+) -> Vec<u8> {
+    let mut got = Vec::new();
+    for _ in 0..1_000 {
+        if done(c) {
+            return got;
+        }
+        let mut buf = vec![0; chunk];
+        match peer.read(&mut buf) {
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => panic!("peer read: {err}"),
+        }
+        c.on_ready(1, WRITABLE, bufs);
+    }
+    panic!("not done after 1,000 turns: {:?}", c.state());
+}
+
+#[test]
+fn a_full_read_takes_a_pipe_and_the_bytes_go_through_it() {
+    let capacity = 1 << 16;
+    let mut bufs = Buffers::new(capacity).splicing(true);
+    let payload = bytes(3 * capacity, 1);
+    let (mut c, mut peer) = bulk_with_backlog(&mut bufs, &payload);
+    assert!(c.splicing.holds_pipe(), "{:?}", c.splicing);
+    let mut got = serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, |c| {
+        matches!(c.state(), State::Closed(_))
+    });
+    got.extend(take_all(&mut peer));
+    assert!(got == payload, "the echo differs");
+    assert_eq!(c.state(), State::Closed(CloseReason::Eof));
+    assert!(bufs.pipes.spliced > 0);
+    assert!(
+        !c.splicing.holds_pipe(),
+        "a closed connection holds no pipe"
+    );
+}
+
+/// The peer's FIN is read while bytes sit in the pipe (the peer reads
+/// slowly): the connection flushes the pipe, and only then closes.
+#[test]
+fn eof_with_bytes_in_the_pipe_flushes_them_then_closes() {
+    let capacity = 1 << 16;
+    let mut bufs = Buffers::new(capacity).splicing(true);
+    let payload = bytes(3 * capacity, 2);
+    let (mut c, mut peer) = bulk_with_backlog(&mut bufs, &payload);
+    let mut got = serve_until(&mut c, &mut peer, &mut bufs, 16 << 10, |c| {
+        c.state() != State::Open
+    });
+    assert_eq!(c.state(), State::Flushing);
+    assert!(c.splicing.holds_pipe(), "{:?}", c.splicing);
+    assert!(c.pending(&bufs) > 0, "the FIN came with the pipe empty");
+    got.extend(serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, |c| {
+        matches!(c.state(), State::Closed(_))
+    }));
+    got.extend(take_all(&mut peer));
+    assert_eq!(c.state(), State::Closed(CloseReason::Eof));
+    assert!(got == payload, "the echo differs or is cut short");
+    // The server drops a closed connection, which closes the socket.
+    drop(c);
+    assert_eq!(peer.read(&mut [0; 1]).unwrap(), 0, "then the FIN");
+}
+
+/// Every pipe in use: the next bulk connection is echoed by copying, just
+/// as exactly, and the fallback is counted.
+#[test]
+fn with_every_pipe_in_use_a_bulk_connection_copies() {
+    let capacity = 1 << 16;
+    let mut bufs = Buffers::new(capacity).splicing(true);
+    let payload = bytes(3 * capacity, 3);
+    let holders: Vec<_> = (0..MAX_PIPES)
+        .map(|_| bulk_with_backlog(&mut bufs, &payload))
+        .collect();
+    assert!(holders.iter().all(|(c, _)| c.splicing.holds_pipe()));
+    assert_eq!(bufs.pipes.fallbacks, 0);
+
+    let (mut c, mut peer) = bulk_with_backlog(&mut bufs, &payload);
+    assert!(!c.splicing.holds_pipe(), "{:?}", c.splicing);
+    assert!(bufs.pipes.fallbacks > 0, "the fallback is not counted");
+    let mut got = serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, |c| {
+        matches!(c.state(), State::Closed(_))
+    });
+    got.extend(take_all(&mut peer));
+    assert!(got == payload, "the echo differs");
+}
+
+/// A pipe with bytes in it when its connection ends is closed, never
+/// given to the next connection with those bytes in it.
+#[test]
+fn a_pipe_with_bytes_in_it_is_not_reused() {
+    let capacity = 1 << 16;
+    let mut bufs = Buffers::new(capacity).splicing(true);
+    let (mut c, _peer) = bulk_with_backlog(&mut bufs, &bytes(3 * capacity, 4));
+    assert!(c.pending(&bufs) > 0);
+    c.begin_close(1, CloseReason::Shutdown, &mut bufs);
+    assert!(!c.splicing.holds_pipe());
+
+    let payload = bytes(3 * capacity, 5);
+    let (mut c, mut peer) = bulk_with_backlog(&mut bufs, &payload);
+    let mut got = serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, |c| {
+        matches!(c.state(), State::Closed(_))
+    });
+    got.extend(take_all(&mut peer));
+    assert!(got == payload, "stale bytes reached the next connection");
+}
+
+/// Bytes that arrive in many small pieces fill the pipe's slots long
+/// before its byte size: a splice in then says WouldBlock with the socket
+/// still holding bytes. The connection must not take that for "drained",
+/// or, with no new bytes coming to bring an edge, it would never read the
+/// rest (`serve_until` brings only writable edges).
+#[test]
+fn a_pipe_full_of_small_pieces_does_not_lose_readiness() {
+    let capacity = 1 << 16;
+    let mut bufs = Buffers::new(capacity).splicing(true);
+    let (mut c, mut peer) = pair();
+    SockRef::from(&c.stream.0)
+        .set_send_buffer_size(capacity)
+        .unwrap();
+    // Room for the peer's many small sends before the server reads them.
+    SockRef::from(&peer).set_send_buffer_size(4 << 20).unwrap();
+    // One full buffer to make it bulk, then pieces of 100 bytes, each its
+    // own page slot in the pipe.
+    let mut payload = bytes(capacity, 6);
+    peer.write_all(&payload).unwrap();
+    for i in 0..1500 {
+        let piece = bytes(100, i as u8);
+        peer.write_all(&piece).unwrap();
+        payload.extend_from_slice(&piece);
+    }
+    peer.shutdown(Shutdown::Write).unwrap();
+    c.on_ready(1, BOTH, &mut bufs);
+    assert!(c.splicing.holds_pipe(), "{:?}", c.splicing);
+    // The peer reads nothing yet: turns until the send buffer is full and
+    // the pipe is full of slots.
+    for _ in 0..100 {
+        if c.on_ready(1, Readiness::NONE, &mut bufs) == Turn::Wait {
+            break;
+        }
+    }
+    let mut got = serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, |c| {
+        matches!(c.state(), State::Closed(_))
+    });
+    got.extend(take_all(&mut peer));
+    assert!(got == payload, "the echo differs");
+}
