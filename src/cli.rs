@@ -148,8 +148,9 @@ pub struct ServeArgs {
 
     /// Most connections open at once; beyond it, new clients wait in the
     /// kernel's backlog until one closes. Default: the open-files limit
-    /// (raised to its hard maximum at start) less 160 kept for other uses
-    /// (32 for the process, 128 for the pipes bulk streams are spliced through).
+    /// (raised to its hard maximum at start) less 32 kept for the process
+    /// and up to 128 for the pipes bulk streams are spliced through (one
+    /// pipe, two descriptors, per 16 of the limit, at most 64 pipes).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
 

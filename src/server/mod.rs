@@ -25,7 +25,7 @@ mod udp_guard;
 
 pub use clock::Millis;
 pub use connection::{Buffers, CloseReason, Connection, Readiness, State, Stream, Turn};
-pub use pipe::{MAX_PIPES, SPARE_PIPES};
+pub use pipe::{MAX_PIPES, SPARE_PIPES, pipes_for};
 pub use udp::{MAX_DATAGRAM, UdpCounters};
 pub use udp_guard::{DEFAULT_UDP_RATE, GuardConfig, PortRange};
 
@@ -108,15 +108,16 @@ impl Default for ServerConfig {
     }
 }
 
-/// Descriptors kept free for everything that is not a connection: the
-/// listeners and UDP sockets, the poll, the waker, the signal pipe, stdio,
-/// slack for a log file or a library that opens one, and the two ends of
-/// each of the [`MAX_PIPES`] pipes bulk connections are spliced through.
-pub const RESERVED_DESCRIPTORS: u64 = 32 + 2 * MAX_PIPES as u64;
+/// Descriptors kept free for everything that is not a connection or a
+/// pipe: the listeners and UDP sockets, the poll, the waker, the signal
+/// pipe, stdio, and slack for a log file or a library that opens one. The
+/// pipes bulk connections are spliced through get their own share, see
+/// [`pipes_for`].
+pub const RESERVED_DESCRIPTORS: u64 = 32;
 
 /// Raises the soft open-files limit to the hard limit (servers need many
 /// descriptors; the soft limit is often 1,024) and returns the connection
-/// limit that leaves [`RESERVED_DESCRIPTORS`] free.
+/// limit that leaves [`RESERVED_DESCRIPTORS`] and the pipes' descriptors free.
 pub fn default_max_connections() -> usize {
     let soft = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(soft) => {
@@ -129,7 +130,8 @@ pub fn default_max_connections() -> usize {
             soft
         }
     };
-    usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS).max(1)).unwrap_or(usize::MAX)
+    let pipes = 2 * pipes_for(soft) as u64;
+    usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS + pipes).max(1)).unwrap_or(usize::MAX)
 }
 
 /// The most addresses one server binds (each gets a TCP and a UDP token).

@@ -81,6 +81,16 @@ impl Splicing {
 /// correct.
 pub const MAX_PIPES: usize = 64;
 
+/// How many pipes a process whose open-files limit is `limit` may have
+/// open: [`MAX_PIPES`], but no more than one (two descriptors) for every 16
+/// descriptors beyond `server::RESERVED_DESCRIPTORS`, so that a small limit
+/// is left to connections (a limit of 64 gets 2 pipes, 1,024 gets 62).
+/// The connection limit leaves these descriptors free.
+pub fn pipes_for(limit: u64) -> usize {
+    let share = limit.saturating_sub(super::RESERVED_DESCRIPTORS) / 16;
+    usize::try_from(share).map_or(MAX_PIPES, |share| share.min(MAX_PIPES))
+}
+
 /// How many empty pipes the pool keeps open for the next bulk connection,
 /// so that a stream going quiet and busy again does not cost a `pipe2` and
 /// an `fcntl` each time; the rest are closed, giving back the descriptors.
@@ -88,7 +98,7 @@ pub const SPARE_PIPES: usize = 8;
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use super::{MAX_PIPES, SPARE_PIPES, Splicing};
+    use super::{SPARE_PIPES, Splicing};
     use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
     use nix::unistd::pipe2;
     use slab::Slab;
@@ -184,7 +194,8 @@ mod linux {
     /// The loop's pipes: those attached to connections, by [`Splicing`] key, and
     /// a few empty spares.
     pub struct Pipes {
-        /// Most pipes open at once: [`MAX_PIPES`], or 0 with `--no-splice`.
+        /// Most pipes open at once: [`pipes_for`](super::pipes_for) the open-files limit, or 0
+        /// with `--no-splice`.
         max: usize,
         /// The pipe size asked of the kernel (the ring capacity).
         capacity: usize,
@@ -201,14 +212,21 @@ mod linux {
         /// A pool for buffers of `capacity` bytes; `enabled` false never
         /// opens a pipe (`--no-splice`).
         pub fn new(capacity: usize, enabled: bool) -> Pipes {
+            // The limit as it is now: the server raised it before this.
+            let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
             Pipes {
-                max: if enabled { MAX_PIPES } else { 0 },
+                max: if enabled { super::pipes_for(limit) } else { 0 },
                 capacity,
                 attached: Slab::new(),
                 spare: Vec::new(),
                 spliced: 0,
                 fallbacks: 0,
             }
+        }
+
+        /// Most pipes it opens at once.
+        pub fn limit(&self) -> usize {
+            self.max
         }
 
         /// An empty pipe for a connection, from the spares or newly opened;
@@ -349,6 +367,9 @@ mod other {
                 fallbacks: 0,
             }
         }
+        pub fn limit(&self) -> usize {
+            0
+        }
         pub fn attach(&mut self) -> Option<Splicing> {
             None
         }
@@ -359,5 +380,20 @@ mod other {
             None
         }
         pub fn detach(&mut self, _held: Splicing) {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_PIPES, pipes_for};
+
+    #[test]
+    fn pipes_take_a_sixteenth_of_the_descriptors_beyond_the_reserve_at_most() {
+        assert_eq!(pipes_for(0), 0);
+        assert_eq!(pipes_for(32), 0);
+        assert_eq!(pipes_for(64), 2);
+        assert_eq!(pipes_for(1024), 62);
+        assert_eq!(pipes_for(1056), MAX_PIPES);
+        assert_eq!(pipes_for(u64::MAX), MAX_PIPES);
     }
 }

@@ -173,7 +173,9 @@ fn with_every_pipe_in_use_a_bulk_connection_copies() {
     let capacity = 1 << 16;
     let mut bufs = Buffers::new(capacity).splicing(true);
     let payload = bytes(3 * capacity, 3);
-    let holders: Vec<_> = (0..MAX_PIPES)
+    // The pool's limit follows the open-files limit (at most MAX_PIPES).
+    assert!(bufs.pipes.limit() > 0 && bufs.pipes.limit() <= MAX_PIPES);
+    let holders: Vec<_> = (0..bufs.pipes.limit())
         .map(|_| bulk_with_backlog(&mut bufs, &payload))
         .collect();
     assert!(holders.iter().all(|(c, _)| c.splicing.holds_pipe()));
