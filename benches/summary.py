@@ -214,11 +214,15 @@ def main():
                   f"| {spread([v[1] for v in verdicts], times) if verdicts else '-'} "
                   f"| {spread([v[2] for v in verdicts], times) if verdicts else '-'} |")
             if server == "echod" and verdicts and mode == "SCHED_IDLE":
+                # Judged on the medians, like the other targets; the rounds
+                # that held are counted too.
                 met = sum(v[1] <= v[2] for v in verdicts)
+                rise = statistics.median(v[1] for v in verdicts)
+                allowed = statistics.median(v[2] for v in verdicts)
                 targets.append(("beside one stream (its client at SCHED_IDLE), the small clients' p99 "
                                 "rises by no more than 1 / (1 − the stream's share of the server)",
-                                met == len(verdicts),
-                                f"{met} of {len(verdicts)} rounds; rise {spread([v[1] for v in verdicts], times)}, "
+                                rise <= allowed,
+                                f"held in {met} of {len(verdicts)} rounds; rise {spread([v[1] for v in verdicts], times)}, "
                                 f"allowed {spread([v[2] for v in verdicts], times)}"))
 
     if targets and not reference.startswith("tokio"):
