@@ -12,16 +12,17 @@ use socket2::SockRef;
 use super::super::pipe::MAX_PIPES;
 use super::*;
 
-/// The server's end of a socket pair, nonblocking.
-struct Pair(UnixStream);
+/// The server's end of a socket pair (or, where the test needs what only
+/// TCP has, of a TCP connection), nonblocking.
+struct Pair<S = UnixStream>(S);
 
-impl Read for Pair {
+impl<S: Read> Read for Pair<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.read(buf)
     }
 }
 
-impl Write for Pair {
+impl<S: Write> Write for Pair<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.write(buf)
     }
@@ -30,9 +31,9 @@ impl Write for Pair {
     }
 }
 
-impl Stream for Pair {
+impl<S: Read + Write + AsFd> Stream for Pair<S> {
     fn shutdown_write(&self) -> io::Result<()> {
-        self.0.shutdown(Shutdown::Write)
+        SockRef::from(&self.0).shutdown(Shutdown::Write)
     }
     fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.0.as_fd())
@@ -58,7 +59,7 @@ fn pair() -> (Connection<Pair>, UnixStream) {
 }
 
 /// Everything the peer can read now, without blocking.
-fn take_all(peer: &mut UnixStream) -> Vec<u8> {
+fn take_all(peer: &mut impl Read) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = vec![0; 1 << 16];
     loop {
@@ -98,12 +99,12 @@ fn bulk_with_backlog(bufs: &mut Buffers, payload: &[u8]) -> (Connection<Pair>, U
 /// must remember on its own that the socket still has bytes. A pipe full of
 /// slots must not make it forget (see `echo_through_pipe`).
 #[track_caller]
-fn serve_until(
-    c: &mut Connection<Pair>,
-    peer: &mut UnixStream,
+fn serve_until<S: Read + Write + AsFd>(
+    c: &mut Connection<Pair<S>>,
+    peer: &mut impl Read,
     bufs: &mut Buffers,
     chunk: usize,
-    done: impl Fn(&Connection<Pair>) -> bool,
+    done: impl Fn(&Connection<Pair<S>>) -> bool,
 ) -> Vec<u8> {
     let mut got = Vec::new();
     for _ in 0..1_000 {
