@@ -464,11 +464,14 @@ impl<S: Stream> Connection<S> {
     /// Edge-triggered readiness as on the other paths, with one difference:
     /// a pipe can run out of slots before it holds `capacity` bytes (see
     /// [`super::pipe`]), so a short splice in never means "socket drained"
-    /// here (it costs one more call, made in the next step), and a
-    /// WouldBlock means it only if the pipe was empty. Otherwise `readable`
-    /// stays set and the pipe is marked maybe full: the next splice in
-    /// waits until a splice out has made room, so readiness is never lost
-    /// and the loop does not spin on a full pipe.
+    /// here (it costs one more call, made in the next step), and a splice
+    /// in that moves nothing (WouldBlock, or 0) means neither "drained" nor
+    /// EOF: TCP urgent data stops a splice too. With bytes in the pipe
+    /// `readable` stays set and the pipe is marked maybe full: the next
+    /// splice in waits until a splice out has made room, so readiness is
+    /// never lost and the loop does not spin on a full pipe. With the pipe
+    /// empty, it goes back to the pool and an ordinary read decides; so
+    /// the EOF, too, is always read on the copying path.
     fn echo_through_pipe(
         &mut self,
         key: usize,
@@ -487,47 +490,68 @@ impl<S: Stream> Connection<S> {
         };
         if self.ready.readable && pipe.may_fill(capacity) {
             *reads_left -= 1;
-            let was_empty = pipe.is_empty();
-            match pipe.fill_from(socket, capacity) {
-                Ok(0) => {
-                    log::trace!("connection {key}: EOF");
-                    let empty = pipe.is_empty();
-                    self.peer_finished_with(key, empty);
-                    moved = true;
-                }
+            let nothing_moved = match pipe.fill_from(socket, capacity) {
+                Ok(0) => true,
                 Ok(n) => {
                     // Short or not, `readable` stays set: a short count may
                     // be a pipe out of slots, and the next call tells.
                     log::trace!("connection {key}: spliced in {n}");
                     self.bytes_in += n as u64;
                     moved = true;
+                    false
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    if was_empty {
-                        // An empty pipe has every slot free: it is the socket.
-                        log::trace!("connection {key}: splice in WouldBlock");
-                        self.ready.readable = false;
-                    } else {
-                        log::trace!("connection {key}: splice in WouldBlock, pipe maybe full");
-                    }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => true,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {
+                    moved = true;
+                    false
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => moved = true,
                 Err(err) => return Err(err),
+            };
+            if nothing_moved && pipe.is_empty() {
+                // An empty pipe has every slot free, so it is the socket:
+                // drained, at its EOF, or stopped at urgent data (a byte
+                // sent with MSG_OOB), which splice never moves past (it
+                // says 0 if the FIN is behind it, WouldBlock if not) and a
+                // read steps over. Only a read can tell, and it takes the
+                // splice's place in the turn's budget. With the pipe empty
+                // and given back first, it cannot reorder bytes.
+                log::trace!("connection {key}: nothing to splice in, pipe empty");
+                *reads_left += 1;
+                self.give_back_empty_pipe(key, bufs, capacity);
+                let read = self.echo_through_scratch(key, bufs, reads_left)?;
+                return Ok(match read {
+                    Step::Blocked if !moved => Step::Blocked,
+                    _ => Step::Progress,
+                });
+            }
+            if nothing_moved {
+                // With bytes in the pipe, `fill_from` marked it maybe full:
+                // no splice in until a splice out has made room, and once
+                // the pipe is empty the read above decides.
+                log::trace!("connection {key}: nothing to splice in, pipe maybe full");
             }
         }
         // Empty and nothing to read: the pipe goes back to the pool, so a
-        // quiet connection holds none. If it moved a buffer's worth, the
-        // connection stays bulk and its next burst starts in a pipe again,
-        // rather than paying a copy through the scratch buffer first.
+        // quiet connection holds none.
         if pipe.is_empty() && !self.ready.readable && self.state == State::Open {
-            let bulk = pipe.moved() >= capacity as u64;
-            log::trace!("connection {key}: pipe empty, back to the pool");
-            self.release(bufs);
-            if bulk {
-                self.splicing = Splicing::BULK;
-            }
+            self.give_back_empty_pipe(key, bufs, capacity);
         }
         Ok(if moved { Step::Progress } else { Step::Blocked })
+    }
+
+    /// Gives the pipe, empty, back to the pool. If it moved a buffer's
+    /// worth, the connection stays bulk and its next burst starts in a pipe
+    /// again, rather than paying a copy through the scratch buffer first.
+    fn give_back_empty_pipe(&mut self, key: usize, bufs: &mut Buffers, capacity: usize) {
+        let bulk = bufs
+            .pipes
+            .get(self.splicing)
+            .is_some_and(|pipe| pipe.moved() >= capacity as u64);
+        log::trace!("connection {key}: pipe empty, back to the pool");
+        self.release(bufs);
+        if bulk {
+            self.splicing = Splicing::BULK;
+        }
     }
 
     /// Bytes pending: write from the ring, read behind them into the ring.
@@ -613,12 +637,9 @@ impl<S: Stream> Connection<S> {
 
     /// The peer shut down its sending side.
     fn peer_finished(&mut self, key: usize) {
+        // The pipe path never reads an EOF (see `echo_through_pipe`): only
+        // the ring can hold bytes here.
         let empty = self.ring.as_ref().is_none_or(|ring| ring.is_empty());
-        self.peer_finished_with(key, empty);
-    }
-
-    /// The peer shut down its sending side; `empty`: nothing is pending.
-    fn peer_finished_with(&mut self, key: usize, empty: bool) {
         let next = if empty {
             State::Closed(CloseReason::Eof)
         } else {

@@ -21,7 +21,11 @@
 //! as pieces of pages, so a pipe can be full with far fewer bytes in it
 //! than its size. Hence a splice from the socket that says WouldBlock is
 //! ambiguous: the socket is empty, *or* the pipe has no free slot. Only
-//! with the pipe empty is it certainly the socket (see `Pipe::may_fill`).
+//! with the pipe empty is it certainly the socket (see `Pipe::may_fill`),
+//! and even then not certainly drained: a splice stops at TCP urgent data
+//! (`MSG_OOB`), which a read steps over, saying WouldBlock, or 0 if the FIN
+//! is behind it. So a splice that moves nothing is never taken for "drained"
+//! or for EOF: once the pipe is empty, an ordinary read decides.
 //!
 //! Linux only; elsewhere [`Pipes`] never hands out a pipe and every
 //! connection stays on the copying path.
@@ -112,8 +116,9 @@ mod linux {
         /// Bytes spliced in and not yet spliced out: exact, because
         /// `splice` returns how many it moved.
         len: usize,
-        /// A splice in said WouldBlock with bytes in the pipe: the socket
-        /// is empty or the pipe is out of slots, and we cannot tell which.
+        /// A splice in moved nothing with bytes in the pipe: the socket is
+        /// empty, at its end or at urgent data, or the pipe is out of
+        /// slots, and we cannot tell which.
         /// Set, no splice in is tried until a splice out has made room, so
         /// the connection waits for writability instead of spinning.
         maybe_full: bool,
@@ -146,11 +151,15 @@ mod linux {
         }
 
         /// Splices up to the free room (`capacity` less what is in the
-        /// pipe) from `socket` into the pipe. `Ok(0)` is the peer's EOF. A
-        /// short count says nothing certain: the socket may be drained, or
-        /// the pipe out of slots, so the caller keeps the socket readable
-        /// and lets the next call tell. On WouldBlock with bytes in the pipe
-        /// the pipe is marked maybe full (see [`Pipe::may_fill`]).
+        /// pipe) from `socket` into the pipe. A short count says nothing
+        /// certain: the socket may be drained, or the pipe out of slots, so
+        /// the caller keeps the socket readable and lets the next call
+        /// tell. Nor does moving nothing: `Ok(0)` is the peer's EOF *or*
+        /// urgent data with the FIN behind it (a splice stops at TCP urgent
+        /// data, which a read steps over), and WouldBlock is a drained
+        /// socket, urgent data, or a pipe out of slots. Either way, with
+        /// bytes in the pipe, the pipe is marked maybe full (see
+        /// [`Pipe::may_fill`]).
         pub fn fill_from(&mut self, socket: BorrowedFd<'_>, capacity: usize) -> io::Result<usize> {
             let room = capacity.saturating_sub(self.len);
             if room == 0 {
@@ -159,6 +168,9 @@ mod linux {
             }
             match splice(socket, None, &self.write, None, room, flags()) {
                 Ok(n) => {
+                    if n == 0 && self.len > 0 {
+                        self.maybe_full = true;
+                    }
                     self.len += n;
                     self.moved += n as u64;
                     Ok(n)

@@ -239,6 +239,36 @@ fn resets_mid_stream_leave_no_pipe_behind() {
     assert!(spliced > 0, "no pipe was used");
 }
 
+/// A byte of TCP urgent data (sent with `MSG_OOB`, as telnet does on an
+/// interrupt) in the middle of a bulk stream: `splice` stops at it, a read
+/// steps over it. The rest of the stream must still come back, then the
+/// FIN, rather than wait unread for an edge that never comes. The urgent
+/// byte itself is out of band, not part of the echo. (That the server is
+/// splicing when the byte arrives is up to timing here, though nearly
+/// certain with this much bulk before it; the unit test
+/// `urgent_data_does_not_stall_a_spliced_stream` forces it.)
+#[test]
+fn urgent_data_in_a_bulk_stream_does_not_stall_it() {
+    let server = server("127.0.0.1", &[]);
+    let addr = server.tcp.unwrap();
+    let before = random_bytes(20, 4 << 20);
+    let after = random_bytes(21, 5_000);
+    let mut stream = connect(addr);
+    let mut writer = stream.try_clone().unwrap();
+    let (sent_before, sent_after) = (before.clone(), after.clone());
+    let sender = thread::spawn(move || {
+        writer.write_all(&sent_before)?;
+        SockRef::from(&writer).send_out_of_band(b"!")?;
+        writer.write_all(&sent_after)?;
+        writer.shutdown(Shutdown::Write)
+    });
+    let mut back = Vec::new();
+    let read = stream.read_to_end(&mut back);
+    sender.join().unwrap().expect("sends the stream");
+    read.expect("the echo ends with the server's FIN");
+    assert!(back == [before, after].concat(), "the echo differs");
+}
+
 /// `--no-splice`: the copying path alone, just as exact.
 #[test]
 fn no_splice_still_echoes_and_splices_nothing() {

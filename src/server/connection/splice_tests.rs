@@ -4,24 +4,28 @@
 //! pipe left) happen on cue rather than by timing.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::mem::MaybeUninit;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use socket2::SockRef;
 
 use super::super::pipe::MAX_PIPES;
 use super::*;
 
-/// The server's end of a socket pair, nonblocking.
-struct Pair(UnixStream);
+/// The server's end of a socket pair (or, where the test needs what only
+/// TCP has, of a TCP connection), nonblocking.
+struct Pair<S = UnixStream>(S);
 
-impl Read for Pair {
+impl<S: Read> Read for Pair<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.read(buf)
     }
 }
 
-impl Write for Pair {
+impl<S: Write> Write for Pair<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.write(buf)
     }
@@ -30,9 +34,9 @@ impl Write for Pair {
     }
 }
 
-impl Stream for Pair {
+impl<S: Read + Write + AsFd> Stream for Pair<S> {
     fn shutdown_write(&self) -> io::Result<()> {
-        self.0.shutdown(Shutdown::Write)
+        SockRef::from(&self.0).shutdown(Shutdown::Write)
     }
     fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.0.as_fd())
@@ -58,7 +62,7 @@ fn pair() -> (Connection<Pair>, UnixStream) {
 }
 
 /// Everything the peer can read now, without blocking.
-fn take_all(peer: &mut UnixStream) -> Vec<u8> {
+fn take_all(peer: &mut impl Read) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = vec![0; 1 << 16];
     loop {
@@ -98,12 +102,12 @@ fn bulk_with_backlog(bufs: &mut Buffers, payload: &[u8]) -> (Connection<Pair>, U
 /// must remember on its own that the socket still has bytes. A pipe full of
 /// slots must not make it forget (see `echo_through_pipe`).
 #[track_caller]
-fn serve_until(
-    c: &mut Connection<Pair>,
-    peer: &mut UnixStream,
+fn serve_until<S: Read + Write + AsFd>(
+    c: &mut Connection<Pair<S>>,
+    peer: &mut impl Read,
     bufs: &mut Buffers,
     chunk: usize,
-    done: impl Fn(&Connection<Pair>) -> bool,
+    done: impl Fn(&Connection<Pair<S>>) -> bool,
 ) -> Vec<u8> {
     let mut got = Vec::new();
     for _ in 0..1_000 {
@@ -141,8 +145,16 @@ fn a_full_read_takes_a_pipe_and_the_bytes_go_through_it() {
     );
 }
 
-/// The peer's FIN is read while bytes sit in the pipe (the peer reads
-/// slowly): the connection flushes the pipe, and only then closes.
+/// Bytes the connection's socket holds, up to `max`, without taking them:
+/// 0 when nothing but the peer's FIN is left. A peek steps over urgent
+/// data as a read does.
+fn peek<S: AsFd>(c: &Connection<Pair<S>>, max: usize) -> io::Result<usize> {
+    SockRef::from(&c.stream.0).peek(&mut vec![MaybeUninit::uninit(); max])
+}
+
+/// The socket holds nothing but the peer's FIN while bytes sit in the pipe
+/// (the peer reads slowly): the connection flushes the pipe, and only then
+/// closes.
 #[test]
 fn eof_with_bytes_in_the_pipe_flushes_them_then_closes() {
     let capacity = 1 << 16;
@@ -150,9 +162,8 @@ fn eof_with_bytes_in_the_pipe_flushes_them_then_closes() {
     let payload = bytes(3 * capacity, 2);
     let (mut c, mut peer) = bulk_with_backlog(&mut bufs, &payload);
     let mut got = serve_until(&mut c, &mut peer, &mut bufs, 16 << 10, |c| {
-        c.state() != State::Open
+        matches!(peek(c, 1), Ok(0)) || c.state() != State::Open
     });
-    assert_eq!(c.state(), State::Flushing);
     assert!(c.splicing.holds_pipe(), "{:?}", c.splicing);
     assert!(c.pending(&bufs) > 0, "the FIN came with the pipe empty");
     got.extend(serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, |c| {
@@ -250,4 +261,128 @@ fn a_pipe_full_of_small_pieces_does_not_lose_readiness() {
     });
     got.extend(take_all(&mut peer));
     assert!(got == payload, "the echo differs");
+}
+
+/// A connection over loopback TCP, and the peer's end, both nonblocking:
+/// the connection's socket can queue `backlog` bytes to send without a
+/// short write.
+fn tcp_pair(backlog: usize) -> (Connection<Pair<TcpStream>>, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // Room for what the peer sends before the connection reads it.
+    SockRef::from(&listener)
+        .set_recv_buffer_size(1 << 20)
+        .unwrap();
+    let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    peer.set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (ours, _) = listener.accept().unwrap();
+    SockRef::from(&ours).set_send_buffer_size(backlog).unwrap();
+    ours.set_nonblocking(true).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    (Connection::new(Pair(ours)), peer)
+}
+
+/// Waits, bounded, until the connection's socket has the peer's FIN: every
+/// byte the peer sent before it is there too.
+#[track_caller]
+fn wait_for_fin(c: &Connection<Pair<TcpStream>>) {
+    let mut poll = mio::Poll::new().unwrap();
+    let mut events = mio::Events::with_capacity(4);
+    let fd = c.stream.0.as_raw_fd();
+    poll.registry()
+        .register(
+            &mut mio::unix::SourceFd(&fd),
+            mio::Token(0),
+            mio::Interest::READABLE,
+        )
+        .unwrap();
+    for _ in 0..100 {
+        poll.poll(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
+        if events.iter().any(mio::event::Event::is_read_closed) {
+            return;
+        }
+    }
+    panic!("the peer's FIN did not arrive");
+}
+
+/// A byte sent as TCP urgent data (`MSG_OOB`, as telnet's interrupt
+/// does) stops a splice from the socket: `splice` will not move past the
+/// urgent mark, so it says WouldBlock with bytes still in the socket, even
+/// into an empty pipe. A read steps over the mark (the urgent byte is out
+/// of band, not part of the echo). Taking that WouldBlock for "drained"
+/// would leave the bytes after the mark, and here the FIN, unread with no
+/// edge ever coming for them.
+#[test]
+fn urgent_data_does_not_stall_a_spliced_stream() {
+    let capacity = 1 << 16;
+    let mut bufs = Buffers::new(capacity).splicing(true);
+    let (mut c, mut peer) = tcp_pair(4 * capacity);
+    let before = bytes(capacity + 1000, 7);
+    let after = bytes(1000, 8);
+    peer.set_nonblocking(false).unwrap();
+    peer.write_all(&before).unwrap();
+    SockRef::from(&peer).send_out_of_band(b"!").unwrap();
+    peer.write_all(&after).unwrap();
+    peer.shutdown(Shutdown::Write).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    wait_for_fin(&c);
+
+    let fin = Readiness {
+        read_closed: true,
+        ..BOTH
+    };
+    c.on_ready(1, fin, &mut bufs);
+    let mut got = serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, |c| {
+        matches!(c.state(), State::Closed(_))
+    });
+    got.extend(take_all(&mut peer));
+    assert!(bufs.pipes.spliced > 0, "no byte went through the pipe");
+    assert_eq!(c.state(), State::Closed(CloseReason::Eof));
+    let expected = [before, after].concat();
+    assert!(got == expected, "the echo differs");
+}
+
+/// As above, with no FIN behind the urgent byte, on a connection that
+/// stays bulk between bursts: its next burst starts at the urgent byte, and
+/// a splice there says WouldBlock into an empty pipe with the burst's
+/// bytes unread.
+#[test]
+fn urgent_data_does_not_stall_the_next_burst() {
+    let capacity = 1 << 16;
+    let mut bufs = Buffers::new(capacity).splicing(true);
+    let (mut c, mut peer) = tcp_pair(4 * capacity);
+    let before = bytes(2 * capacity + 1000, 9);
+    let after = bytes(1000, 10);
+    peer.set_nonblocking(false).unwrap();
+    peer.write_all(&before).unwrap();
+    SockRef::from(&peer).send_out_of_band(b"!").unwrap();
+    peer.set_nonblocking(true).unwrap();
+    // Bounded: the bytes before the urgent one are on loopback already.
+    for _ in 0..100 {
+        if peek(&c, before.len()).is_ok_and(|n| n == before.len()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.on_ready(1, BOTH, &mut bufs);
+    // Until the connection waits for the next edge, its pipe given back.
+    let idle = |c: &Connection<Pair<TcpStream>>| !c.ready.readable && !c.splicing.holds_pipe();
+    let mut got = serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, idle);
+    got.extend(take_all(&mut peer));
+    assert!(got == before, "the first burst differs");
+    assert!(bufs.pipes.spliced > 0, "no byte went through the pipe");
+
+    // The next burst: its edge, once its bytes are all there.
+    peer.write_all(&after).unwrap();
+    for _ in 0..100 {
+        if peek(&c, after.len() + 1).is_ok_and(|n| n == after.len()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.on_ready(1, BOTH, &mut bufs);
+    let mut got = serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, idle);
+    got.extend(take_all(&mut peer));
+    assert!(got == after, "the next burst differs or waits unread");
 }
