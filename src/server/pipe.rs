@@ -206,8 +206,11 @@ mod linux {
     /// The loop's pipes: those attached to connections, by [`Splicing`] key, and
     /// a few empty spares.
     pub struct Pipes {
-        /// Most pipes open at once: [`pipes_for`](super::pipes_for) the open-files limit, or 0
-        /// with `--no-splice`.
+        /// False with `--no-splice`: no pipe is ever asked for, and a bulk
+        /// connection copying is not counted as a fallback.
+        enabled: bool,
+        /// Most pipes open at once: [`pipes_for`](super::pipes_for) the
+        /// open-files limit, lowered to those open if the kernel refuses one.
         max: usize,
         /// The pipe size asked of the kernel (the ring capacity).
         capacity: usize,
@@ -226,8 +229,14 @@ mod linux {
         pub fn new(capacity: usize, enabled: bool) -> Pipes {
             // The limit as it is now: the server raised it before this.
             let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+            Pipes::with_max(capacity, enabled, super::pipes_for(limit))
+        }
+
+        /// A pool of at most `max` pipes.
+        pub(super) fn with_max(capacity: usize, enabled: bool, max: usize) -> Pipes {
             Pipes {
-                max: if enabled { super::pipes_for(limit) } else { 0 },
+                enabled,
+                max: if enabled { max } else { 0 },
                 capacity,
                 attached: Slab::new(),
                 spare: Vec::new(),
@@ -245,7 +254,7 @@ mod linux {
         /// `None` if all are in use or the kernel will not give one, and
         /// the connection goes on copying.
         pub fn attach(&mut self) -> Option<Splicing> {
-            if self.max == 0 {
+            if !self.enabled {
                 return None; // --no-splice
             }
             let open = self.attached.len() + self.spare.len();
@@ -398,6 +407,28 @@ mod other {
 #[cfg(test)]
 mod tests {
     use super::{MAX_PIPES, pipes_for};
+
+    /// A pool that may open no pipe (a tiny open-files limit, or the kernel
+    /// refused one) counts each bulk connection it turns away; with
+    /// `--no-splice` nothing is a fallback.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_pool_without_room_counts_fallbacks_and_no_splice_does_not() {
+        let mut none_allowed = super::Pipes::with_max(1 << 16, true, 0);
+        assert!(none_allowed.attach().is_none());
+        assert!(none_allowed.attach().is_none());
+        assert_eq!(none_allowed.fallbacks, 2);
+
+        let mut off = super::Pipes::with_max(1 << 16, false, MAX_PIPES);
+        assert!(off.attach().is_none());
+        assert_eq!(off.fallbacks, 0);
+
+        let mut one = super::Pipes::with_max(1 << 16, true, 1);
+        let held = one.attach().expect("a pipe");
+        assert!(held.holds_pipe());
+        assert!(one.attach().is_none(), "a second pipe beyond the limit");
+        assert_eq!(one.fallbacks, 1);
+    }
 
     #[test]
     fn pipes_take_a_sixteenth_of_the_descriptors_beyond_the_reserve_at_most() {
