@@ -158,6 +158,30 @@ impl Readiness {
     }
 }
 
+/// The readiness sets unit tests serve connections and sockets with, in
+/// one place for every test module of the server.
+#[cfg(test)]
+pub(super) mod test_readiness {
+    use super::Readiness;
+
+    /// Readable only.
+    pub const READABLE: Readiness = Readiness {
+        readable: true,
+        ..Readiness::NONE
+    };
+    /// Writable only.
+    pub const WRITABLE: Readiness = Readiness {
+        writable: true,
+        ..Readiness::NONE
+    };
+    /// Readable and writable, no FIN seen.
+    pub const BOTH: Readiness = Readiness {
+        readable: true,
+        writable: true,
+        read_closed: false,
+    };
+}
+
 /// The outcome of one turn of [`Connection::on_ready`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Turn {

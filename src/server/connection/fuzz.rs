@@ -98,6 +98,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
+use super::test_readiness::{READABLE, WRITABLE};
 use super::*;
 
 /// Cases per `cargo test` run when `PROPTEST_CASES` is not set: enough to
@@ -510,17 +511,9 @@ impl Stream for Wire {
     }
 }
 
-const READABLE: Readiness = Readiness {
-    readable: true,
-    ..Readiness::NONE
-};
 const READABLE_AND_FIN: Readiness = Readiness {
     readable: true,
     read_closed: true,
-    ..Readiness::NONE
-};
-const WRITABLE: Readiness = Readiness {
-    writable: true,
     ..Readiness::NONE
 };
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use socket2::SockRef;
 
 use super::super::pipe::MAX_PIPES;
+use super::test_readiness::{BOTH, WRITABLE};
 use super::*;
 
 /// The server's end of a socket pair (or, where the test needs what only
@@ -42,16 +43,6 @@ impl<S: Read + Write + AsFd> Stream for Pair<S> {
         Some(self.0.as_fd())
     }
 }
-
-const BOTH: Readiness = Readiness {
-    readable: true,
-    writable: true,
-    read_closed: false,
-};
-const WRITABLE: Readiness = Readiness {
-    writable: true,
-    ..Readiness::NONE
-};
 
 /// A connection over one end of a socket pair, and the peer's end.
 fn pair() -> (Connection<Pair>, UnixStream) {

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 
+use super::test_readiness::{BOTH, READABLE, WRITABLE};
 use super::*;
 
 /// What the fake socket answers to the next read.
@@ -84,19 +85,6 @@ impl Stream for Fake {
     }
 }
 
-const BOTH: Readiness = Readiness {
-    readable: true,
-    writable: true,
-    read_closed: false,
-};
-const READABLE: Readiness = Readiness {
-    readable: true,
-    ..Readiness::NONE
-};
-const WRITABLE: Readiness = Readiness {
-    writable: true,
-    ..Readiness::NONE
-};
 /// Bytes and the peer's FIN arrived before the event was taken.
 const BOTH_AND_FIN: Readiness = Readiness {
     read_closed: true,

@@ -8,6 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use super::*;
+use crate::server::connection::test_readiness::{BOTH, WRITABLE};
 
 /// A socket whose receives and sends are scripted. With the receive script
 /// empty a receive says WouldBlock; with the send script empty a send
@@ -45,16 +46,6 @@ impl Datagrams for Fake {
         Ok(payload.len())
     }
 }
-
-const BOTH: Readiness = Readiness {
-    readable: true,
-    writable: true,
-    read_closed: false,
-};
-const WRITABLE: Readiness = Readiness {
-    writable: true,
-    ..Readiness::NONE
-};
 
 /// An ordinary client port (the guard refuses ports below 1024).
 fn peer(n: u16) -> SocketAddr {
