@@ -739,16 +739,51 @@ impl<S: Stream> Connection<S> {
         if !self.ready.writable || ring.is_empty() {
             return Ok(false);
         }
-        match ring.write_to(&mut self.stream) {
+        let result = ring.write_to(&mut self.stream);
+        let emptied = ring.is_empty();
+        self.wrote_pending(key, "ring", result, emptied)
+    }
+
+    /// One splice out of everything in the pipe, if writable; true if
+    /// bytes moved.
+    fn write_pipe(&mut self, key: usize, bufs: &mut Buffers) -> io::Result<bool> {
+        let Some(pipe) = bufs.pipes.get_mut(self.splicing) else {
+            return Ok(false);
+        };
+        if !self.ready.writable || pipe.is_empty() {
+            return Ok(false);
+        }
+        let Some(socket) = self.stream.splice_fd() else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        let result = pipe.drain_to(socket);
+        let emptied = pipe.is_empty();
+        if let Ok(n) = result {
+            bufs.pipes.spliced += n as u64;
+        }
+        self.wrote_pending(key, "pipe", result, emptied)
+    }
+
+    /// What a write of everything pending (from the ring or the pipe) tells:
+    /// one rule for both. `emptied`: nothing is pending after it. True if
+    /// bytes moved.
+    fn wrote_pending(
+        &mut self,
+        key: usize,
+        from: &str,
+        result: io::Result<usize>,
+        emptied: bool,
+    ) -> io::Result<bool> {
+        match result {
             Ok(0) => Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 self.bytes_out += n as u64;
-                if ring.is_empty() {
-                    log::trace!("connection {key}: write {n} from ring");
+                if emptied {
+                    log::trace!("connection {key}: write {n} from {from}");
                 } else {
                     // Everything pending was offered: a short write means
                     // the send buffer is full.
-                    log::trace!("connection {key}: write {n} from ring (short)");
+                    log::trace!("connection {key}: write {n} from {from} (short)");
                     self.ready.writable = false;
                 }
                 Ok(true)
@@ -761,44 +796,6 @@ impl<S: Stream> Connection<S> {
             // Still writable: report "moved" so the step is tried again
             // (bounded by the turn's step budget) rather than waiting for
             // an edge that will not come.
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(true),
-            Err(err) => Err(err),
-        }
-    }
-
-    /// One splice out of everything in the pipe, if writable; true if
-    /// bytes moved. A short splice out means the send buffer is full.
-    fn write_pipe(&mut self, key: usize, bufs: &mut Buffers) -> io::Result<bool> {
-        let Some(pipe) = bufs.pipes.get_mut(self.splicing) else {
-            return Ok(false);
-        };
-        if !self.ready.writable || pipe.is_empty() {
-            return Ok(false);
-        }
-        let Some(socket) = self.stream.splice_fd() else {
-            return Err(io::ErrorKind::Unsupported.into());
-        };
-        match pipe.drain_to(socket) {
-            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                if pipe.is_empty() {
-                    log::trace!("connection {key}: spliced out {n}");
-                } else {
-                    // All of the pipe was offered: the send buffer is full.
-                    log::trace!("connection {key}: spliced out {n} (short)");
-                    self.ready.writable = false;
-                }
-                self.bytes_out += n as u64;
-                bufs.pipes.spliced += n as u64;
-                Ok(true)
-            }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                log::trace!("connection {key}: splice out WouldBlock");
-                self.ready.writable = false;
-                Ok(false)
-            }
-            // Still writable: report "moved" so the step is tried again,
-            // as `write_ring` does.
             Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(true),
             Err(err) => Err(err),
         }
