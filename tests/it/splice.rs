@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use echod::server::{MAX_PIPES, SPARE_PIPES};
 use socket2::SockRef;
 
-use crate::util::{Binary, IO_TIMEOUT, connect, echo_tcp, random_bytes};
+use crate::util::{Binary, IO_TIMEOUT, connect, echo_tcp, random_bytes, send_then_shut};
 
 /// A server binary on `addr`'s loopback, TCP only, with `extra` options.
 fn server(bind: &str, extra: &[&str]) -> Binary {
@@ -118,12 +118,7 @@ fn a_fin_behind_a_bulk_payload_gets_every_byte_back_then_fin() {
     let addr = server.tcp.unwrap();
     let payload = random_bytes(3, 1 << 20);
     let mut stream = connect(addr);
-    let mut writer = stream.try_clone().unwrap();
-    let sent = payload.clone();
-    let sender = thread::spawn(move || {
-        writer.write_all(&sent)?;
-        writer.shutdown(Shutdown::Write)
-    });
+    let sender = send_then_shut(&stream, payload.clone());
     // Read only once everything is sent (or the sender is stuck, which
     // the write timeout turns into a failure, not a hang).
     sender
@@ -157,12 +152,7 @@ fn more_bulk_connections_than_pipes_all_echo() {
             thread::spawn(move || {
                 let payload = random_bytes(i as u64, 2 << 20);
                 let mut stream = connect(addr);
-                let mut writer = stream.try_clone().unwrap();
-                let sent = payload.clone();
-                let sender = thread::spawn(move || {
-                    writer.write_all(&sent)?;
-                    writer.shutdown(Shutdown::Write)
-                });
+                let sender = send_then_shut(&stream, payload.clone());
                 let mut first = vec![0; 1];
                 stream.read_exact(&mut first).expect("the echo starts");
                 ready.wait();

@@ -199,18 +199,24 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 #[track_caller]
 pub fn echo_tcp(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let mut stream = connect(addr);
-    let mut writer = stream.try_clone().unwrap();
-    let owned = payload.to_vec();
-    let sender = thread::spawn(move || {
-        writer.write_all(&owned)?;
-        writer.shutdown(Shutdown::Write)
-    });
+    let sender = send_then_shut(&stream, payload.to_vec());
     let mut back = Vec::with_capacity(payload.len());
     stream
         .read_to_end(&mut back)
         .expect("reads the echo to EOF");
     sender.join().unwrap().expect("sends the payload");
     back
+}
+
+/// Sends `payload` on `stream` from another thread, then shuts down the
+/// write side, so the caller can read the echo meanwhile.
+#[track_caller]
+pub fn send_then_shut(stream: &TcpStream, payload: Vec<u8>) -> JoinHandle<std::io::Result<()>> {
+    let mut writer = stream.try_clone().unwrap();
+    thread::spawn(move || {
+        writer.write_all(&payload)?;
+        writer.shutdown(Shutdown::Write)
+    })
 }
 
 /// A UDP socket bound to the loopback address of `server`'s family, with a
