@@ -57,7 +57,7 @@ def main():
                       if line.startswith("reference: ")), "tokio current_thread")
     print(f"## echod vs {reference}\n")
     print("```")
-    print(open(f"{out}/machine.txt").read().strip())
+    print(machine.strip())
     print("command: " + open(f"{out}/command.txt").read().strip())
     print("```\n")
     targets = []
