@@ -195,7 +195,7 @@ pub struct ServeArgs {
     /// Echo every connection by copying through a buffer, never through a
     /// pipe with splice(2). By default (Linux only) a connection that
     /// streams in bulk is echoed socket → pipe → socket without its bytes
-    /// being copied through echod: less CPU per byte. For comparing the two.
+    /// being copied through echod: less CPU per byte. Turn it off to compare.
     #[arg(long)]
     pub no_splice: bool,
 }
