@@ -200,9 +200,27 @@ pub fn display_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// True for a loopback source: 127.0.0.0/8, `::1`, or an IPv4 loopback
+/// address seen through a dual-stack socket (`::ffff:127.0.0.0/104`). Local
+/// clients, tests and benchmarks come from these, which is why the
+/// per-source limits exempt them by default.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_includes_mapped_ipv4() {
+        for text in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.2"] {
+            assert!(is_loopback(text.parse().unwrap()), "{text}");
+        }
+        for text in ["10.0.0.1", "::", "::ffff:10.0.0.1", "::2", "fe80::1"] {
+            assert!(!is_loopback(text.parse().unwrap()), "{text}");
+        }
+    }
 
     fn error(kind_errno: i32, addr: &str) -> String {
         BindError {

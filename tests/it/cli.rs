@@ -106,8 +106,7 @@ fn an_address_not_on_this_machine_is_explained() {
 /// the test runs the binary as `nobody` (and says so when it cannot).
 #[test]
 fn a_privileged_port_without_privileges_is_explained() {
-    if !crate::util::have("setpriv") {
-        println!("skipped: setpriv is not installed");
+    if !crate::util::need("setpriv", "apt-get install util-linux") {
         return;
     }
     let unprivileged_start =
@@ -116,7 +115,8 @@ fn a_privileged_port_without_privileges_is_explained() {
             .and_then(|text| text.trim().parse::<u16>().ok())
             .unwrap_or(1024);
     if unprivileged_start <= 7 {
-        println!("skipped: this system lets anyone bind port 7 (ip_unprivileged_port_start)");
+        // Not a missing tool: this machine has no privileged ports to test.
+        crate::util::skip("this system lets anyone bind port 7 (ip_unprivileged_port_start)");
         return;
     }
     // `timeout`: should the bind succeed after all, the server must not
@@ -135,7 +135,7 @@ fn a_privileged_port_without_privileges_is_explained() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     if err.contains("setpriv:") {
-        println!("skipped: setpriv cannot drop privileges here: {err}");
+        crate::util::skip(&format!("setpriv cannot drop privileges here: {err}"));
         return;
     }
     assert!(!out.status.success());

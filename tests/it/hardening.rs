@@ -103,8 +103,7 @@ fn at_the_connection_limit_clients_wait_then_are_served() {
 
 #[test]
 fn out_of_descriptors_neither_spins_nor_stalls() {
-    if !crate::util::have("prlimit") {
-        println!("skipped: prlimit is not installed (util-linux)");
+    if !crate::util::need("prlimit", "apt-get install util-linux") {
         return;
     }
     // 64 descriptors in all, and a connection limit above that, so the

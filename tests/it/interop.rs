@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::util::{Binary, have, random_bytes};
+use crate::util::{Binary, need, random_bytes};
 
 /// Pipes `input` through `program args` and returns its stdout, bounded by
 /// `timeout` (coreutils) so a hang fails instead of blocking the suite.
@@ -34,8 +34,7 @@ fn file_payload() -> Vec<u8> {
 
 /// `nc -N ADDR PORT < file` against the binary bound to `addr`.
 fn nc_pipes_a_file_through(addr: &str) {
-    if !have("nc") {
-        println!("skipped: nc is not installed (apt-get install netcat-openbsd)");
+    if !need("nc", "apt-get install netcat-openbsd") {
         return;
     }
     let server = Binary::start(&["--port", "0", "-b", addr, "--no-udp"]);
@@ -62,8 +61,7 @@ fn nc_pipes_a_file_through_over_ipv6() {
 
 #[test]
 fn nc_udp_line_comes_back() {
-    if !have("nc") {
-        println!("skipped: nc is not installed (apt-get install netcat-openbsd)");
+    if !need("nc", "apt-get install netcat-openbsd") {
         return;
     }
     let server = Binary::start(&["--port", "0", "-b", "127.0.0.1", "--no-tcp"]);
@@ -79,8 +77,7 @@ fn nc_udp_line_comes_back() {
 
 #[test]
 fn socat_pipes_a_file_through() {
-    if !have("socat") {
-        println!("skipped: socat is not installed (apt-get install socat)");
+    if !need("socat", "apt-get install socat") {
         return;
     }
     let server = Binary::start(&["--port", "0", "-b", "127.0.0.1", "--no-udp"]);
@@ -102,8 +99,7 @@ fn socat_pipes_a_file_through() {
 
 #[test]
 fn socat_udp_datagram_comes_back() {
-    if !have("socat") {
-        println!("skipped: socat is not installed (apt-get install socat)");
+    if !need("socat", "apt-get install socat") {
         return;
     }
     let server = Binary::start(&["--port", "0", "-b", "::1", "--no-tcp"]);

@@ -6,6 +6,7 @@ mod bench;
 mod check;
 mod cli;
 mod client;
+mod faults;
 mod hardening;
 mod interop;
 mod leaks;

@@ -49,13 +49,13 @@ fn source(ip: Ipv4Addr, port: u16) -> Option<UdpSocket> {
     match UdpSocket::bind((ip, port)) {
         Ok(socket) => Some(socket),
         Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
-            println!(
-                "skipped: binding source port {port} needs root or CAP_NET_BIND_SERVICE ({err})"
-            );
+            crate::util::skip(&format!(
+                "binding source port {port} needs root or CAP_NET_BIND_SERVICE ({err})"
+            ));
             None
         }
         Err(err) => {
-            println!("skipped: cannot bind source {ip}:{port}: {err}");
+            crate::util::skip(&format!("cannot bind source {ip}:{port}: {err}"));
             None
         }
     }

@@ -255,6 +255,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Set by `.ci/run`: there, every tool and privilege a test needs is
+/// installed, so a test that would skip fails instead.
+pub const STRICT: &str = "ECHOD_TEST_STRICT";
+
+/// Says why a test cannot run here and returns, so the caller can `return`
+/// at once; under [`STRICT`] (CI) a skip is a failure, so a missing tool can
+/// never turn into a silent pass there.
+#[track_caller]
+pub fn skip(reason: &str) {
+    if std::env::var_os(STRICT).is_some_and(|v| v != "0") {
+        panic!("this test cannot run here ({reason}), and {STRICT} is set, so that is a failure");
+    }
+    eprintln!("skipped: {reason}");
+}
+
+/// True if `program` can be run; if not, the test is skipped with `why`
+/// (which says how to install it), which fails under [`STRICT`].
+#[track_caller]
+pub fn need(program: &str, install: &str) -> bool {
+    if have(program) {
+        return true;
+    }
+    skip(&format!("{program} is not installed ({install})"));
+    false
+}
+
 /// True if `program` can be run (for interop tests with nc and socat).
 pub fn have(program: &str) -> bool {
     Command::new("sh")
