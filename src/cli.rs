@@ -186,6 +186,13 @@ pub struct ServeArgs {
     #[arg(long)]
     pub reuseport: bool,
 
+    /// Apply the per-source limits (--udp-rate, and the per-source
+    /// connection limit) to loopback clients too (127.0.0.0/8, ::1). By
+    /// default they are exempt: local tests and benchmarks come from there,
+    /// and Linux drops loopback sources arriving from another interface.
+    #[arg(long)]
+    pub limit_loopback: bool,
+
     /// Trace the event loop at work: log every readiness event ("token 5
     /// (connection 5): readable writable") next to each read, write and
     /// state change (implies -vv; same as -vvv).
@@ -223,6 +230,7 @@ impl ServeArgs {
                 rate: self.udp_rate,
             },
             reuse_port: self.reuseport,
+            limit_loopback: self.limit_loopback,
             // Started by systemd (or systemd-socket-activate) with sockets
             // passed: serve those. LISTEN_PID makes sure they are ours.
             socket_activation: true,

@@ -75,6 +75,9 @@ pub struct ServerConfig {
     pub udp_guard: GuardConfig,
     /// Set `SO_REUSEPORT`, so several processes can serve one port.
     pub reuse_port: bool,
+    /// Apply the per-source limits to loopback sources too (see
+    /// [`crate::net::is_loopback`]); by default they are exempt.
+    pub limit_loopback: bool,
     /// Serve the sockets a service manager passed (`LISTEN_FDS`, see
     /// [`crate::activation`]) instead of binding, when there are any.
     pub socket_activation: bool,
@@ -101,6 +104,7 @@ impl Default for ServerConfig {
             signals: false,
             udp_guard: GuardConfig::default(),
             reuse_port: false,
+            limit_loopback: false,
             socket_activation: false,
             trace_events: false,
             splice: true,
