@@ -40,12 +40,19 @@
 #      CPU; the small clients' p99 may rise by at most 1 / (1 - share),
 #      the factor by which the stream lengthens a turn of the loop if it
 #      takes that share of it.
+#   7. Short sessions: the sessions load generator (benches/sessions/
+#      sessions.c, built with cc -O2) keeps 50 sessions going, each a new
+#      connection that sends 64 bytes, shuts down its sending side, reads
+#      the echo to EOF and closes (what inetd-style clients and health
+#      checks do); sessions per server-CPU-second over the same window as
+#      the cells, ROUNDS times, and with perf, the server's system calls
+#      per session (counted by its close calls, one per session).
 #   Results go to benches/runs/<date>/: results.jsonl (one JSON object per
 #   run, with the bench's own JSON inside), summary.md (the tables),
 #   machine.txt and command.txt.
 #
 # Usage
-#   benches/run.sh                 full run (~10 minutes on 2 cores)
+#   benches/run.sh                 full run (~12 minutes on 2 cores)
 #   QUICK=1 benches/run.sh         one round of 1 s: a smoke test (~2 min)
 #
 # Environment
@@ -57,16 +64,19 @@
 #   OUT=dir        where results go (default benches/runs/YYYY-MM-DD,
 #                  with -HHMM added when that exists)
 #   SKIP_BUILD=1   use the binaries already built
-#   REFERENCE=tokio  the reference server: tokio (benches/reference-tokio)
-#                  or c (benches/reference-c/echo.c, a hand-written
-#                  edge-triggered epoll echo, built with cc -O2)
+#   REFERENCE=tokio  the reference server: tokio (benches/reference-tokio),
+#                  c (benches/reference-c/echo.c, a hand-written
+#                  edge-triggered epoll echo, built with cc -O2), or echod:
+#                  another echod binary, REFERENCE_ECHOD=path, run with the
+#                  same options (a build of another commit: before and
+#                  after a change in one run, cell by cell)
 #   ECHOD_ARGS=... extra options for echod (e.g. "--buffer 65536"), to
 #                  measure a setting against the same reference
 #   CELLS_ONLY=... space-separated cells to run (tcp-64-c50 ... stream udp)
 #   ECHOD_BIN=path an echod binary to measure instead of target/release's
 #                  (a build of another commit); it also runs the load
 #   ONLY=...       space-separated parts to run: cells syscalls memory
-#                  fairness (default: all)
+#                  fairness sessions (default: all)
 #
 # Needs: cargo, taskset (util-linux), python3, and perf (linux-perf) for
 # the syscall count (skipped with a note if perf is missing or refused).
@@ -86,7 +96,7 @@ DURATION=${DURATION:-3}
 WARMUP=${WARMUP:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 PORT=${PORT:-17200}
-ONLY=${ONLY:-cells syscalls memory fairness}
+ONLY=${ONLY:-cells syscalls memory fairness sessions}
 ECHOD_ARGS=${ECHOD_ARGS:-}
 REFERENCE=${REFERENCE:-tokio}
 
@@ -104,7 +114,8 @@ die() {
 }
 case $REFERENCE in
     tokio | c) ;;
-    *) die "REFERENCE must be tokio or c, not '$REFERENCE'." ;;
+    echod) [[ -x ${REFERENCE_ECHOD:-} ]] || die "REFERENCE=echod needs REFERENCE_ECHOD=path to an echod binary." ;;
+    *) die "REFERENCE must be tokio, c or echod, not '$REFERENCE'." ;;
 esac
 for tool in cargo taskset chrt python3; do
     command -v "$tool" >/dev/null || die "$tool is needed but not installed."
@@ -121,19 +132,30 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     cargo build --release --quiet
     if [[ $REFERENCE == tokio ]]; then
         cargo build --release --quiet --manifest-path benches/reference-tokio/Cargo.toml
-    else
+    elif [[ $REFERENCE == c ]]; then
         command -v cc >/dev/null || die "REFERENCE=c needs a C compiler (cc)."
         mkdir -p benches/reference-c/target
         cc -O2 -o benches/reference-c/target/echo-c benches/reference-c/echo.c
     fi
 fi
+# The sessions load generator is small: built every time it is used, so
+# SKIP_BUILD runs never measure with a stale one.
+if [[ " $ONLY " == *" sessions "* ]]; then
+    command -v cc >/dev/null || die "the sessions part needs a C compiler (cc)."
+    mkdir -p benches/sessions/target
+    cc -O2 -Wall -o benches/sessions/target/sessions benches/sessions/sessions.c
+fi
+SESSIONS=$ROOT/benches/sessions/target/sessions
 ECHOD=${ECHOD_BIN:-$ROOT/target/release/echod}
 if [[ $REFERENCE == tokio ]]; then
     REF=$ROOT/benches/reference-tokio/target/release/reference-tokio-echo
     REF_NAME="tokio current_thread (benches/reference-tokio)"
-else
+elif [[ $REFERENCE == c ]]; then
     REF=$ROOT/benches/reference-c/target/echo-c
     REF_NAME="C edge-triggered epoll (benches/reference-c/echo.c)"
+else
+    REF=$REFERENCE_ECHOD
+    REF_NAME="echod at $REF"
 fi
 [[ -x $ECHOD && -x $REF ]] || die "binaries missing: build without SKIP_BUILD."
 
@@ -171,6 +193,10 @@ start_server() {
     else
         if [[ $REFERENCE == tokio ]]; then
             taskset -c 0 "$REF" "127.0.0.1:$port" 2>>"$OUT/reference.stderr" &
+        elif [[ $REFERENCE == echod ]]; then
+            # shellcheck disable=SC2086
+            taskset -c 0 "$REF" -q -b 127.0.0.1 -p "$port" --idle-timeout 0 --udp-rate 0 $ECHOD_ARGS \
+                2>>"$OUT/reference.stderr" &
         else
             taskset -c 0 "$REF" 127.0.0.1 "$port" 2>>"$OUT/reference.stderr" &
         fi
@@ -253,7 +279,7 @@ fi
 EPORT=$PORT
 RPORT=$((PORT + 1))
 
-if [[ " $ONLY " == *" cells "* || " $ONLY " == *" syscalls "* || " $ONLY " == *" fairness "* ]]; then
+if [[ " $ONLY " =~ " "(cells|syscalls|fairness|sessions)" " ]]; then
     start_server echod "$EPORT"
     EPID=$SERVER_PID
     start_server reference "$RPORT"
@@ -394,6 +420,63 @@ EOF
             rm -f "$small" "$stream"
         done
     done
+    done
+fi
+
+if [[ " $ONLY " == *" sessions "* ]]; then
+    have_perf=$(command -v perf || true)
+    echo "sessions: 50 at once, 64 bytes each, $ROUNDS round(s)${have_perf:+, with perf}"
+    for ((round = 1; round <= ROUNDS; round++)); do
+        if ((round % 2)); then order="echod reference"; else order="reference echod"; fi
+        for server in $order; do
+            if [[ $server == echod ]]; then pid=$EPID port=$EPORT; else pid=$RPID port=$RPORT; fi
+            tmp=$(mktemp)
+            taskset -c 1 "$SESSIONS" 127.0.0.1 "$port" 50 "$WARMUP" "$DURATION" 64 >"$tmp" &
+            load=$!
+            sleep "$WIN_START"
+            c0=$(cpu_ticks "$pid")
+            t0=$(now_ns)
+            if [[ -n $have_perf ]]; then
+                # The total, then (x86_64 numbers) close and setsockopt: one
+                # close per session counts them; a setsockopt per session is
+                # what options set once on the listener save.
+                perf stat -x, -o "$tmp.perf" -p "$pid" -e raw_syscalls:sys_enter \
+                    -e raw_syscalls:sys_enter --filter 'id == 3' \
+                    -e raw_syscalls:sys_enter --filter 'id == 54' \
+                    -- sleep "$WIN_LEN" 2>/dev/null || true
+            else
+                sleep "$WIN_LEN"
+                : >"$tmp.perf"
+            fi
+            c1=$(cpu_ticks "$pid")
+            t1=$(now_ns)
+            status=0
+            wait "$load" || status=$?
+            python3 - "$tmp" "$tmp.perf" "$server" "$round" "$status" "$((c1 - c0))" "$TCK" "$((t1 - t0))" >>"$RESULTS" <<'EOF'
+import json, sys
+path, perf_path, server, rnd, status, ticks, tck, ns = sys.argv[1:]
+try:
+    load = json.load(open(path))
+except Exception:
+    load = {"unparsed": open(path).read()[:500]}
+counts = []
+for line in open(perf_path):
+    parts = line.strip().split(",")
+    if len(parts) > 3 and "raw_syscalls:sys_enter" in line:
+        counts.append(int(parts[0]) if parts[0].isdigit() else None)
+calls = dict(zip(["total", "close", "setsockopt"], counts))
+cpu = int(ticks) / int(tck)
+wall = int(ns) / 1e9
+per = None
+if calls.get("total") and calls.get("close"):
+    per = {k: v / calls["close"] for k, v in calls.items() if v is not None}
+print(json.dumps({"kind": "sessions", "server": server, "round": int(rnd), "load_exit": int(status),
+                  "server_cpu_s": cpu, "window_s": wall, "server_cpu_share": cpu / wall,
+                  "syscalls": calls, "syscalls_per_session": per, "load": load}))
+EOF
+            echo "  $server sessions round $round: $(tail -1 "$RESULTS" | python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["load"]; print("%.0f sessions/s, server CPU %.0f%%, failed %s" % (l.get("sessions_per_s", 0), r["server_cpu_share"] * 100, l.get("failed")))')"
+            rm -f "$tmp" "$tmp.perf"
+        done
     done
 fi
 

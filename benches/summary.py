@@ -225,6 +225,45 @@ def main():
                                 f"held in {met} of {len(verdicts)} rounds; rise {spread([v[1] for v in verdicts], times)}, "
                                 f"allowed {spread([v[2] for v in verdicts], times)}"))
 
+    sess = [r for r in rows if r["kind"] == "sessions"]
+    if sess:
+        print("\n### Short sessions: connect, 64 B, half-close, read to EOF, close; 50 at once\n")
+        print("benches/sessions/sessions.c drives them from CPU 1. Median over rounds, (min–max). "
+              "System calls per session are the server's, counted by perf over the window and "
+              "divided by its close calls (one per session).\n")
+        print("| server | sessions/s | server CPU | sessions per server-CPU-s | syscalls per session "
+              "| setsockopt per session | failed |")
+        print("|---|---|---|---|---|---|---|")
+        by = defaultdict(dict)
+        for r in sess:
+            by[r["server"]][r["round"]] = r
+
+        def sps(r):
+            share = r["server_cpu_share"]
+            return (r["load"].get("sessions_per_s") or 0) / share if share > 0 else float("nan")
+
+        def per(r, key):
+            return (r.get("syscalls_per_session") or {}).get(key)
+
+        def two(v):
+            return f"{v:.2f}"
+        for server in ("echod", "reference"):
+            runs = list(by[server].values())
+            if not runs:
+                continue
+            total = [v for v in (per(r, "total") for r in runs) if v is not None]
+            sets = [v for v in (per(r, "setsockopt") for r in runs) if v is not None]
+            print(f"| {server} | {spread([r['load'].get('sessions_per_s', 0) for r in runs], k)} "
+                  f"| {spread([r['server_cpu_share'] * 100 for r in runs], lambda v: f'{v:.0f}%')} "
+                  f"| {spread([sps(r) for r in runs], k)} "
+                  f"| {spread(total, two) if total else '-'} "
+                  f"| {spread(sets, two) if sets else '-'} "
+                  f"| {sum(r['load'].get('failed', 0) or 0 for r in runs)} |")
+        ratio = [sps(by["echod"][i]) / sps(by["reference"][i]) for i in by["echod"] if i in by["reference"]]
+        if ratio:
+            print(f"\nSessions per server-CPU-second, echod / reference: "
+                  f"**{spread(ratio, lambda v: f'{v:.2f}×')}**.")
+
     if targets and not reference.startswith("tokio"):
         print("\n(The targets are stated against the tokio reference; see a run with "
               "REFERENCE=tokio.)")
