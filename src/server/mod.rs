@@ -68,8 +68,9 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
     /// How long a shutdown waits for open sessions to finish.
     pub grace: Duration,
-    /// Handle SIGINT, SIGTERM (graceful shutdown) and SIGUSR1 (counters).
-    /// Off for servers embedded in another program, such as tests.
+    /// Handle SIGINT, SIGTERM, SIGHUP (graceful shutdown) and SIGUSR1
+    /// (counters). Off for servers embedded in another program, such as
+    /// tests.
     pub signals: bool,
     /// Which datagrams UDP does not answer (CERT CA-1996-01, rate limit).
     pub udp_guard: GuardConfig,
@@ -231,6 +232,68 @@ pub enum StartError {
     /// Both TCP and UDP were turned off.
     NothingToServe,
 }
+
+/// How a run of the server ended; `main` makes it the exit status (see
+/// [`EXIT_STATUSES`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stopped, and every session open at the stop finished by itself.
+    Finished,
+    /// The shutdown's grace ran out, and sessions still open were cut.
+    Cut,
+    /// Stopped at once (a second signal, or [`StopHandle::stop`]) while
+    /// sessions were open; they were cut.
+    Forced,
+}
+
+impl Outcome {
+    /// The exit status of the `echod` process that ended this way.
+    pub const fn exit_status(self) -> u8 {
+        match self {
+            Outcome::Finished => 0,
+            Outcome::Cut => 3,
+            Outcome::Forced => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    /// "exit status 3: ..." for the last log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let meaning = match self {
+            Outcome::Finished => "every session finished",
+            Outcome::Cut => "the grace period ran out and sessions were cut",
+            Outcome::Forced => "stopped at once, and the sessions still open were cut",
+        };
+        write!(f, "exit status {}: {meaning}", self.exit_status())
+    }
+}
+
+/// Every exit status of `echod` serving, with its meaning: the man page's
+/// EXIT STATUS section (the subcommands' pages give their own).
+pub const EXIT_STATUSES: &[(u8, &str)] = &[
+    (
+        Outcome::Finished.exit_status(),
+        "Stopped by SIGTERM, SIGINT or SIGHUP, and every open session finished within the \
+         grace period.",
+    ),
+    (
+        1,
+        "The server could not start (the message says why and what to do), or polling \
+         failed.",
+    ),
+    (2, "A mistake on the command line."),
+    (
+        Outcome::Cut.exit_status(),
+        "Stopped by a signal, but the grace period (--grace) ran out and the sessions still \
+         open were cut.",
+    ),
+    (
+        Outcome::Forced.exit_status(),
+        "Stopped at once by a second signal during the grace period; the sessions still open \
+         were cut.",
+    ),
+];
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -419,9 +482,9 @@ impl Server {
     }
 
     /// Runs the loop until stopped: by the [`StopHandle`], by the end of a
-    /// graceful shutdown, or by a second SIGINT/SIGTERM. Returns an error
-    /// only if polling itself fails, which no client can cause.
-    pub fn run(mut self) -> io::Result<()> {
+    /// graceful shutdown, or by a second signal; says which. Returns an
+    /// error only if polling itself fails, which no client can cause.
+    pub fn run(mut self) -> io::Result<Outcome> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         let mut queued = Vec::new();
         loop {
@@ -464,12 +527,18 @@ impl Server {
             }
             self.run_timers();
             if self.stop_requested.load(Ordering::SeqCst) {
-                log::info!("stopping at once; {}", self.stats());
-                return Ok(());
+                let outcome = self.outcome(true);
+                log::info!(
+                    "stopping at once, {} cut; {outcome}; {}",
+                    count(self.connections.len() as u64, "session"),
+                    self.stats()
+                );
+                return Ok(outcome);
             }
             if self.phase != Phase::Serving && self.connections.is_empty() {
-                self.log_receipt();
-                return Ok(());
+                let outcome = self.outcome(false);
+                self.log_receipt(outcome);
+                return Ok(outcome);
             }
         }
     }
@@ -723,7 +792,19 @@ impl Server {
         };
     }
 
-    fn log_receipt(&self) {
+    /// How the run ends if it ends now; `at_once` for a stop that does not
+    /// wait for the open sessions (a second signal, the [`StopHandle`]).
+    fn outcome(&self, at_once: bool) -> Outcome {
+        if at_once && !self.connections.is_empty() {
+            Outcome::Forced
+        } else if let Phase::Cutting { cut: 1.., .. } = self.phase {
+            Outcome::Cut
+        } else {
+            Outcome::Finished
+        }
+    }
+
+    fn log_receipt(&self, outcome: Outcome) {
         let (sessions, cut) = match self.phase {
             Phase::Serving => (0, 0),
             Phase::Grace { sessions, .. } => (sessions, 0),
@@ -732,7 +813,7 @@ impl Server {
         let stats = self.stats();
         log::info!(
             "shutdown complete: {} of {} finished, {cut} cut after the grace period; tcp \
-             bytes received {}, echoed {}; {stats}",
+             bytes received {}, echoed {}; {outcome}; {stats}",
             sessions - cut,
             count(sessions, "session"),
             stats.tcp.bytes_in,

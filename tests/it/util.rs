@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use echod::server::{GuardConfig, Server, ServerConfig, StopHandle};
+use echod::server::{GuardConfig, Outcome, Server, ServerConfig, StopHandle};
 
 /// How long any single network wait in a test may take before the test
 /// fails. Generous: a loaded CI machine is slow, but never this slow.
@@ -27,7 +27,7 @@ pub struct InProcess {
     pub tcp: Vec<SocketAddr>,
     pub udp: Vec<SocketAddr>,
     stop: StopHandle,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
+    thread: Option<JoinHandle<std::io::Result<Outcome>>>,
 }
 
 impl InProcess {
