@@ -106,9 +106,17 @@ impl Binary {
     /// Like [`Binary::start`], for a command set up by the caller.
     #[track_caller]
     pub fn start_with(command: &mut Command) -> Binary {
+        Binary::start_with_stdio(command, Stdio::null(), Stdio::null())
+    }
+
+    /// Like [`Binary::start_with`], with the given standard input and
+    /// output: a way to hand the child a socket, which `sh` can then move
+    /// to the descriptor socket activation expects.
+    #[track_caller]
+    pub fn start_with_stdio(command: &mut Command, stdin: Stdio, stdout: Stdio) -> Binary {
         let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(stdin)
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("echod starts");
