@@ -53,8 +53,11 @@ Talk to it:
   nc -N localhost 7007 < file       TCP: the file comes back, then EOF
   nc -u localhost 7007              UDP: each line comes back as a datagram
 
-Exit status: 0 after a clean stop, 1 when the server cannot start or stops on
-an error (the message says why and what to do), 2 for a command-line mistake.
+Exit status: 0 after a stop in which every session finished, 1 when the server
+cannot start, stops on an error or has no socket left to serve (the message
+says why and what to do), 2 for a command-line mistake, 3 when the grace ran
+out and sessions were cut, 4 when a second signal cut them. SIGHUP stops
+gracefully like SIGTERM, unless it was ignored at start (nohup).
 
 Under systemd, echod serves the sockets of its .socket unit (LISTEN_FDS);
 see contrib/systemd/. Man page and completions: echod generate --help.";
@@ -159,8 +162,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
     pub idle_timeout: u64,
 
-    /// On SIGINT or SIGTERM, let open sessions finish for up to this many
-    /// seconds, then close the rest. A second signal exits at once.
+    /// On SIGINT, SIGTERM or SIGHUP, let open sessions finish for up to
+    /// this many seconds, then close the rest. A second signal exits at once.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs())]
     pub grace: u64,
 

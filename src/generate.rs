@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory, ValueEnum};
 use clap_complete::Shell;
 
 use crate::cli::Cli;
+use crate::server::EXIT_STATUSES;
 
 const WHERE_TO_PUT_THEM: &str = "\
 With --dir, the files are written there under their usual names instead
@@ -105,7 +106,7 @@ impl GenerateArgs {
         let mut text = Vec::new();
         let mut command = command();
         match self.what.shell() {
-            None => clap_mangen::Man::new(command).render(&mut text)?,
+            None => text = main_page(command)?,
             Some(shell) => {
                 let name = command.get_name().to_string();
                 clap_complete::generate(shell, &mut command, name, &mut text);
@@ -121,6 +122,9 @@ impl GenerateArgs {
             None => {
                 clap_mangen::generate_to(command.clone(), dir)?;
                 command.build();
+                // The same pages, but echod(1) with its EXIT STATUS section.
+                let main = dir.join(clap_mangen::Man::new(command.clone()).get_filename());
+                std::fs::write(main, main_page(command.clone())?)?;
                 let mut pages = Vec::new();
                 man_pages(&command, dir, &mut pages);
                 pages
@@ -132,6 +136,34 @@ impl GenerateArgs {
         };
         Ok(written)
     }
+}
+
+/// echod(1): the page clap_mangen makes, with an EXIT STATUS section
+/// (which it has no place for) where man-pages(7) puts it, after the
+/// options and the other text, before the version.
+fn main_page(command: clap::Command) -> io::Result<Vec<u8>> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command).render(&mut page)?;
+    let mut section = roff::Roff::new();
+    section.control("SH", ["EXIT STATUS"]);
+    for &(status, meaning) in EXIT_STATUSES {
+        section.control("TP", []);
+        section.text([roff::bold(status.to_string())]);
+        section.text([roff::roman(meaning)]);
+    }
+    section.control("PP", []);
+    section.text([roff::roman(
+        "These are the statuses of echod serving; each subcommand's page \
+         (echod-client(1), echod-ping(1), echod-bench(1), echod-check(1)) gives its own.",
+    )]);
+    let section = section.to_roff().into_bytes();
+    let at = find(&page, b"\n.SH VERSION").map_or(page.len(), |at| at + 1);
+    page.splice(at..at, section);
+    Ok(page)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The pages `clap_mangen::generate_to` writes: one for the command and

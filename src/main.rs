@@ -39,7 +39,9 @@ fn serve(cli: &Cli) -> ExitCode {
         }
     };
     match server.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        // How the run ended chooses the status: 0 only when every session
+        // finished (see echod::server::EXIT_STATUSES).
+        Ok(outcome) => ExitCode::from(outcome.exit_status()),
         Err(err) => {
             log::error!("the server stopped on an error it cannot recover from: {err}");
             ExitCode::FAILURE

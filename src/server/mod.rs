@@ -6,8 +6,9 @@
 //!
 //! 1. `poll` for events, with a zero timeout if connections are waiting in
 //!    the ready queue, else until the nearest timer (or forever).
-//! 2. Dispatch each event by token: a listener accepts until WouldBlock, a
-//!    UDP socket echoes datagrams, a connection moves bytes.
+//! 2. Dispatch each event by token: a listener accepts until WouldBlock (or
+//!    its budget is spent), a UDP socket echoes datagrams, a connection
+//!    moves bytes.
 //! 3. Serve the ready queue: connections (and sockets) that stopped early
 //!    on purpose, with readiness left unused, get another turn. Without
 //!    this an edge-triggered loop stalls them forever.
@@ -68,8 +69,9 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
     /// How long a shutdown waits for open sessions to finish.
     pub grace: Duration,
-    /// Handle SIGINT, SIGTERM (graceful shutdown) and SIGUSR1 (counters).
-    /// Off for servers embedded in another program, such as tests.
+    /// Handle SIGINT, SIGTERM, SIGHUP (graceful shutdown) and SIGUSR1
+    /// (counters). Off for servers embedded in another program, such as
+    /// tests.
     pub signals: bool,
     /// Which datagrams UDP does not answer (CERT CA-1996-01, rate limit).
     pub udp_guard: GuardConfig,
@@ -202,6 +204,16 @@ const LIMIT_WARN_EVERY: Duration = Duration::from_secs(60);
 /// Events taken from the kernel per `poll` call.
 const EVENTS_PER_POLL: usize = 1024;
 
+/// How many accepts one listener makes per turn before the loop serves
+/// everything else, as `READS_PER_TURN` bounds one connection's reads. Each
+/// accepted connection costs a few system calls (accept4, setsockopt,
+/// epoll_ctl), so a crowd connecting at once is taken in turns of 64 while
+/// open connections keep being echoed; and an accept error that comes back
+/// on every call can cost one turn's budget, never the whole loop. A
+/// listener that spends its budget goes on the ready queue: the clients
+/// still in its backlog bring no new edge.
+const ACCEPTS_PER_TURN: usize = 64;
+
 /// Asks a running server to stop, from any thread.
 #[derive(Clone)]
 pub struct StopHandle {
@@ -232,6 +244,74 @@ pub enum StartError {
     NothingToServe,
 }
 
+/// How a run of the server ended; `main` makes it the exit status (see
+/// [`EXIT_STATUSES`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stopped, and every session open at the stop finished by itself.
+    Finished,
+    /// Every listener and UDP socket failed, so nothing was left to serve;
+    /// the sessions open then were drained as in a shutdown.
+    NothingLeft,
+    /// The shutdown's grace ran out, and sessions still open were cut.
+    Cut,
+    /// Stopped at once (a second signal, or [`StopHandle::stop`]) while
+    /// sessions were open; they were cut.
+    Forced,
+}
+
+impl Outcome {
+    /// The exit status of the `echod` process that ended this way.
+    pub const fn exit_status(self) -> u8 {
+        match self {
+            Outcome::Finished => 0,
+            Outcome::NothingLeft => 1,
+            Outcome::Cut => 3,
+            Outcome::Forced => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    /// "exit status 3: ..." for the last log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let meaning = match self {
+            Outcome::Finished => "every session finished",
+            Outcome::NothingLeft => "no listening or UDP socket was left to serve",
+            Outcome::Cut => "the grace period ran out and sessions were cut",
+            Outcome::Forced => "stopped at once, and the sessions still open were cut",
+        };
+        write!(f, "exit status {}: {meaning}", self.exit_status())
+    }
+}
+
+/// Every exit status of `echod` serving, with its meaning: the man page's
+/// EXIT STATUS section (the subcommands' pages give their own).
+pub const EXIT_STATUSES: &[(u8, &str)] = &[
+    (
+        Outcome::Finished.exit_status(),
+        "Stopped by SIGTERM, SIGINT or SIGHUP, and every open session finished within the \
+         grace period.",
+    ),
+    (
+        Outcome::NothingLeft.exit_status(),
+        "The server could not start (the message says why and what to do), polling failed, \
+         or every listening and UDP socket failed while serving, so that nothing was left to \
+         serve (the open sessions were let finish first, as in a shutdown).",
+    ),
+    (2, "A mistake on the command line."),
+    (
+        Outcome::Cut.exit_status(),
+        "Stopped by a signal, but the grace period (--grace) ran out and the sessions still \
+         open were cut.",
+    ),
+    (
+        Outcome::Forced.exit_status(),
+        "Stopped at once by a second signal during the grace period; the sessions still open \
+         were cut.",
+    ),
+];
+
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -260,7 +340,9 @@ impl From<BindError> for StartError {
 /// The echo server: one thread, one `Poll`.
 pub struct Server {
     poll: Poll,
-    listeners: Vec<Listener>,
+    /// Listener `i` has token `Source::Listener(i)` for good: one that
+    /// failed is `None`, so the others keep their tokens.
+    listeners: Vec<Option<Listener>>,
     udp: Vec<UdpEcho>,
     /// Connections by token; a slab reuses keys of closed connections.
     connections: Slab<Connection<TcpStream>>,
@@ -289,6 +371,9 @@ pub struct Server {
     signals: Option<Signals>,
     waker: Arc<Waker>,
     stop_requested: Arc<AtomicBool>,
+    /// Every listener and UDP socket failed: the shutdown under way ends
+    /// in [`Outcome::NothingLeft`].
+    nothing_left: bool,
     /// Log each readiness event (`--trace-events`). A plain bool, checked
     /// before anything is formatted, so the trace costs nothing when off.
     trace_events: bool,
@@ -345,7 +430,7 @@ impl Server {
         };
         let mut server = Server {
             poll,
-            listeners,
+            listeners: listeners.into_iter().map(Some).collect(),
             udp,
             connections: Slab::new(),
             buffers: Buffers::new(config.buffer).splicing(config.splice),
@@ -365,6 +450,7 @@ impl Server {
             signals,
             waker,
             stop_requested: Arc::new(AtomicBool::new(false)),
+            nothing_left: false,
             trace_events: config.trace_events,
         };
         server.register_sockets().map_err(StartError::Poll)?;
@@ -381,6 +467,7 @@ impl Server {
             registry.register(signals.source_mut(), SIGNALS, Interest::READABLE)?;
         }
         for (i, listener) in self.listeners.iter_mut().enumerate() {
+            let Some(listener) = listener else { continue };
             registry.register(
                 &mut listener.socket,
                 Source::Listener(i).token(),
@@ -402,7 +489,7 @@ impl Server {
 
     /// The TCP addresses being served, with their real ports.
     pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|l| l.local).collect()
+        self.listeners.iter().flatten().map(|l| l.local).collect()
     }
 
     /// The UDP addresses being served, with their real ports.
@@ -419,9 +506,10 @@ impl Server {
     }
 
     /// Runs the loop until stopped: by the [`StopHandle`], by the end of a
-    /// graceful shutdown, or by a second SIGINT/SIGTERM. Returns an error
-    /// only if polling itself fails, which no client can cause.
-    pub fn run(mut self) -> io::Result<()> {
+    /// graceful shutdown (after a signal, or once no socket is left to
+    /// serve), or by a second signal; says which. Returns an error only if
+    /// polling itself fails, which no client can cause.
+    pub fn run(mut self) -> io::Result<Outcome> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         let mut queued = Vec::new();
         loop {
@@ -464,12 +552,18 @@ impl Server {
             }
             self.run_timers();
             if self.stop_requested.load(Ordering::SeqCst) {
-                log::info!("stopping at once; {}", self.stats());
-                return Ok(());
+                let outcome = self.outcome(true);
+                log::info!(
+                    "stopping at once, {} cut; {outcome}; {}",
+                    count(self.connections.len() as u64, "session"),
+                    self.stats()
+                );
+                return Ok(outcome);
             }
             if self.phase != Phase::Serving && self.connections.is_empty() {
-                self.log_receipt();
-                return Ok(());
+                let outcome = self.outcome(false);
+                self.log_receipt(outcome);
+                return Ok(outcome);
             }
         }
     }
@@ -523,7 +617,12 @@ impl Server {
                     udp.queued = false;
                 }
             }
-            Source::Listener(_) | Source::Waker | Source::Signals => {}
+            Source::Listener(i) => {
+                if let Some(Some(listener)) = self.listeners.get_mut(i) {
+                    listener.queued = false;
+                }
+            }
+            Source::Waker | Source::Signals => {}
         }
     }
 
@@ -551,17 +650,20 @@ impl Server {
     }
 
     /// Accepts from listener `i` until the backlog is empty, the connection
-    /// limit is reached, or descriptors run out.
+    /// limit is reached, descriptors run out, or [`ACCEPTS_PER_TURN`] are
+    /// spent (then it goes on the ready queue). Called by its events and,
+    /// with no event, from the ready queue and after a pause.
     fn accept(&mut self, i: usize) {
         if self.accept_pause != AcceptPause::No {
             return; // a close or the retry timer accepts again
         }
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             if self.connections.len() >= self.max_connections {
                 self.pause_at_limit();
                 return;
             }
-            let Some(listener) = self.listeners.get(i) else {
+            // None once it failed: a late event or queued turn finds nothing.
+            let Some(Some(listener)) = self.listeners.get_mut(i) else {
                 return;
             };
             match listener.accept() {
@@ -573,6 +675,7 @@ impl Server {
                     self.add_connection(stream, peer);
                 }
                 Accepted::Empty => return,
+                Accepted::Interrupted => {}
                 Accepted::Lost(err) => {
                     self.stats.refused += 1;
                     log::debug!("a connection was lost before it was accepted: {err}");
@@ -594,7 +697,52 @@ impl Server {
                     };
                     return;
                 }
+                Accepted::Broken(err) => {
+                    self.close_listener(i, &err);
+                    return;
+                }
             }
+        }
+        // The budget is spent and more clients may be waiting.
+        if let Some(Some(listener)) = self.listeners.get_mut(i)
+            && !listener.queued
+        {
+            listener.queued = true;
+            self.ready.push(Source::Listener(i).token());
+        }
+    }
+
+    /// Listener `i` is broken (see [`Accepted::Broken`]): closes it, says so
+    /// once, and serves on with what is left; with nothing left, drains the
+    /// open sessions and ends with [`Outcome::NothingLeft`].
+    fn close_listener(&mut self, i: usize, err: &io::Error) {
+        let Some(listener) = self.listeners.get_mut(i).and_then(Option::take) else {
+            return;
+        };
+        let local = listener.local;
+        deregister_listener(&self.poll, listener);
+        let left = self.listeners.iter().flatten().count() + self.udp.len();
+        if left > 0 {
+            log::error!(
+                "the listening socket on tcp {local} failed (accept: {err}) and is closed: no \
+                 new connections are taken there, while open connections and the {} \
+                 are still served. Restart echod (or its socket unit) to listen there again.",
+                count(left as u64, "other socket")
+            );
+            return;
+        }
+        log::error!(
+            "the listening socket on tcp {local} failed (accept: {err}) and is closed; it was \
+             the last socket echod served, so it lets the open sessions finish (up to --grace) \
+             and exits with status {}. Restart echod (or its socket unit) to serve again.",
+            Outcome::NothingLeft.exit_status()
+        );
+        self.nothing_left = true;
+        if self.phase == Phase::Serving {
+            self.begin_shutdown(
+                "no listening or UDP socket is left",
+                "SIGTERM or SIGINT exits at once",
+            );
         }
     }
 
@@ -690,27 +838,34 @@ impl Server {
         for request in requests {
             match request {
                 Request::Report => log::info!("{}", self.stats()),
-                Request::Stop(name) if self.phase == Phase::Serving => self.begin_shutdown(name),
+                Request::Stop(name) if self.phase == Phase::Serving => {
+                    self.begin_shutdown(name, "send the signal again to exit at once");
+                }
                 Request::Stop(name) => {
-                    log::info!("{name} again: exiting now, sessions still open are cut");
+                    let again = if self.nothing_left { "" } else { " again" };
+                    log::info!("{name}{again}: exiting now, sessions still open are cut");
                     self.stop_requested.store(true, Ordering::SeqCst);
                 }
             }
         }
     }
 
-    /// First SIGINT/SIGTERM: stop taking new work, let sessions finish.
-    fn begin_shutdown(&mut self, signal: &str) {
+    /// The first stop signal, or no socket left to serve (`cause` says
+    /// which, `at_once` how to cut the grace short): stop taking new work,
+    /// let sessions finish.
+    fn begin_shutdown(&mut self, cause: &str, at_once: &str) {
         let sessions = self.connections.len() as u64;
         log::info!(
-            "{signal}: shutting down: no new connections or datagrams; {} open, with {} s \
-             to finish (send the signal again to exit at once)",
+            "{cause}: shutting down: no new connections or datagrams; {} open, with {} s \
+             to finish ({at_once})",
             count(sessions, "session"),
             self.grace.as_secs_f64()
         );
-        // Dropping the sockets closes them, which removes them from the
+        for listener in self.listeners.iter_mut().filter_map(Option::take) {
+            deregister_listener(&self.poll, listener);
+        }
+        // Dropping the UDP sockets closes them, which removes them from the
         // poll; a late event for their tokens finds nothing and is ignored.
-        self.listeners.clear();
         for mut socket in self.udp.drain(..) {
             // Replies already owed go out if the socket takes them now;
             // what it will not take is counted, not silently lost.
@@ -723,7 +878,22 @@ impl Server {
         };
     }
 
-    fn log_receipt(&self) {
+    /// How the run ends if it ends now; `at_once` for a stop that does not
+    /// wait for the open sessions (a second signal, the [`StopHandle`]).
+    /// A failure to serve outranks how the drain went.
+    fn outcome(&self, at_once: bool) -> Outcome {
+        if self.nothing_left {
+            Outcome::NothingLeft
+        } else if at_once && !self.connections.is_empty() {
+            Outcome::Forced
+        } else if let Phase::Cutting { cut: 1.., .. } = self.phase {
+            Outcome::Cut
+        } else {
+            Outcome::Finished
+        }
+    }
+
+    fn log_receipt(&self, outcome: Outcome) {
         let (sessions, cut) = match self.phase {
             Phase::Serving => (0, 0),
             Phase::Grace { sessions, .. } => (sessions, 0),
@@ -732,7 +902,7 @@ impl Server {
         let stats = self.stats();
         log::info!(
             "shutdown complete: {} of {} finished, {cut} cut after the grace period; tcp \
-             bytes received {}, echoed {}; {stats}",
+             bytes received {}, echoed {}; {outcome}; {stats}",
             sessions - cut,
             count(sessions, "session"),
             stats.tcp.bytes_in,
@@ -833,6 +1003,17 @@ impl Server {
         for (key, reason) in expired {
             self.close(key, reason);
         }
+    }
+}
+
+/// Takes a listener off the poll and closes it. Closing alone is not enough
+/// where another process holds the same socket (the service manager, under
+/// socket activation): epoll forgets a registration only once every
+/// descriptor of the socket is closed (epoll(7), "Questions and answers",
+/// Q6), so its events would keep waking the loop.
+fn deregister_listener(poll: &Poll, mut listener: Listener) {
+    if let Err(err) = poll.registry().deregister(&mut listener.socket) {
+        log::debug!("could not take tcp {} off the poll: {err}", listener.local);
     }
 }
 
@@ -961,7 +1142,7 @@ fn serve_inherited(
     let listeners = served
         .tcp
         .into_iter()
-        .map(|(socket, local)| Listener { socket, local })
+        .map(|(socket, local)| Listener::new(socket, local))
         .collect();
     let udp = served
         .udp
@@ -993,7 +1174,7 @@ fn bind_addrs(
             let socket = net::bind_tcp(SocketAddr::new(ip, port), options)?;
             let local = socket.local_addr().map_err(StartError::Poll)?;
             port = local.port();
-            listeners.push(Listener { socket, local });
+            listeners.push(Listener::new(socket, local));
         }
         if config.udp {
             let socket = net::bind_udp(SocketAddr::new(ip, port), options)?;

@@ -277,7 +277,7 @@ fn a_second_signal_exits_at_once() {
     signal(&server, "INT");
     server.wait_for_line("SIGINT again: exiting now");
     let status = wait_for_exit(&mut server);
-    assert!(status.success());
+    assert_eq!(status.code(), Some(4), "forced: the session was cut");
 }
 
 #[test]
@@ -345,7 +345,7 @@ fn a_peer_cannot_hold_a_closing_connection_open_by_sending() {
 
 /// After the grace period, a session that is still open is closed by the
 /// server with a FIN (its client reads a clean EOF, not a reset), the
-/// receipt counts it as cut, and the server exits 0.
+/// receipt counts it as cut, and the exit status (3) says so.
 #[test]
 fn sessions_still_open_after_the_grace_are_cut_cleanly() {
     let mut server = Binary::start(&["-p", "0", "-b", "127.0.0.1", "--no-udp", "--grace", "1"]);
@@ -364,5 +364,9 @@ fn sessions_still_open_after_the_grace_are_cut_cleanly() {
         "{receipt}"
     );
     assert!(receipt.contains("shutdown 1"), "{receipt}");
-    assert!(wait_for_exit(&mut server).success());
+    assert_eq!(
+        wait_for_exit(&mut server).code(),
+        Some(3),
+        "a session was cut"
+    );
 }

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use echod::server::{GuardConfig, Server, ServerConfig, StopHandle};
+use echod::server::{GuardConfig, Outcome, Server, ServerConfig, StopHandle};
 
 /// How long any single network wait in a test may take before the test
 /// fails. Generous: a loaded CI machine is slow, but never this slow.
@@ -27,7 +27,7 @@ pub struct InProcess {
     pub tcp: Vec<SocketAddr>,
     pub udp: Vec<SocketAddr>,
     stop: StopHandle,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
+    thread: Option<JoinHandle<std::io::Result<Outcome>>>,
 }
 
 impl InProcess {
@@ -106,9 +106,17 @@ impl Binary {
     /// Like [`Binary::start`], for a command set up by the caller.
     #[track_caller]
     pub fn start_with(command: &mut Command) -> Binary {
+        Binary::start_with_stdio(command, Stdio::null(), Stdio::null())
+    }
+
+    /// Like [`Binary::start_with`], with the given standard input and
+    /// output: a way to hand the child a socket, which `sh` can then move
+    /// to the descriptor socket activation expects.
+    #[track_caller]
+    pub fn start_with_stdio(command: &mut Command, stdin: Stdio, stdout: Stdio) -> Binary {
         let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(stdin)
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("echod starts");
