@@ -33,7 +33,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::exchange::{ExchangeError, MAX_UDP_PAYLOAD};
 use crate::net::Transport;
-use crate::target::{self, parse_duration, seconds};
+use crate::target::{self, parse_timeout, seconds};
 use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 use crate::verify::InFlight;
 
@@ -80,17 +80,19 @@ pub struct ClientArgs {
     pub size: u32,
 
     /// Time to connect, and the longest silence while an echo is awaited
-    /// (2, 0.5, 250ms). UDP: time each datagram has to come back.
-    #[arg(short = 'W', long, default_value = "2", value_parser = parse_duration)]
+    /// (2, 0.5, 250ms; 1 ms to an hour). UDP: time each datagram has to
+    /// come back.
+    #[arg(short = 'W', long, default_value = "2", value_parser = parse_timeout)]
     pub timeout: Duration,
 
     /// UDP: how often a datagram is resent when its echo does not come
-    /// back in time, before it counts as lost.
+    /// back in time, before it counts as lost (0 to 100).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub retries: u32,
 
     /// TCP: the most bytes sent and not yet echoed; stdin waits while this
-    /// many are in flight. It bounds the client's memory.
+    /// many are in flight. It bounds the client's memory (1024 to
+    /// 268435456, 256 MiB).
     #[arg(long, default_value_t = DEFAULT_WINDOW, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(1024..=256 * 1024 * 1024))]
     pub window: u32,

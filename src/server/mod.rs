@@ -65,8 +65,11 @@ pub struct ServerConfig {
     /// open-files limit (see [`default_max_connections`]).
     pub max_connections: Option<usize>,
     /// Close a connection after this long without progress; `None` never.
+    /// At most [`MAX_IDLE_TIMEOUT`](crate::cli::MAX_IDLE_TIMEOUT): longer is
+    /// taken as that.
     pub idle_timeout: Option<Duration>,
-    /// How long a shutdown waits for open sessions to finish.
+    /// How long a shutdown waits for open sessions to finish. At most
+    /// [`MAX_GRACE`](crate::cli::MAX_GRACE): longer is taken as that.
     pub grace: Duration,
     /// Handle SIGINT, SIGTERM (graceful shutdown) and SIGUSR1 (counters).
     /// Off for servers embedded in another program, such as tests.
@@ -356,8 +359,13 @@ impl Server {
             out_of_descriptors: false,
             limit_warned_at: None,
             max_connections,
-            idle_timeout: config.idle_timeout,
-            grace: config.grace,
+            // The command line refuses more; a config built in code is
+            // held to the same bounds, so no deadline computed from them
+            // can overflow an Instant or outlive the loop's clock.
+            idle_timeout: config
+                .idle_timeout
+                .map(|idle| idle.min(crate::cli::MAX_IDLE_TIMEOUT)),
+            grace: config.grace.min(crate::cli::MAX_GRACE),
             clock: Clock::new(),
             next_sweep: Instant::now() + SWEEP_EVERY,
             phase: Phase::Serving,
@@ -717,8 +725,13 @@ impl Server {
             socket.close();
             self.closed_udp.add(&socket.counters);
         }
+        // Checked: `--grace 18446744073709551615` once panicked here with
+        // "overflow when adding duration to instant" (issue 12). The grace
+        // is at most MAX_GRACE, so this cannot fail; were it to, the grace
+        // ends at once, which still drains the sessions (FIN, then EOF).
+        let now = Instant::now();
         self.phase = Phase::Grace {
-            cut_at: Instant::now() + self.grace,
+            cut_at: now.checked_add(self.grace).unwrap_or(now),
             sessions,
         };
     }
