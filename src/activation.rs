@@ -446,8 +446,8 @@ impl fmt::Display for ActivationError {
             ActivationError::OverLimit { count, limit } => write!(
                 f,
                 "socket activation: LISTEN_FDS says {count} sockets were passed, more than \
-                 this process may have open (its open-files limit is {limit}), so it is wrong. \
-                 Whatever started echod set it wrongly; unset LISTEN_PID and LISTEN_FDS to let \
+                 this process may have open (its open-files limit is {limit}). Whatever started \
+                 echod set it wrongly; unset LISTEN_PID and LISTEN_FDS to let \
                  echod bind its own sockets."
             ),
             ActivationError::NotOpen { count, last } => write!(
