@@ -1022,6 +1022,23 @@ fn bind_addrs(
 mod tests {
     use super::*;
 
+    /// Regression (issue 12): a grace too long for the clock panicked
+    /// when the shutdown computed its deadline. The command line refuses
+    /// such a value now; a config built in code is held to the maximum.
+    #[test]
+    fn durations_too_long_for_the_clock_are_held_to_their_maximum() {
+        let config = ServerConfig {
+            grace: Duration::MAX,
+            idle_timeout: Some(Duration::MAX),
+            ..ServerConfig::default()
+        };
+        let mut server = Server::bind(&config).expect("binds on loopback");
+        assert_eq!(server.grace, crate::cli::MAX_GRACE);
+        assert_eq!(server.idle_timeout, Some(crate::cli::MAX_IDLE_TIMEOUT));
+        server.begin_shutdown("SIGTERM");
+        assert!(matches!(server.phase, Phase::Grace { .. }));
+    }
+
     /// Every fixed token decodes to what it was made from, and none of
     /// them collide (the highest listener's token once equalled a fixed one).
     #[test]
