@@ -321,8 +321,11 @@ fn parse_bind_addr(text: &str) -> Result<IpAddr, String> {
 
 /// Parses a whole number within `range` for a flag. Whatever is wrong with
 /// `text` (a word, a sign, too many digits, out of range), the error is one
-/// sentence that gives the range, so nobody has to guess it.
-fn parse_within<T>(
+/// sentence that gives the range, so nobody has to guess it. The tools use
+/// it too, in closures: name `T` there (`parse_within::<u32>`), for an
+/// integer range left to inference is an `i32`, and clap then panics when
+/// the field, of another type, is read.
+pub fn parse_within<T>(
     text: &str,
     what: &str,
     range: RangeInclusive<T>,
@@ -513,14 +516,14 @@ mod tests {
                 "--count",
                 &["1", "1000000"],
                 &["0", "1000001"],
-                "1..=1000000",
+                "from 1 to 1000000",
             ),
             (
                 "ping",
                 "--size",
                 &["1", "16777216"],
                 &["0", "16777217"],
-                "1..=16777216",
+                "from 1 to 16777216",
             ),
             (
                 "ping",
@@ -548,29 +551,35 @@ mod tests {
                 "--size",
                 &["1", "65507"],
                 &["0", "65508"],
-                "1..=65507",
+                "from 1 to 65507",
             ),
-            ("client", "--retries", &["0", "100"], &["101"], "0..=100"),
+            (
+                "client",
+                "--retries",
+                &["0", "100"],
+                &["101"],
+                "from 0 to 100",
+            ),
             (
                 "client",
                 "--window",
                 &["1024", "268435456"],
                 &["1023", "268435457"],
-                "1024..=268435456",
+                "from 1024 to 268435456",
             ),
             (
                 "bench",
                 "--connections",
                 &["1", "100000"],
                 &["0", "100001"],
-                "1..=100000",
+                "from 1 to 100000",
             ),
             (
                 "bench",
                 "--size",
                 &["1", "67108864"],
                 &["0", "67108865"],
-                "1..=67108864",
+                "from 1 to 67108864",
             ),
             (
                 "bench",
@@ -591,14 +600,14 @@ mod tests {
                 "--pipeline",
                 &["1", "65536"],
                 &["0", "65537"],
-                "1..=65536",
+                "from 1 to 65536",
             ),
             (
                 "bench",
                 "--threads",
                 &["1", "256"],
                 &["0", "257"],
-                "1..=256",
+                "from 1 to 256",
             ),
             (
                 "bench",
@@ -626,7 +635,7 @@ mod tests {
                 "--clients",
                 &["1", "1000"],
                 &["0", "1001"],
-                "1..=1000",
+                "from 1 to 1000",
             ),
         ];
         for (tool, flag, ok, beyond, range) in cases {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::cli::parse_within;
 use crate::exchange::{ExchangeError, Exchanger};
 use crate::payload;
 use crate::target::{self, parse_pause, parse_timeout};
@@ -45,12 +46,14 @@ pub struct PingArgs {
     /// Number of probes to send (at most 1,000,000; Ctrl-C stops early
     /// and still prints the summary).
     #[arg(short, long, default_value_t = 5,
-          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+          value_parser = |t: &str| parse_within::<u64>(
+              t, "a number of probes", 1..=1_000_000, ""))]
     pub count: u64,
 
     /// Bytes per probe, 1 to 16777216 (UDP: at most 65507).
     #[arg(short, long, default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+          value_parser = |t: &str| parse_within::<u32>(
+              t, "a number of bytes", 1..=16 << 20, " (16 MiB)"))]
     pub size: u32,
 
     /// Time between the starts of two probes (2, 0.5, 250ms; 0 to an

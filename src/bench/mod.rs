@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::cli::parse_within;
 use crate::target::{self, parse_duration, parse_pause, parse_timeout};
 use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 use stats::{Setup, Stats};
@@ -71,13 +72,15 @@ pub struct BenchArgs {
 
     /// Connections to open (UDP: sockets to send from), 1 to 100000.
     #[arg(short, long, default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+          value_parser = |t: &str| parse_within::<u32>(
+              t, "a number of connections", 1..=100_000, ""))]
     pub connections: u32,
 
     /// Bytes per message, 1 to 67108864 (UDP: at most 65507). Connections
     /// times size is bounded too: see --help's memory note.
     #[arg(short, long, default_value_t = 64, value_name = "BYTES",
-          value_parser = clap::value_parser!(u32).range(1..=64 * 1024 * 1024))]
+          value_parser = |t: &str| parse_within::<u32>(
+              t, "a number of bytes", 1..=64 << 20, " (64 MiB)"))]
     pub size: u32,
 
     /// How long to measure, after the warm-up (10, 2.5, 500ms, 1m; at most
@@ -92,7 +95,8 @@ pub struct BenchArgs {
 
     /// Messages in flight per connection, 1 to 65536.
     #[arg(short, long, default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+          value_parser = |t: &str| parse_within::<u32>(
+              t, "a number of messages", 1..=65_536, ""))]
     pub pipeline: u32,
 
     /// Send UDP datagrams instead of TCP messages.
@@ -107,7 +111,8 @@ pub struct BenchArgs {
 
     /// Worker threads; connections are shared out among them (1 to 256).
     #[arg(short, long, default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=256))]
+          value_parser = |t: &str| parse_within::<u32>(
+              t, "a number of threads", 1..=256, ""))]
     pub threads: u32,
 
     /// A connection with messages in flight and no echo for this long

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::cli::parse_within;
 use crate::net::Transport;
 use probe::Deadline;
 use target::Target;
@@ -81,7 +82,8 @@ pub struct CheckArgs {
 
     /// How many clients the concurrency check connects at once (1 to 1000).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CLIENTS as u16,
-          value_parser = clap::value_parser!(u16).range(1..=MAX_CLIENTS as i64))]
+          value_parser = |t: &str| parse_within::<u16>(
+              t, "a number of clients", 1..=MAX_CLIENTS as u16, ""))]
     pub clients: u16,
 
     /// Seconds a check waits for the server before it fails (decimals
