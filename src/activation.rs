@@ -245,7 +245,9 @@ pub fn take() -> Result<Option<Vec<Socket>>, ActivationError> {
     }
     // Reads the same two variables (now known to be ours) and unsets them.
     let mut fds = listenfd::ListenFd::from_env();
-    let mut sockets = Vec::with_capacity(passed.count);
+    // Grown as sockets are really taken, not sized by what LISTEN_FDS
+    // claims: the first descriptor that is not a socket ends the loop.
+    let mut sockets = Vec::new();
     for (i, fd) in (0..passed.count).zip(LISTEN_FDS_START..) {
         let name = passed.name(i).to_string();
         let socket = adopt(&mut fds, i).map_err(|problem| ActivationError::Socket {
