@@ -64,9 +64,12 @@ impl Passed {
 
 /// Reads the variables as sd_listen_fds(3) does.
 ///
-/// `Ok(None)` means "not socket-activated": a variable is missing, or
+/// `Ok(None)` means "not socket-activated": a variable is missing,
 /// `LISTEN_PID` names another process (we inherited a parent's
-/// environment). Malformed numbers are errors, as they are for systemd.
+/// environment), or `LISTEN_FDS` is 0 (no sockets passed; sd_listen_fds
+/// returns 0 then, and the service binds its own). Malformed numbers are
+/// errors, as they are for systemd. The numbers are read as the `listenfd`
+/// crate will read them again (no spaces), so the two cannot disagree.
 pub fn parse(
     listen_pid: Option<&str>,
     listen_fds: Option<&str>,
@@ -76,7 +79,7 @@ pub fn parse(
     let Some(pid) = listen_pid else {
         return Ok(None);
     };
-    let pid: u32 = pid.trim().parse().map_err(|_| ActivationError::Variable {
+    let pid: u32 = pid.parse().map_err(|_| ActivationError::Variable {
         name: "LISTEN_PID",
         value: pid.to_string(),
         wanted: "a process id",
@@ -87,13 +90,14 @@ pub fn parse(
     let Some(fds) = listen_fds else {
         return Ok(None);
     };
-    let count = match fds.trim().parse::<usize>() {
-        Ok(n) if n > 0 && n <= (i32::MAX - LISTEN_FDS_START) as usize => n,
+    let count = match fds.parse::<usize>() {
+        Ok(0) => return Ok(None),
+        Ok(n) if n <= MAX_LISTEN_FDS => n,
         _ => {
             return Err(ActivationError::Variable {
                 name: "LISTEN_FDS",
                 value: fds.to_string(),
-                wanted: "a number of sockets, at least 1",
+                wanted: "a number of sockets (0 for none)",
             });
         }
     };
@@ -102,6 +106,72 @@ pub fn parse(
         _ => Vec::new(),
     };
     Ok(Some(Passed { count, names }))
+}
+
+/// The most descriptors `LISTEN_FDS` can name: descriptor numbers are
+/// `int`s, and the last one is `LISTEN_FDS_START + count - 1`.
+const MAX_LISTEN_FDS: usize = (i32::MAX - LISTEN_FDS_START + 1) as usize;
+
+/// Checks that `passed.count` descriptors can really be there, before
+/// anything is allocated for them: the `listenfd` crate allocates a slot
+/// per descriptor it is told of, so `LISTEN_FDS=100000000` once took more
+/// than a gigabyte before failing, and `LISTEN_FDS=2147483644` aborted the
+/// process on allocation (issue 12).
+///
+/// A process cannot have been passed more descriptors than its open-files
+/// limit allows (`soft_limit`, as found at start, before echod raises it),
+/// and the descriptors come without gaps from 3, so the last one, `3 + N −
+/// 1`, must be open: `is_open` answers that (`None`: cannot tell here).
+pub fn check_count(
+    passed: &Passed,
+    soft_limit: u64,
+    is_open: impl Fn(i32) -> Option<bool>,
+) -> Result<(), ActivationError> {
+    let count = passed.count;
+    if u64::try_from(count).map_or(true, |n| n > soft_limit) {
+        return Err(ActivationError::OverLimit {
+            count,
+            limit: soft_limit,
+        });
+    }
+    // In range: `parse` bounds the count by MAX_LISTEN_FDS.
+    let last = i32::try_from(count)
+        .ok()
+        .and_then(|n| (LISTEN_FDS_START - 1).checked_add(n))
+        .unwrap_or(i32::MAX);
+    match is_open(last) {
+        Some(false) => Err(ActivationError::NotOpen { count, last }),
+        Some(true) => Ok(()),
+        None => {
+            log::debug!(
+                "socket activation: cannot tell whether descriptor {last} is open (no \
+                 /proc/self/fd); trusting LISTEN_FDS={count}, within the open-files limit"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Whether descriptor `fd` is open in this process; `None` when that cannot
+/// be told (no /proc mounted).
+///
+/// Asked through `/proc/self/fd/N` (one `lstat`, which claims nothing)
+/// rather than `fcntl(F_GETFD)`: nix's `fcntl` takes a borrowed descriptor,
+/// and making one from a bare number is `unsafe` (it asserts the number is
+/// an open descriptor, the very thing in question), which this crate does
+/// not use.
+pub fn descriptor_open(fd: i32) -> Option<bool> {
+    match std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")) {
+        Ok(_) => Some(true),
+        Err(_) if std::path::Path::new("/proc/self/fd").is_dir() => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// The soft open-files limit now; `u64::MAX` when unlimited or unknown
+/// (the check on the last descriptor still applies then).
+fn soft_open_files_limit() -> u64 {
+    rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(u64::MAX, |(soft, _)| soft)
 }
 
 /// An inherited socket, nonblocking and checked.
@@ -153,6 +223,19 @@ pub fn take() -> Result<Option<Vec<Socket>>, ActivationError> {
     let Some(passed) = passed else {
         return Ok(None);
     };
+    // The `listenfd` crate also honours LISTEN_FDS_FIRST_FD, which is not
+    // part of systemd's protocol: the sockets start at 3. Refuse any other
+    // start rather than take descriptors nobody meant to pass.
+    if let Some(first) = var("LISTEN_FDS_FIRST_FD")
+        && first != LISTEN_FDS_START.to_string()
+    {
+        return Err(ActivationError::Variable {
+            name: "LISTEN_FDS_FIRST_FD",
+            value: first,
+            wanted: "3, where sd_listen_fds(3) says the sockets start",
+        });
+    }
+    check_count(&passed, soft_open_files_limit(), descriptor_open)?;
     if !passed.names.is_empty() && passed.names.len() != passed.count {
         log::warn!(
             "LISTEN_FDNAMES has {} names for {} sockets; ignoring the names",
@@ -162,9 +245,10 @@ pub fn take() -> Result<Option<Vec<Socket>>, ActivationError> {
     }
     // Reads the same two variables (now known to be ours) and unsets them.
     let mut fds = listenfd::ListenFd::from_env();
-    let mut sockets = Vec::with_capacity(passed.count);
-    for i in 0..passed.count {
-        let fd = LISTEN_FDS_START + i as i32;
+    // Grown as sockets are really taken, not sized by what LISTEN_FDS
+    // claims: the first descriptor that is not a socket ends the loop.
+    let mut sockets = Vec::new();
+    for (i, fd) in (0..passed.count).zip(LISTEN_FDS_START..) {
         let name = passed.name(i).to_string();
         let socket = adopt(&mut fds, i).map_err(|problem| ActivationError::Socket {
             fd,
@@ -310,6 +394,21 @@ pub enum ActivationError {
         /// What it should hold.
         wanted: &'static str,
     },
+    /// `LISTEN_FDS` names more descriptors than this process may open.
+    OverLimit {
+        /// What `LISTEN_FDS` says.
+        count: usize,
+        /// The soft open-files limit at start.
+        limit: u64,
+    },
+    /// `LISTEN_FDS` names a descriptor that is not open: nothing was
+    /// passed there.
+    NotOpen {
+        /// What `LISTEN_FDS` says.
+        count: usize,
+        /// The last descriptor it names, which is not open.
+        last: i32,
+    },
     /// One of the descriptors cannot be served.
     Socket {
         /// Its number.
@@ -345,6 +444,24 @@ impl fmt::Display for ActivationError {
                 "socket activation: {name} is set to {value:?}, which is not {wanted}. \
                  Whatever started echod set it wrongly; unset LISTEN_PID, LISTEN_FDS and \
                  LISTEN_FDNAMES to let echod bind its own sockets."
+            ),
+            ActivationError::OverLimit { count, limit } => write!(
+                f,
+                "socket activation: LISTEN_FDS says {count} sockets were passed, more than \
+                 this process may have open (its open-files limit is {limit}). Whatever started \
+                 echod set it wrongly; unset LISTEN_PID and LISTEN_FDS to let \
+                 echod bind its own sockets."
+            ),
+            ActivationError::NotOpen { count, last } => write!(
+                f,
+                "socket activation: LISTEN_FDS says {count} socket(s) were passed, {}, but \
+                 descriptor {last} is not open. Whatever started echod set LISTEN_FDS wrongly or closed the sockets; unset \
+                 LISTEN_PID and LISTEN_FDS to let echod bind its own sockets.",
+                if *count == 1 {
+                    format!("as descriptor {LISTEN_FDS_START}")
+                } else {
+                    format!("as descriptors {LISTEN_FDS_START} to {last}")
+                }
             ),
             ActivationError::Socket { fd, name, problem } => {
                 write!(f, "socket activation: descriptor {fd} (named {name:?}) ")?;
@@ -470,9 +587,94 @@ mod tests {
                 .starts_with("socket activation: LISTEN_PID is set to \"me\""),
             "{err}"
         );
-        for bad in ["0", "-1", "two", ""] {
+        for bad in [
+            "-1",
+            "two",
+            "",
+            " 2",
+            "2147483646",
+            "99999999999999999999999",
+        ] {
             let err = parse(Some("42"), Some(bad), None, 42).unwrap_err();
-            assert!(err.to_string().contains("LISTEN_FDS is set to"), "{err}");
+            assert!(
+                err.to_string().contains(&format!(
+                    "LISTEN_FDS is set to {bad:?}, which is not a number of sockets (0 for none)"
+                )),
+                "{err}"
+            );
         }
+    }
+
+    #[test]
+    fn zero_sockets_passed_is_not_activation() {
+        // sd_listen_fds(3) returns 0 then: the service binds its own.
+        assert!(matches!(parse(Some("42"), Some("0"), None, 42), Ok(None)));
+    }
+
+    #[test]
+    fn the_largest_count_a_descriptor_number_allows_is_read() {
+        // 3 + N - 1 = i32::MAX: the last descriptor number that exists.
+        let passed = parse(Some("42"), Some("2147483645"), None, 42)
+            .unwrap()
+            .unwrap();
+        assert_eq!(passed.count, 2_147_483_645);
+    }
+
+    fn passed(count: usize) -> Passed {
+        Passed {
+            count,
+            names: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_count_above_the_open_files_limit_is_refused_before_any_descriptor_is_asked() {
+        let asked = std::cell::Cell::new(false);
+        let err = check_count(&passed(1025), 1024, |_| {
+            asked.set(true);
+            Some(true)
+        })
+        .unwrap_err();
+        assert!(!asked.get());
+        let text = err.to_string();
+        assert!(
+            text.contains("LISTEN_FDS says 1025 sockets were passed, more than this process may have open (its open-files limit is 1024)"),
+            "{text}"
+        );
+        // At the limit, the last descriptor decides.
+        assert!(check_count(&passed(1024), 1024, |_| Some(true)).is_ok());
+    }
+
+    #[test]
+    fn the_last_descriptor_named_must_be_open() {
+        let asked = std::cell::Cell::new(0);
+        let err = check_count(&passed(5), 1024, |fd| {
+            asked.set(fd);
+            Some(false)
+        })
+        .unwrap_err();
+        assert_eq!(asked.get(), 7, "3 + 5 - 1");
+        let text = err.to_string();
+        assert!(
+            text.contains("descriptors 3 to 7, but descriptor 7 is not open"),
+            "{text}"
+        );
+        let one = check_count(&passed(1), 1024, |_| Some(false)).unwrap_err();
+        assert!(
+            one.to_string()
+                .contains("as descriptor 3, but descriptor 3 is not open"),
+            "{one}"
+        );
+        // Without /proc the open-files limit is the bound.
+        assert!(check_count(&passed(5), 1024, |_| None).is_ok());
+    }
+
+    #[test]
+    fn descriptors_are_told_open_or_not() {
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        assert_eq!(descriptor_open(fd), Some(true));
+        drop(file);
+        assert_eq!(descriptor_open(i32::MAX), Some(false));
     }
 }

@@ -5,7 +5,10 @@
 //! `echod` with no subcommand serves; each tool is a subcommand with its own
 //! argument struct in its own module.
 
+use std::fmt;
 use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
@@ -39,6 +42,29 @@ pub const MIN_BUFFER: usize = 512;
 /// The largest `--buffer` accepted (16 MiB): beyond this, memory per
 /// connection stops being "bounded" in any useful sense.
 pub const MAX_BUFFER: usize = 16 * 1024 * 1024;
+
+/// The largest `--max-connections` accepted: Linux's ceiling on
+/// `fs.nr_open` (`sysctl_nr_open_max` in fs/file.c: `INT_MAX` rounded down
+/// to a multiple of 64), so no process can hold more descriptors, let alone
+/// connections; a larger number is a typo, not a limit.
+pub const MAX_CONNECTIONS: u64 = 2_147_483_584;
+
+/// The longest `--idle-timeout` accepted: a week. Longer than any pause a
+/// person or a keepalive makes, and far below the 49.7 days after which the
+/// loop's millisecond clock wraps (see `server::clock`), past which an idle
+/// timeout could never fire.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
+
+/// The longest `--grace` accepted: a day. A shutdown exists to end; a drain
+/// longer than a day is a hang, and service managers kill long before it
+/// (systemd's default `TimeoutStopSec=` is 90 s).
+pub const MAX_GRACE: Duration = Duration::from_secs(86_400);
+
+/// The largest `--udp-rate` accepted: ten million datagrams per second per
+/// source, some ten times what one core can echo (each datagram is a
+/// `recvfrom` and a `sendto`); above it the limit never bites, so 0 says
+/// "no limit" more plainly.
+pub const MAX_UDP_RATE: u32 = 10_000_000;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -126,8 +152,9 @@ pub enum Command {
 /// Options of the server (`echod` with no subcommand).
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Port to listen on, TCP and UDP alike; 0 picks a free one.
-    #[arg(short, long, env = "PORT", default_value_t = RFC862_PORT)]
+    /// Port to listen on, TCP and UDP alike (0 to 65535); 0 picks a free one.
+    #[arg(short, long, env = "PORT", default_value_t = RFC862_PORT,
+          value_parser = parse_port)]
     pub port: u16,
 
     /// Address to listen on; repeat for several. The default `::` accepts
@@ -144,7 +171,8 @@ pub struct ServeArgs {
     pub no_tcp: bool,
 
     /// Bytes a connection may hold that its client has not yet read back;
-    /// when full, the server stops reading from that client until it reads.
+    /// when full, the server stops reading from that client until it reads
+    /// (512 to 16777216).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BUFFER,
           value_parser = parse_buffer_size)]
     pub buffer: usize,
@@ -154,17 +182,21 @@ pub struct ServeArgs {
     /// (raised to its hard maximum at start) less 32 kept for the process
     /// and up to 128 for the pipes bulk streams are spliced through (one
     /// pipe, two descriptors, per 16 of the limit, at most 64 pipes).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    /// From 1 to 2147483584 (Linux's ceiling on open files).
+    #[arg(long, value_name = "N", value_parser = parse_max_connections)]
     pub max_connections: Option<u64>,
 
     /// Close a connection after this many seconds in which no byte moved
-    /// either way; 0 never closes idle connections.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
+    /// either way (0 to 604800, a week); 0 never closes idle connections.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs(),
+          value_parser = parse_idle_timeout)]
     pub idle_timeout: u64,
 
     /// On SIGINT, SIGTERM or SIGHUP, let open sessions finish for up to
-    /// this many seconds, then close the rest. A second signal exits at once.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs())]
+    /// this many seconds (0 to 86400, a day), then close the rest. A second
+    /// signal exits at once.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_GRACE.as_secs(),
+          value_parser = parse_grace)]
     pub grace: u64,
 
     /// UDP source ports to answer although they are refused by default,
@@ -172,13 +204,15 @@ pub struct ServeArgs {
     /// echod does not answer datagrams from port 0, ports below 1024, or
     /// the ports of known reflectors (1900, 2049, 3702, 5353, 5683, 11211),
     /// so that two services cannot bounce a forged datagram between them
-    /// for ever (CERT CA-1996-01). For testing only.
+    /// for ever (CERT CA-1996-01). Ports go from 1 to 65535. For testing
+    /// only.
     #[arg(long, value_name = "PORTS", value_delimiter = ',')]
     pub udp_allow_ports: Vec<PortRange>,
 
     /// UDP datagrams answered per second per source address (per /64 for
     /// IPv6), in bursts of as many; the rest are dropped, so echod makes a
-    /// poor reflector. 0 turns the limit off (for load tests).
+    /// poor reflector (0 to 10000000). 0 turns the limit off (for load
+    /// tests).
     #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE,
           value_parser = parse_udp_rate)]
     pub udp_rate: u32,
@@ -288,26 +322,79 @@ fn parse_bind_addr(text: &str) -> Result<IpAddr, String> {
     })
 }
 
-fn parse_buffer_size(text: &str) -> Result<usize, String> {
-    let n: usize = text
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of bytes, such as 16384"))?;
-    if (MIN_BUFFER..=MAX_BUFFER).contains(&n) {
-        Ok(n)
-    } else {
-        Err(format!(
-            "{n} bytes is outside the accepted range {MIN_BUFFER} to {MAX_BUFFER}"
-        ))
+/// Parses a whole number within `range` for a flag. Whatever is wrong with
+/// `text` (a word, a sign, too many digits, out of range), the error is one
+/// sentence that gives the range, so nobody has to guess it. The tools use
+/// it too, in closures: name `T` there (`parse_within::<u32>`), for an
+/// integer range left to inference is an `i32`, and clap then panics when
+/// the field, of another type, is read.
+pub fn parse_within<T>(
+    text: &str,
+    what: &str,
+    range: RangeInclusive<T>,
+    note: &str,
+) -> Result<T, String>
+where
+    T: FromStr + PartialOrd + fmt::Display,
+{
+    match text.parse::<T>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{text}' is not {what} from {} to {}{note}",
+            range.start(),
+            range.end()
+        )),
     }
 }
 
-fn parse_udp_rate(text: &str) -> Result<u32, String> {
-    text.parse().map_err(|_| {
-        format!(
-            "'{text}' is not a number of datagrams per second, such as {DEFAULT_UDP_RATE} \
-             (0 turns the limit off)"
-        )
-    })
+fn parse_port(text: &str) -> Result<u16, String> {
+    parse_within(text, "a port number", 0..=u16::MAX, " (0 picks a free one)")
+}
+
+fn parse_buffer_size(text: &str) -> Result<usize, String> {
+    parse_within(
+        text,
+        "a number of bytes",
+        MIN_BUFFER..=MAX_BUFFER,
+        " (16 MiB), such as 16384",
+    )
+}
+
+fn parse_max_connections(text: &str) -> Result<u64, String> {
+    parse_within(
+        text,
+        "a number of connections",
+        1..=MAX_CONNECTIONS,
+        " (Linux's ceiling on open files)",
+    )
+}
+
+fn parse_idle_timeout(text: &str) -> Result<u64, String> {
+    parse_within(
+        text,
+        "a number of seconds",
+        0..=MAX_IDLE_TIMEOUT.as_secs(),
+        " (a week); 0 never closes idle connections",
+    )
+}
+
+fn parse_grace(text: &str) -> Result<u64, String> {
+    parse_within(
+        text,
+        "a number of seconds",
+        0..=MAX_GRACE.as_secs(),
+        " (a day); 0 closes open sessions at once",
+    )
+}
+
+/// Parses `--udp-rate` (and any other per-second datagram budget).
+pub fn parse_udp_rate(text: &str) -> Result<u32, String> {
+    parse_within(
+        text,
+        "a number of datagrams per second",
+        0..=MAX_UDP_RATE,
+        " (0 turns the limit off)",
+    )
 }
 
 #[cfg(test)]
@@ -335,6 +422,277 @@ mod tests {
         assert_eq!(parse_buffer_size("16384"), Ok(16384));
         assert!(parse_buffer_size("0").is_err());
         assert!(parse_buffer_size("lots").is_err());
+    }
+
+    /// Parses `echod FLAG VALUE`: the server's config, or clap's error text.
+    fn serve_with(flag: &str, value: &str) -> Result<ServerConfig, String> {
+        // `--flag=value`, so a value such as -1 is not taken for a flag.
+        Cli::try_parse_from(["echod", &format!("{flag}={value}")])
+            .map(|cli| cli.server_config())
+            .map_err(|err| {
+                assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+                err.to_string()
+            })
+    }
+
+    /// Every number the server takes: the smallest and largest accepted,
+    /// and values just beyond, which are refused with a sentence that
+    /// gives the range (clap then exits with status 2).
+    #[test]
+    fn every_server_number_has_a_range_given_when_refused() {
+        let cases: &[(&str, &str, &str, &[&str], &str)] = &[
+            (
+                "--port",
+                "0",
+                "65535",
+                &["65536", "-1", "seven"],
+                "from 0 to 65535",
+            ),
+            (
+                "--buffer",
+                "512",
+                "16777216",
+                &["511", "16777217", "1e6"],
+                "from 512 to 16777216",
+            ),
+            (
+                "--max-connections",
+                "1",
+                "2147483584",
+                &["0", "2147483585", "18446744073709551616"],
+                "from 1 to 2147483584",
+            ),
+            (
+                "--idle-timeout",
+                "0",
+                "604800",
+                &["604801", "-1", "1.5"],
+                "from 0 to 604800",
+            ),
+            (
+                "--grace",
+                "0",
+                "86400",
+                &["86401", "18446744073709551615", "-1", "NaN"],
+                "from 0 to 86400",
+            ),
+            (
+                "--udp-rate",
+                "0",
+                "10000000",
+                &["10000001", "4294967296", "-5"],
+                "from 0 to 10000000",
+            ),
+        ];
+        for (flag, smallest, largest, beyond, range) in cases {
+            for ok in [smallest, largest] {
+                assert!(serve_with(flag, ok).is_ok(), "{flag} {ok} is refused");
+            }
+            for bad in *beyond {
+                let err = serve_with(flag, bad).unwrap_err();
+                assert!(
+                    err.contains(&format!("'{bad}' is not")) && err.contains(range),
+                    "{flag} {bad}: {err}"
+                );
+            }
+        }
+    }
+
+    /// A tool, its flag, values accepted, values refused, and the words
+    /// that give the range in the refusal.
+    type ToolCase = (
+        &'static str,
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+        &'static str,
+    );
+
+    /// Every number and duration the tools take, as for the server: the
+    /// ends of each range are accepted, one step beyond is refused with
+    /// the range in the sentence.
+    #[test]
+    fn every_tool_number_has_a_range_given_when_refused() {
+        let cases: &[ToolCase] = &[
+            (
+                "ping",
+                "--count",
+                &["1", "1000000"],
+                &["0", "1000001"],
+                "from 1 to 1000000",
+            ),
+            (
+                "ping",
+                "--size",
+                &["1", "16777216"],
+                &["0", "16777217"],
+                "from 1 to 16777216",
+            ),
+            (
+                "ping",
+                "--interval",
+                &["0", "3600"],
+                &["3600.001", "-1", "inf"],
+                "from 0 ms to 3600 s",
+            ),
+            (
+                "ping",
+                "--timeout",
+                &["1ms", "60m"],
+                &["0", "0.0009", "61m", "NaN"],
+                "from 1 ms to 3600 s",
+            ),
+            (
+                "client",
+                "--timeout",
+                &["0.001", "3600"],
+                &["0", "1e300"],
+                "from 1 ms to 3600 s",
+            ),
+            (
+                "client",
+                "--size",
+                &["1", "65507"],
+                &["0", "65508"],
+                "from 1 to 65507",
+            ),
+            (
+                "client",
+                "--retries",
+                &["0", "100"],
+                &["101"],
+                "from 0 to 100",
+            ),
+            (
+                "client",
+                "--window",
+                &["1024", "268435456"],
+                &["1023", "268435457"],
+                "from 1024 to 268435456",
+            ),
+            (
+                "bench",
+                "--connections",
+                &["1", "100000"],
+                &["0", "100001"],
+                "from 1 to 100000",
+            ),
+            (
+                "bench",
+                "--size",
+                &["1", "67108864"],
+                &["0", "67108865"],
+                "from 1 to 67108864",
+            ),
+            (
+                "bench",
+                "--duration",
+                &["1ms", "86400"],
+                &["0", "86401"],
+                "outside 1 ms to 1 day",
+            ),
+            (
+                "bench",
+                "--warmup",
+                &["0", "3600"],
+                &["3601", "-1"],
+                "from 0 ms to 3600 s",
+            ),
+            (
+                "bench",
+                "--pipeline",
+                &["1", "65536"],
+                &["0", "65537"],
+                "from 1 to 65536",
+            ),
+            (
+                "bench",
+                "--threads",
+                &["1", "256"],
+                &["0", "257"],
+                "from 1 to 256",
+            ),
+            (
+                "bench",
+                "--timeout",
+                &["1ms", "3600"],
+                &["0", "3601"],
+                "from 1 ms to 3600 s",
+            ),
+            (
+                "bench",
+                "--rate",
+                &["0.01", "1000000000"],
+                &["0.0099", "1e-300", "1000000001", "NaN"],
+                "from 0.01 to 1000000000",
+            ),
+            (
+                "check",
+                "--timeout",
+                &["0.01", "3600"],
+                &["0.009", "3600.1", "NaN"],
+                "range 0.01 to 3600",
+            ),
+            (
+                "check",
+                "--clients",
+                &["1", "1000"],
+                &["0", "1001"],
+                "from 1 to 1000",
+            ),
+        ];
+        for (tool, flag, ok, beyond, range) in cases {
+            let parse = |value: &str| {
+                Cli::try_parse_from(["echod", tool, &format!("{flag}={value}"), "127.0.0.1:7"])
+            };
+            for value in *ok {
+                assert!(parse(value).is_ok(), "{tool} {flag} {value} is refused");
+            }
+            for value in *beyond {
+                let err = parse(value).unwrap_err();
+                assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+                assert!(
+                    err.to_string().contains(range),
+                    "{tool} {flag} {value}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_largest_durations_reach_the_config_as_given() {
+        let config = serve_with("--grace", "86400").unwrap();
+        assert_eq!(config.grace, MAX_GRACE);
+        let config = serve_with("--idle-timeout", "604800").unwrap();
+        assert_eq!(config.idle_timeout, Some(MAX_IDLE_TIMEOUT));
+        let config = serve_with("--idle-timeout", "0").unwrap();
+        assert_eq!(config.idle_timeout, None);
+        let config = serve_with("--max-connections", "2147483584").unwrap();
+        assert_eq!(config.max_connections, Some(2_147_483_584));
+    }
+
+    #[test]
+    fn an_idle_timeout_fires_before_the_loop_clock_wraps() {
+        // The loop's clock counts milliseconds in a u32 (server::clock):
+        // an idle timeout at or past its wrap could never be reached.
+        assert!(MAX_IDLE_TIMEOUT.as_millis() < u128::from(u32::MAX));
+    }
+
+    #[test]
+    fn the_help_states_each_range() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for range in [
+            "0 to 65535",
+            "512 to 16777216",
+            "1 to 2147483584",
+            "0 to 604800",
+            "0 to 86400",
+            "0 to 10000000",
+            "1 to 65535",
+        ] {
+            assert!(help.contains(range), "the help does not say {range:?}");
+        }
     }
 
     #[test]

@@ -31,9 +31,10 @@ use clap::Args;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::cli::parse_within;
 use crate::exchange::{ExchangeError, MAX_UDP_PAYLOAD};
 use crate::net::Transport;
-use crate::target::{self, parse_duration, seconds};
+use crate::target::{self, parse_timeout, seconds};
 use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 use crate::verify::InFlight;
 
@@ -76,23 +77,29 @@ pub struct ClientArgs {
     /// UDP: the most bytes of stdin per datagram (at most 65,507). The
     /// default fits one Ethernet frame.
     #[arg(short, long, default_value_t = 1472, value_name = "BYTES",
-          value_parser = clap::value_parser!(u32).range(1..=MAX_UDP_PAYLOAD as i64))]
+          value_parser = |t: &str| parse_within::<u32>(
+              t, "a number of bytes", 1..=MAX_UDP_PAYLOAD as u32, ""))]
     pub size: u32,
 
     /// Time to connect, and the longest silence while an echo is awaited
-    /// (2, 0.5, 250ms). UDP: time each datagram has to come back.
-    #[arg(short = 'W', long, default_value = "2", value_parser = parse_duration)]
+    /// (2, 0.5, 250ms; 1 ms to an hour). UDP: time each datagram has to
+    /// come back.
+    #[arg(short = 'W', long, default_value = "2", value_parser = parse_timeout)]
     pub timeout: Duration,
 
     /// UDP: how often a datagram is resent when its echo does not come
-    /// back in time, before it counts as lost.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=100))]
+    /// back in time, before it counts as lost (0 to 100).
+    #[arg(long, default_value_t = 2,
+          value_parser = |t: &str| parse_within::<u32>(
+              t, "a number of retries", 0..=100, ""))]
     pub retries: u32,
 
     /// TCP: the most bytes sent and not yet echoed; stdin waits while this
-    /// many are in flight. It bounds the client's memory.
+    /// many are in flight. It bounds the client's memory (1024 to
+    /// 268435456, 256 MiB).
     #[arg(long, default_value_t = DEFAULT_WINDOW, value_name = "BYTES",
-          value_parser = clap::value_parser!(u32).range(1024..=256 * 1024 * 1024))]
+          value_parser = |t: &str| parse_within::<u32>(
+              t, "a number of bytes", 1024..=256 << 20, " (256 MiB)"))]
     pub window: u32,
 }
 

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::cli::parse_within;
 use crate::exchange::{ExchangeError, Exchanger};
 use crate::payload;
-use crate::target::{self, parse_duration};
+use crate::target::{self, parse_pause, parse_timeout};
 use crate::tool::{self, EXIT_FAILED, EXIT_OK};
 
 const EXAMPLES: &str = "\
@@ -45,21 +46,24 @@ pub struct PingArgs {
     /// Number of probes to send (at most 1,000,000; Ctrl-C stops early
     /// and still prints the summary).
     #[arg(short, long, default_value_t = 5,
-          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+          value_parser = |t: &str| parse_within::<u64>(
+              t, "a number of probes", 1..=1_000_000, ""))]
     pub count: u64,
 
-    /// Bytes per probe (UDP: at most 65,507).
+    /// Bytes per probe, 1 to 16777216 (UDP: at most 65507).
     #[arg(short, long, default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+          value_parser = |t: &str| parse_within::<u32>(
+              t, "a number of bytes", 1..=16 << 20, " (16 MiB)"))]
     pub size: u32,
 
-    /// Time between the starts of two probes (2, 0.5, 250ms).
-    #[arg(short, long, default_value = "1", value_parser = parse_duration)]
+    /// Time between the starts of two probes (2, 0.5, 250ms; 0 to an
+    /// hour).
+    #[arg(short, long, default_value = "1", value_parser = parse_pause)]
     pub interval: Duration,
 
     /// Time each probe (and a TCP connect) may take before it counts as
-    /// lost.
-    #[arg(short = 'W', long, default_value = "2", value_parser = parse_duration)]
+    /// lost (1 ms to an hour).
+    #[arg(short = 'W', long, default_value = "2", value_parser = parse_timeout)]
     pub timeout: Duration,
 
     /// TCP: open a new connection for every probe and time connect + echo +
@@ -103,7 +107,15 @@ pub fn run(args: &PingArgs) -> ExitCode {
     let mut told_connect = false;
     let started = Instant::now();
     for seq in 1..=args.count {
-        let due = started + args.interval * (seq - 1) as u32;
+        // Checked, though --count and --interval bound it to 1,000,000
+        // hours: a due time past what the clock can hold ends the run.
+        let Some(due) = u32::try_from(seq - 1)
+            .ok()
+            .and_then(|n| args.interval.checked_mul(n))
+            .and_then(|after| started.checked_add(after))
+        else {
+            break;
+        };
         if seq > 1 && !tool::sleep_until(due, &interrupted) {
             break;
         }

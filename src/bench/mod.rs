@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::target::{self, parse_duration};
+use crate::cli::parse_within;
+use crate::target::{self, parse_duration, parse_pause, parse_timeout};
 use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 use stats::{Setup, Stats};
 
@@ -52,6 +53,10 @@ On a 2-core machine, pin the server and the bench to a core each:
   taskset -c 0 echod -p 7007 -b 127.0.0.1 &
   taskset -c 1 echod bench 127.0.0.1:7007
 
+Memory: bench keeps, per connection, the message it is checking, a batch
+to send and a record per message in flight; connections x (2 x size +
+pipeline x 48 B + up to 64 KiB) may come to at most 4 GiB.
+
 Exit status: 0 if every echo came back intact, 1 if any error was
 counted (mismatch, reset, stall, failed connect, lost datagram), 2 for
 usage or setup errors.";
@@ -65,14 +70,17 @@ pub struct BenchArgs {
     #[arg(value_name = "ADDR", value_parser = target::resolve, help = target::ADDR_HELP)]
     pub addr: SocketAddr,
 
-    /// Connections to open (UDP: sockets to send from).
+    /// Connections to open (UDP: sockets to send from), 1 to 100000.
     #[arg(short, long, default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+          value_parser = |t: &str| parse_within::<u32>(
+              t, "a number of connections", 1..=100_000, ""))]
     pub connections: u32,
 
-    /// Bytes per message (UDP: at most 65,507).
+    /// Bytes per message, 1 to 67108864 (UDP: at most 65507). Connections
+    /// times size is bounded too: see --help's memory note.
     #[arg(short, long, default_value_t = 64, value_name = "BYTES",
-          value_parser = clap::value_parser!(u32).range(1..=64 * 1024 * 1024))]
+          value_parser = |t: &str| parse_within::<u32>(
+              t, "a number of bytes", 1..=64 << 20, " (64 MiB)"))]
     pub size: u32,
 
     /// How long to measure, after the warm-up (10, 2.5, 500ms, 1m; at most
@@ -81,13 +89,14 @@ pub struct BenchArgs {
     pub duration: Duration,
 
     /// Load before measuring starts; its messages are not counted (its
-    /// errors are).
-    #[arg(long, default_value = "1", value_parser = parse_duration)]
+    /// errors are); 0 to an hour.
+    #[arg(long, default_value = "1", value_parser = parse_pause)]
     pub warmup: Duration,
 
-    /// Messages in flight per connection.
+    /// Messages in flight per connection, 1 to 65536.
     #[arg(short, long, default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+          value_parser = |t: &str| parse_within::<u32>(
+              t, "a number of messages", 1..=65_536, ""))]
     pub pipeline: u32,
 
     /// Send UDP datagrams instead of TCP messages.
@@ -95,18 +104,21 @@ pub struct BenchArgs {
     pub udp: bool,
 
     /// Open loop: send this many messages per second in all, spread over
-    /// the connections, and measure latency from when each was due.
+    /// the connections, and measure latency from when each was due
+    /// (0.01 to 1000000000).
     #[arg(short, long, value_name = "MSGS_PER_S", value_parser = parse_rate)]
     pub rate: Option<f64>,
 
-    /// Worker threads; connections are shared out among them.
+    /// Worker threads; connections are shared out among them (1 to 256).
     #[arg(short, long, default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=256))]
+          value_parser = |t: &str| parse_within::<u32>(
+              t, "a number of threads", 1..=256, ""))]
     pub threads: u32,
 
     /// A connection with messages in flight and no echo for this long
-    /// counts as stalled (a datagram as lost); also the connect timeout.
-    #[arg(short = 'W', long, default_value = "2", value_parser = parse_duration)]
+    /// counts as stalled (a datagram as lost); also the connect timeout
+    /// (1 ms to an hour).
+    #[arg(short = 'W', long, default_value = "2", value_parser = parse_timeout)]
     pub timeout: Duration,
 
     /// Print one JSON object with the results on stdout, and no progress.
@@ -124,11 +136,41 @@ fn parse_bounded_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The most memory bench lets `--connections`, `--size` and `--pipeline`
+/// ask for together (see [`memory_estimate`]): 4 GiB, a sixth of a 24 GiB
+/// machine. Each flag alone has a modest bound, but their product had none:
+/// `-c 100000 -s 67108864` asks for terabytes.
+pub const MAX_BENCH_MEMORY: u64 = 4 << 30;
+
+/// What bench holds per message in flight, an estimate rounded up: a TCP
+/// send time is 16 bytes and a UDP flight record 40, in `VecDeque`s that
+/// may be up to twice as large as they are full.
+const BYTES_PER_MESSAGE_IN_FLIGHT: u64 = 48;
+
+/// The memory the load's own buffers may come to, per connection: the
+/// message being checked, the batch being sent (one message, plus up to
+/// 64 KiB of pipelined ones) and a record per message in flight. Cannot
+/// overflow: each factor is bounded by its flag.
+pub fn memory_estimate(connections: u32, size: u32, pipeline: u32) -> u64 {
+    let (size, pipeline) = (u64::from(size), u64::from(pipeline));
+    let batch = size + (size * pipeline).min(tcp::MAX_BATCH as u64);
+    u64::from(connections) * (size + batch + BYTES_PER_MESSAGE_IN_FLIGHT * pipeline)
+}
+
+/// The lowest `--rate`: one message every 100 s in all. Slower is a
+/// probe, which `echod ping` does better.
+const MIN_RATE: f64 = 0.01;
+
+/// The highest `--rate`: a billion messages per second, far beyond what
+/// any one host can send; the bound keeps the schedule's arithmetic finite.
+const MAX_RATE: f64 = 1e9;
+
 fn parse_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 && r <= 1e9 => Ok(r),
+        Ok(r) if (MIN_RATE..=MAX_RATE).contains(&r) => Ok(r),
         _ => Err(format!(
-            "'{text}' is not a rate; give messages per second, such as 10000"
+            "'{text}' is not a rate from {MIN_RATE} to {MAX_RATE:.0} messages per second; \
+             give one such as 10000"
         )),
     }
 }
@@ -144,7 +186,7 @@ pub struct Plan {
     pub total_connections: u32,
     /// Bytes per message.
     pub size: usize,
-    /// Messages in flight per connection.
+    /// Messages in flight per connection, 1 to 65536.
     pub pipeline: usize,
     /// Messages per second per connection, if open loop.
     pub rate_per_connection: Option<f64>,
@@ -164,7 +206,14 @@ impl Plan {
     pub fn due(&self, id: u32, seq: u64) -> Option<Instant> {
         let rate = self.rate_per_connection?;
         let phase = f64::from(id) / f64::from(self.total_connections);
-        Some(self.start + Duration::from_secs_f64((seq as f64 + phase) / rate))
+        // Checked: a tiny rate once made the offset overflow and panic
+        // (`--rate 1e-300`). A message due past the end is never sent, so
+        // the end is as good as any later time.
+        let due = Duration::try_from_secs_f64((seq as f64 + phase) / rate)
+            .ok()
+            .and_then(|after| self.start.checked_add(after))
+            .map_or(self.end, |due| due.min(self.end));
+        Some(due)
     }
 
     /// May message `seq` of connection `id` go out at `now`? `Ok(time)`
@@ -179,6 +228,9 @@ impl Plan {
     pub fn send_time(&self, id: u32, seq: u64, now: Instant) -> Result<Instant, Instant> {
         match self.due(id, seq) {
             None => Ok(now),
+            // Due at the end or later: never; look again at the end, when
+            // sending stops.
+            Some(due) if due >= self.end => Err(self.end),
             Some(due) if due <= now + TIMER_SLACK => Ok(due.min(now)),
             Some(due) => Err(due - TIMER_SLACK),
         }
@@ -252,6 +304,23 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     {
         return status;
     }
+    let memory = memory_estimate(args.connections, args.size, args.pipeline);
+    if memory > MAX_BENCH_MEMORY {
+        return tool::fail(
+            "bench",
+            EXIT_SETUP,
+            &format!(
+                "{} connections of {}-byte messages, {} in flight each, would need about {} MiB \
+                 of memory, more than the {} MiB bench allows; lower --connections, --size or \
+                 --pipeline",
+                args.connections,
+                args.size,
+                args.pipeline,
+                memory >> 20,
+                MAX_BENCH_MEMORY >> 20
+            ),
+        );
+    }
     let threads = args.threads.min(args.connections);
     let setup = Setup {
         addr: args.addr.to_string(),
@@ -267,8 +336,17 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         ..Live::default()
     });
     let start = Instant::now();
-    let measure_from = start + args.warmup;
-    let end = measure_from + args.duration;
+    // Checked, though --warmup and --duration keep both within a day.
+    let Some((measure_from, end)) = start
+        .checked_add(args.warmup)
+        .and_then(|from| Some((from, from.checked_add(args.duration)?)))
+    else {
+        return tool::fail(
+            "bench",
+            EXIT_SETUP,
+            "the warm-up and duration reach past what the clock can hold; shorten them",
+        );
+    };
     let mut workers = Vec::new();
     for t in 0..threads {
         let plan = Plan {

@@ -26,7 +26,7 @@ use crate::target;
 /// Most bytes of messages put in one write: batching small pipelined
 /// messages saves system calls; the cap keeps one connection from
 /// hogging a turn.
-const MAX_BATCH: usize = 64 * 1024;
+pub const MAX_BATCH: usize = 64 * 1024;
 
 /// Reads per connection per turn before others get theirs.
 const READS_PER_TURN: usize = 16;
@@ -630,5 +630,36 @@ mod tests {
         }
         // 2000 steps of 137 µs at 1000/s: about 274 messages were due.
         assert!((273..=275).contains(&conn.next_seq), "{}", conn.next_seq);
+    }
+
+    #[test]
+    fn a_message_due_past_the_end_or_the_clock_is_never_sent() {
+        // Regression (issue 12): `--rate 1e-300` made the due time overflow
+        // `Duration::from_secs_f64` and panic the worker. Now it saturates
+        // at the end, when sending stops, and nothing goes out.
+        for rate in [1e-300, 1e-12, f64::MIN_POSITIVE] {
+            let plan = plan(Some(rate), 4);
+            assert_eq!(plan.due(1, 1), Some(plan.end));
+            assert_eq!(plan.send_time(1, 1, plan.start), Err(plan.end));
+            let mut conn = Conn::new(1, &plan);
+            conn.next_seq = 1;
+            assert_eq!(fill(&mut conn, &plan, plan.start), Some(plan.end));
+            assert!(conn.out.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_memory_estimate_bounds_the_flags_product() {
+        use super::super::{MAX_BENCH_MEMORY, memory_estimate};
+        // The defaults, and a heavy but reasonable load, are allowed.
+        assert!(memory_estimate(10, 64, 1) < 10_000);
+        assert!(memory_estimate(10_000, 1024, 16) <= MAX_BENCH_MEMORY);
+        // Each flag at its largest: terabytes, refused, and no overflow.
+        let most = memory_estimate(100_000, 64 << 20, 65_536);
+        assert!(most > MAX_BENCH_MEMORY);
+        assert_eq!(
+            memory_estimate(1, 64 << 20, 65_536),
+            (64 << 20) * 2 + MAX_BATCH as u64 + 48 * 65_536
+        );
     }
 }

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::cli::parse_within;
 use crate::net::Transport;
 use probe::Deadline;
 use target::Target;
@@ -79,14 +80,15 @@ pub struct CheckArgs {
     #[arg(long)]
     pub list: bool,
 
-    /// How many clients the concurrency check connects at once.
+    /// How many clients the concurrency check connects at once (1 to 1000).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CLIENTS as u16,
-          value_parser = clap::value_parser!(u16).range(1..=MAX_CLIENTS as i64))]
+          value_parser = |t: &str| parse_within::<u16>(
+              t, "a number of clients", 1..=MAX_CLIENTS as u16, ""))]
     pub clients: u16,
 
     /// Seconds a check waits for the server before it fails (decimals
-    /// allowed). A check in steps gives each step this long (--list shows
-    /// how many); slow-drip takes 2 s more by design.
+    /// allowed; 0.01 to 3600). A check in steps gives each step this long
+    /// (--list shows how many); slow-drip takes 2 s more by design.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
     pub timeout: Duration,
 

@@ -66,8 +66,11 @@ pub struct ServerConfig {
     /// open-files limit (see [`default_max_connections`]).
     pub max_connections: Option<usize>,
     /// Close a connection after this long without progress; `None` never.
+    /// At most [`MAX_IDLE_TIMEOUT`](crate::cli::MAX_IDLE_TIMEOUT): longer is
+    /// taken as that.
     pub idle_timeout: Option<Duration>,
-    /// How long a shutdown waits for open sessions to finish.
+    /// How long a shutdown waits for open sessions to finish. At most
+    /// [`MAX_GRACE`](crate::cli::MAX_GRACE): longer is taken as that.
     pub grace: Duration,
     /// Handle SIGINT, SIGTERM, SIGHUP (graceful shutdown) and SIGUSR1
     /// (counters). Off for servers embedded in another program, such as
@@ -441,8 +444,13 @@ impl Server {
             out_of_descriptors: false,
             limit_warned_at: None,
             max_connections,
-            idle_timeout: config.idle_timeout,
-            grace: config.grace,
+            // The command line refuses more; a config built in code is
+            // held to the same bounds, so no deadline computed from them
+            // can overflow an Instant or outlive the loop's clock.
+            idle_timeout: config
+                .idle_timeout
+                .map(|idle| idle.min(crate::cli::MAX_IDLE_TIMEOUT)),
+            grace: config.grace.min(crate::cli::MAX_GRACE),
             clock: Clock::new(),
             next_sweep: Instant::now() + SWEEP_EVERY,
             phase: Phase::Serving,
@@ -872,8 +880,13 @@ impl Server {
             socket.close();
             self.closed_udp.add(&socket.counters);
         }
+        // Checked: `--grace 18446744073709551615` once panicked here with
+        // "overflow when adding duration to instant" (issue 12). The grace
+        // is at most MAX_GRACE, so this cannot fail; were it to, the grace
+        // ends at once, which still drains the sessions (FIN, then EOF).
+        let now = Instant::now();
         self.phase = Phase::Grace {
-            cut_at: Instant::now() + self.grace,
+            cut_at: now.checked_add(self.grace).unwrap_or(now),
             sessions,
         };
     }
@@ -1189,6 +1202,23 @@ fn bind_addrs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 12): a grace too long for the clock panicked
+    /// when the shutdown computed its deadline. The command line refuses
+    /// such a value now; a config built in code is held to the maximum.
+    #[test]
+    fn durations_too_long_for_the_clock_are_held_to_their_maximum() {
+        let config = ServerConfig {
+            grace: Duration::MAX,
+            idle_timeout: Some(Duration::MAX),
+            ..ServerConfig::default()
+        };
+        let mut server = Server::bind(&config).expect("binds on loopback");
+        assert_eq!(server.grace, crate::cli::MAX_GRACE);
+        assert_eq!(server.idle_timeout, Some(crate::cli::MAX_IDLE_TIMEOUT));
+        server.begin_shutdown("SIGTERM", "send the signal again to exit at once");
+        assert!(matches!(server.phase, Phase::Grace { .. }));
+    }
 
     /// Every fixed token decodes to what it was made from, and none of
     /// them collide (the highest listener's token once equalled a fixed one).
