@@ -208,6 +208,43 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
+/// What a client is known by in the per-source limits (`--udp-rate`,
+/// `--max-connections-per-source`): its address without the port (a host
+/// can use any number of ports), and for IPv6 its /64 prefix: a host
+/// usually holds a whole /64 and may pick any address in it (privacy
+/// addresses, RFC 8981), so a per-address key would hand one host 2^64
+/// sources. An IPv4 client seen through a dual-stack socket
+/// (`::ffff:a.b.c.d`) is keyed as the IPv4 address it is.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum SourceKey {
+    /// An IPv4 address.
+    V4(u32),
+    /// The first 64 bits of an IPv6 address.
+    V6Prefix(u64),
+}
+
+impl SourceKey {
+    /// The key of a client at `ip`.
+    pub fn of(ip: IpAddr) -> SourceKey {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => SourceKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) => SourceKey::V6Prefix((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+impl fmt::Display for SourceKey {
+    /// `192.0.2.1`, or `2001:db8:1:2::/64`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            SourceKey::V4(v4) => Ipv4Addr::from(v4).fmt(f),
+            SourceKey::V6Prefix(prefix) => {
+                write!(f, "{}/64", Ipv6Addr::from(u128::from(prefix) << 64))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +257,17 @@ mod tests {
         for text in ["10.0.0.1", "::", "::ffff:10.0.0.1", "::2", "fe80::1"] {
             assert!(!is_loopback(text.parse().unwrap()), "{text}");
         }
+    }
+
+    #[test]
+    fn sources_are_keyed_by_ipv4_address_or_ipv6_prefix() {
+        let key = |text: &str| SourceKey::of(text.parse().unwrap());
+        assert_eq!(key("192.0.2.1"), key("::ffff:192.0.2.1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.1").to_string(), "192.0.2.1");
+        assert_eq!(key("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
     }
 
     fn error(kind_errno: i32, addr: &str) -> String {
