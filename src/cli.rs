@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::net;
 use crate::server::{DEFAULT_UDP_RATE, GuardConfig, PortRange, ServerConfig};
 
 /// RFC 862: "A server listens for TCP connections on TCP port 7" (and for
@@ -146,6 +147,18 @@ pub struct ServeArgs {
           value_parser = parse_buffer_size)]
     pub buffer: usize,
 
+    /// Kernel buffer each connection gets per direction (SO_RCVBUF and
+    /// SO_SNDBUF; Linux doubles the size asked), with TCP_NOTSENT_LOWAT
+    /// of 16 KiB. It bounds what a client that sends without reading holds
+    /// in the kernel: about 0.5 MiB per connection with the default. 4096
+    /// to 67108864, capped by the kernel at net.core.rmem_max and
+    /// wmem_max; 0 keeps the kernel's autotuning (up to net.ipv4.tcp_rmem
+    /// and tcp_wmem's maximum, several MiB per connection), for bulk
+    /// transfers over long fast paths, where the default limits throughput.
+    #[arg(long, value_name = "BYTES", default_value_t = net::DEFAULT_SOCKET_BUFFER,
+          value_parser = parse_socket_buffer)]
+    pub socket_buffer: usize,
+
     /// Most connections open at once; beyond it, new clients wait in the
     /// kernel's backlog until one closes. Default: the open-files limit
     /// (raised to its hard maximum at start) less 32 kept for the process
@@ -216,6 +229,7 @@ impl ServeArgs {
             tcp: !self.no_tcp,
             udp: !self.no_udp,
             buffer: self.buffer,
+            socket_buffer: self.socket_buffer,
             max_connections: self
                 .max_connections
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
@@ -298,6 +312,23 @@ fn parse_buffer_size(text: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_socket_buffer(text: &str) -> Result<usize, String> {
+    use net::{MAX_SOCKET_BUFFER, MIN_SOCKET_BUFFER};
+    let n: usize = text.parse().map_err(|_| {
+        format!(
+            "'{text}' is not a number of bytes, such as 262144 (0 keeps the kernel's autotuning)"
+        )
+    })?;
+    if n == 0 || (MIN_SOCKET_BUFFER..=MAX_SOCKET_BUFFER).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} bytes is outside the accepted range {MIN_SOCKET_BUFFER} to \
+             {MAX_SOCKET_BUFFER} (or 0, which keeps the kernel's autotuning)"
+        ))
+    }
+}
+
 fn parse_udp_rate(text: &str) -> Result<u32, String> {
     text.parse().map_err(|_| {
         format!(
@@ -332,6 +363,27 @@ mod tests {
         assert_eq!(parse_buffer_size("16384"), Ok(16384));
         assert!(parse_buffer_size("0").is_err());
         assert!(parse_buffer_size("lots").is_err());
+    }
+
+    #[test]
+    fn socket_buffer_has_bounds_and_a_word_for_the_kernel() {
+        assert_eq!(parse_socket_buffer("0"), Ok(0));
+        assert_eq!(parse_socket_buffer("4096"), Ok(4096));
+        assert_eq!(parse_socket_buffer("67108864"), Ok(64 << 20));
+        for bad in ["4095", "67108865", "1", "lots", "-1"] {
+            assert!(parse_socket_buffer(bad).is_err(), "{bad}");
+        }
+        let err = parse_socket_buffer("100").unwrap_err();
+        assert!(err.contains("4096 to 67108864"), "{err}");
+    }
+
+    #[test]
+    fn socket_buffer_reaches_the_config() {
+        let config = Cli::try_parse_from(["echod"]).unwrap().serve.to_config();
+        assert_eq!(config.socket_buffer, net::DEFAULT_SOCKET_BUFFER);
+        let cli = Cli::try_parse_from(["echod", "--socket-buffer", "0"]).unwrap();
+        let config = cli.serve.to_config();
+        assert_eq!(config.socket_buffer, 0);
     }
 
     #[test]

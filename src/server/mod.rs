@@ -61,6 +61,11 @@ pub struct ServerConfig {
     pub udp: bool,
     /// Capacity of each connection's ring, in bytes.
     pub buffer: usize,
+    /// Bytes asked for each of `SO_RCVBUF` and `SO_SNDBUF` of accepted
+    /// connections, set once on the listeners (see
+    /// [`crate::net::set_connection_options`]); 0 keeps the kernel's
+    /// autotuning.
+    pub socket_buffer: usize,
     /// Most connections open at once; `None` derives it from the
     /// open-files limit (see [`default_max_connections`]).
     pub max_connections: Option<usize>,
@@ -98,6 +103,7 @@ impl Default for ServerConfig {
             tcp: true,
             udp: true,
             buffer: crate::cli::DEFAULT_BUFFER,
+            socket_buffer: net::DEFAULT_SOCKET_BUFFER,
             max_connections: None,
             idle_timeout: Some(crate::cli::DEFAULT_IDLE_TIMEOUT),
             grace: crate::cli::DEFAULT_GRACE,
@@ -627,14 +633,9 @@ impl Server {
     }
 
     fn add_connection(&mut self, mut stream: TcpStream, peer: SocketAddr) {
-        // An echo is latency-bound: send each echo at once rather than
-        // waiting to coalesce it with more (Nagle's algorithm).
-        if let Err(err) = stream.set_nodelay(true) {
-            log::debug!(
-                "could not set TCP_NODELAY for {}: {err}",
-                display_addr(peer)
-            );
-        }
+        // No setsockopt here: TCP_NODELAY and the buffer sizes were set on
+        // the listener, and Linux copies them to every socket it accepts
+        // (see `net::set_connection_options`).
         let entry = self.connections.vacant_entry();
         let key = entry.key();
         // Registered once for both directions and never again: with edge
@@ -958,11 +959,31 @@ fn serve_inherited(
 ) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
     let served = activation::sort(sockets, config.tcp, config.udp, MAX_BINDS)
         .map_err(StartError::Activation)?;
-    let listeners = served
+    let connections = net::ConnectionOptions {
+        socket_buffer: config.socket_buffer,
+    };
+    let listeners: Vec<Listener> = served
         .tcp
         .into_iter()
         .map(|(socket, local)| Listener { socket, local })
         .collect();
+    // These listeners are listening already: the options reach the
+    // connections whose handshake comes after this (see
+    // `net::set_connection_options`). A service manager can set the same
+    // on the socket unit (NoDelay=, ReceiveBuffer=, SendBuffer=) so that
+    // the connection that started echod has them too.
+    for listener in &listeners {
+        if let Err(err) = net::set_connection_options(&listener.socket, connections) {
+            log::warn!(
+                "could not set TCP_NODELAY and the socket buffer sizes on the tcp socket \
+                 {} passed by the service manager: {err}. Its connections are served with \
+                 the kernel's defaults (set NoDelay=, ReceiveBuffer= and SendBuffer= in \
+                 the .socket unit instead).",
+                listener.local
+            );
+        }
+    }
+    report_socket_buffers(&listeners, config.socket_buffer);
     let udp = served
         .udp
         .into_iter()
@@ -985,6 +1006,9 @@ fn bind_addrs(
     let options = BindOptions {
         reuse_port: config.reuse_port,
         ipv6_only: addrs.iter().any(IpAddr::is_ipv4),
+        connections: net::ConnectionOptions {
+            socket_buffer: config.socket_buffer,
+        },
     };
     let mut listeners = Vec::new();
     let mut udp = Vec::new();
@@ -1002,7 +1026,36 @@ fn bind_addrs(
             udp.push(UdpEcho::new(socket, local, &config.udp_guard));
         }
     }
+    report_socket_buffers(&listeners, config.socket_buffer);
     Ok((listeners, udp))
+}
+
+/// Says what socket buffers accepted connections will get (the first
+/// listener's, which they inherit), and warns when the kernel granted less
+/// than `--socket-buffer` asked: then the memory bound is lower than asked,
+/// and throughput may be too.
+fn report_socket_buffers(listeners: &[Listener], asked: usize) {
+    let Some(listener) = listeners.first() else {
+        return;
+    };
+    if asked == 0 {
+        log::debug!("accepted connections keep the kernel's socket buffer autotuning");
+        return;
+    }
+    match net::buffer_sizes(&listener.socket) {
+        // Linux grants twice what is asked (socket(7)), up to twice
+        // net.core.rmem_max / wmem_max.
+        Ok((recv, send)) if recv < 2 * asked || send < 2 * asked => log::warn!(
+            "asked for {asked}-byte socket buffers (--socket-buffer), the kernel granted \
+             {recv} to receive and {send} to send, counting its doubling: it caps them at \
+             net.core.rmem_max and net.core.wmem_max (sysctl) for unprivileged processes"
+        ),
+        Ok((recv, send)) => log::debug!(
+            "accepted connections get socket buffers of {recv} bytes to receive and {send} \
+             to send (--socket-buffer {asked}, doubled by the kernel)"
+        ),
+        Err(err) => log::debug!("could not read the socket buffer sizes back: {err}"),
+    }
 }
 
 #[cfg(test)]
