@@ -167,6 +167,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
 
+    /// Most connections open at once from one client: one IPv4 address
+    /// (also when seen as ::ffff:a.b.c.d) or one IPv6 /64. A connection
+    /// over it is reset at once, so one host cannot take every slot.
+    /// Default: a quarter of --max-connections (at least 1); 1 to
+    /// 4294967295 (at --max-connections or above it never bites).
+    /// Loopback clients are exempt unless --limit-loopback.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_source: Option<u32>,
+
     /// Close a connection after this many seconds in which no byte moved
     /// either way; 0 never closes idle connections.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
@@ -232,6 +241,9 @@ impl ServeArgs {
             socket_buffer: self.socket_buffer,
             max_connections: self
                 .max_connections
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            max_connections_per_source: self
+                .max_connections_per_source
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             idle_timeout: match self.idle_timeout {
                 0 => None,
@@ -378,12 +390,22 @@ mod tests {
     }
 
     #[test]
-    fn socket_buffer_reaches_the_config() {
+    fn memory_and_per_source_flags_reach_the_config() {
         let config = Cli::try_parse_from(["echod"]).unwrap().serve.to_config();
         assert_eq!(config.socket_buffer, net::DEFAULT_SOCKET_BUFFER);
-        let cli = Cli::try_parse_from(["echod", "--socket-buffer", "0"]).unwrap();
+        assert_eq!(config.max_connections_per_source, None);
+        let cli = Cli::try_parse_from([
+            "echod",
+            "--socket-buffer",
+            "0",
+            "--max-connections-per-source",
+            "3",
+        ])
+        .unwrap();
         let config = cli.serve.to_config();
         assert_eq!(config.socket_buffer, 0);
+        assert_eq!(config.max_connections_per_source, Some(3));
+        assert!(Cli::try_parse_from(["echod", "--max-connections-per-source", "0"]).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod connection;
 mod listener;
 mod pipe;
 mod signals;
+mod sources;
 mod udp;
 mod udp_guard;
 
@@ -45,6 +46,7 @@ use crate::stats::{Stats, TcpStats};
 use clock::Clock;
 use listener::{Accepted, Listener};
 use signals::{Request, Signals};
+use sources::{Admission, SourceLimit};
 use udp::UdpEcho;
 
 /// What the server is asked to do; built from the command line by
@@ -69,6 +71,11 @@ pub struct ServerConfig {
     /// Most connections open at once; `None` derives it from the
     /// open-files limit (see [`default_max_connections`]).
     pub max_connections: Option<usize>,
+    /// Most connections open at once from one source (an IPv4 address or
+    /// an IPv6 /64; see [`crate::net::SourceKey`]); one more is reset.
+    /// `None`: a quarter of the connection limit, at least 1. Loopback
+    /// sources are exempt unless `limit_loopback`.
+    pub max_connections_per_source: Option<usize>,
     /// Close a connection after this long without progress; `None` never.
     pub idle_timeout: Option<Duration>,
     /// How long a shutdown waits for open sessions to finish.
@@ -105,6 +112,7 @@ impl Default for ServerConfig {
             buffer: crate::cli::DEFAULT_BUFFER,
             socket_buffer: net::DEFAULT_SOCKET_BUFFER,
             max_connections: None,
+            max_connections_per_source: None,
             idle_timeout: Some(crate::cli::DEFAULT_IDLE_TIMEOUT),
             grace: crate::cli::DEFAULT_GRACE,
             signals: false,
@@ -286,6 +294,8 @@ pub struct Server {
     /// When the connection limit was last warned about.
     limit_warned_at: Option<Instant>,
     max_connections: usize,
+    /// Connections open per source, and `--max-connections-per-source`.
+    per_source: SourceLimit,
     idle_timeout: Option<Duration>,
     grace: Duration,
     clock: Clock,
@@ -344,6 +354,9 @@ impl Server {
         // given: a limit set by hand needs the descriptors just as much.
         let derived = default_max_connections();
         let max_connections = config.max_connections.unwrap_or(derived);
+        let per_source = config
+            .max_connections_per_source
+            .unwrap_or(max_connections / 4);
         let signals = if config.signals {
             Some(Signals::new().map_err(StartError::Poll)?)
         } else {
@@ -362,6 +375,7 @@ impl Server {
             out_of_descriptors: false,
             limit_warned_at: None,
             max_connections,
+            per_source: SourceLimit::new(per_source, config.limit_loopback),
             idle_timeout: config.idle_timeout,
             grace: config.grace,
             clock: Clock::new(),
@@ -375,7 +389,14 @@ impl Server {
         };
         server.register_sockets().map_err(StartError::Poll)?;
         log::debug!(
-            "serving at most {max_connections} connections, {} bytes of buffer each",
+            "serving at most {max_connections} connections, {} per source{}, {} bytes of \
+             buffer each",
+            server.per_source.limit(),
+            if config.limit_loopback {
+                ""
+            } else {
+                " (loopback exempt)"
+            },
             config.buffer
         );
         Ok(server)
@@ -636,6 +657,16 @@ impl Server {
         // No setsockopt here: TCP_NODELAY and the buffer sizes were set on
         // the listener, and Linux copies them to every socket it accepts
         // (see `net::set_connection_options`).
+        // One source may hold at most --max-connections-per-source: a
+        // connection over it is reset before it costs a registration.
+        let source = match self.per_source.admit(peer.ip()) {
+            Admission::Exempt => None,
+            Admission::Counted(source) => Some(source),
+            Admission::Refused { source, first } => {
+                self.refuse_over_source_limit(stream, peer, source, first);
+                return;
+            }
+        };
         let entry = self.connections.vacant_entry();
         let key = entry.key();
         // Registered once for both directions and never again: with edge
@@ -648,16 +679,59 @@ impl Server {
         {
             self.stats.refused += 1;
             log::warn!("could not register the connection from {peer}: {err}; dropping it");
+            if let Some(source) = source {
+                self.per_source.forget(source);
+            }
             return;
         }
         log::debug!("connection {key}: accepted from {}", display_addr(peer));
         self.stats.accepted += 1;
         self.stats.active += 1;
+        if let Some(source) = source {
+            self.per_source.serving(key, source);
+        }
         entry.insert(Connection::new(stream).accepted_at(self.clock.now()));
+    }
+
+    /// Resets a connection whose source has the most connections
+    /// `--max-connections-per-source` allows: `SO_LINGER` 0, then close,
+    /// makes the kernel send an RST (socket(7)), so the client learns at
+    /// once rather than after a timeout, and nothing lingers in TIME_WAIT.
+    /// The first refusal of an episode is a warning; the rest are counted.
+    fn refuse_over_source_limit(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        source: net::SourceKey,
+        first: bool,
+    ) {
+        self.stats.source_limited += 1;
+        if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+            // Closed without it, the client gets a FIN instead: still told.
+            log::debug!("could not set SO_LINGER for {}: {err}", display_addr(peer));
+        }
+        drop(stream);
+        if first {
+            log::warn!(
+                "{source} has {} open, the most --max-connections-per-source allows: its \
+                 new connections are reset until all of its connections have closed \
+                 (counted as \"source limit\"). If it is one host of many behind a NAT or \
+                 proxy, raise --max-connections-per-source.",
+                count(u64::from(self.per_source.limit()), "connection")
+            );
+        } else {
+            log::debug!(
+                "connection from {} reset: over its source's limit",
+                display_addr(peer)
+            );
+        }
     }
 
     fn close(&mut self, key: usize, reason: CloseReason) {
         let mut conn = self.connections.remove(key);
+        // Uncounts it from its source if it was counted (not loopback, or
+        // --limit-loopback); with no source counted this is one test.
+        self.per_source.closed(key);
         // Its pipe goes back to the pool (or is closed, if bytes are left
         // in it) rather than staying attached to a connection now gone.
         conn.release(&mut self.buffers);
