@@ -161,7 +161,7 @@ fn apply(socket: &Socket, options: BindOptions) -> io::Result<()> {
 /// 512 KiB, both 1 MiB: even a connection with both queues full stays
 /// within 1 MiB of kernel memory. Measured on Linux 6.18 with a client
 /// that sends without reading until its send blocks (Recv-Q + Send-Q of
-/// the server's socket): 360 to 523 KB with [`NOTSENT_LOWAT`], 880 KB
+/// the server's socket): 359 to 553 KB with [`NOTSENT_LOWAT`], 880 KB
 /// without it, 4.5 to 5.3 MB with the kernel's autotuning (0).
 pub const DEFAULT_SOCKET_BUFFER: usize = 256 * 1024;
 
