@@ -8,14 +8,15 @@
 //! `tx_queue` and `rx_queue` columns, which `ss` shows as Send-Q and
 //! Recv-Q), so no tool is needed.
 
-use std::io::{ErrorKind, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::Command;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use echod::server::ServerConfig;
 
-use crate::util::{InProcess, connect};
+use crate::util::{self, Binary, ECHOD, IO_TIMEOUT, InProcess, connect};
 
 /// The most a slow reader may hold in the server's kernel queues with the
 /// default settings.
@@ -99,6 +100,58 @@ fn a_slow_reader_holds_at_most_1_mib_in_the_servers_kernel_queues() {
     // client's own send queue, the 64 KiB ring, and the bytes echoed back
     // into the client's receive queue.
     assert!(sent > send_q + recv_q, "sent {sent}");
+    assert!(
+        send_q + recv_q <= KERNEL_QUEUES_BOUND,
+        "the server's kernel queues hold {send_q} + {recv_q} bytes for one slow reader"
+    );
+}
+
+/// The same bound for a listener passed by a service manager, which is
+/// listening before echod sets the options on it: connections whose
+/// handshake comes after echod started get them too.
+#[test]
+fn a_slow_reader_on_an_inherited_listener_is_bounded_too() {
+    const SOCKET_ACTIVATE: &str = "systemd-socket-activate";
+    if !util::need(SOCKET_ACTIVATE, "Debian package systemd") {
+        return;
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
+    // The first connection starts echod: it waits in the backlog of the
+    // socket systemd-socket-activate opened (connecting as soon as that
+    // socket listens, bounded in time).
+    let first = thread::spawn(move || {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let mut stream = loop {
+            match TcpStream::connect(addr) {
+                Ok(stream) => break stream,
+                Err(err) if Instant::now() < deadline => {
+                    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(err) => panic!("could not connect to {addr}: {err}"),
+            }
+        };
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.write_all(b"wake up").unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).unwrap();
+        back
+    });
+    let echod = Binary::start_with(Command::new(SOCKET_ACTIVATE).args([
+        "--listen",
+        &addr.to_string(),
+        ECHOD,
+        "--no-udp",
+    ]));
+    assert_eq!(first.join().unwrap(), b"wake up");
+    assert_eq!(echod.tcp, Some(addr));
+
+    let mut client = connect(addr);
+    push_until_blocked(&mut client);
+    let (send_q, recv_q) = queues(addr, client.local_addr().unwrap())
+        .expect("the server's side of the connection is in /proc/net/tcp");
+    eprintln!("inherited: server Send-Q {send_q}, Recv-Q {recv_q}");
     assert!(
         send_q + recv_q <= KERNEL_QUEUES_BOUND,
         "the server's kernel queues hold {send_q} + {recv_q} bytes for one slow reader"
