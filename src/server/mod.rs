@@ -657,6 +657,7 @@ impl Server {
         // No setsockopt here: TCP_NODELAY and the buffer sizes were set on
         // the listener, and Linux copies them to every socket it accepts
         // (see `net::set_connection_options`).
+
         // One source may hold at most --max-connections-per-source: a
         // connection over it is reset before it costs a registration.
         let source = match self.per_source.admit(peer.ip()) {
