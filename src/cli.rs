@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::net;
 use crate::server::{DEFAULT_UDP_RATE, GuardConfig, PortRange, ServerConfig};
 
 /// RFC 862: "A server listens for TCP connections on TCP port 7" (and for
@@ -177,6 +178,18 @@ pub struct ServeArgs {
           value_parser = parse_buffer_size)]
     pub buffer: usize,
 
+    /// Kernel buffer each connection gets per direction (SO_RCVBUF and
+    /// SO_SNDBUF; Linux doubles the size asked), with TCP_NOTSENT_LOWAT
+    /// of 16 KiB. It bounds what a client that sends without reading holds
+    /// in the kernel: about 0.5 MiB per connection with the default. 4096
+    /// to 67108864, capped by the kernel at net.core.rmem_max and
+    /// wmem_max; 0 keeps the kernel's autotuning (up to net.ipv4.tcp_rmem
+    /// and tcp_wmem's maximum, several MiB per connection), for bulk
+    /// transfers over long fast paths, where the default limits throughput.
+    #[arg(long, value_name = "BYTES", default_value_t = net::DEFAULT_SOCKET_BUFFER,
+          value_parser = parse_socket_buffer)]
+    pub socket_buffer: usize,
+
     /// Most connections open at once; beyond it, new clients wait in the
     /// kernel's backlog until one closes. Default: the open-files limit
     /// (raised to its hard maximum at start) less 32 kept for the process
@@ -185,6 +198,15 @@ pub struct ServeArgs {
     /// From 1 to 2147483584 (Linux's ceiling on open files).
     #[arg(long, value_name = "N", value_parser = parse_max_connections)]
     pub max_connections: Option<u64>,
+
+    /// Most connections open at once from one client: one IPv4 address
+    /// (also when seen as ::ffff:a.b.c.d) or one IPv6 /64. A connection
+    /// over it is reset at once, so one host cannot take every slot.
+    /// Default: a quarter of --max-connections (at least 1); 1 to
+    /// 4294967295 (at --max-connections or above it never bites).
+    /// Loopback clients are exempt unless --limit-loopback.
+    #[arg(long, value_name = "N", value_parser = parse_max_connections_per_source)]
+    pub max_connections_per_source: Option<u32>,
 
     /// Close a connection after this many seconds in which no byte moved
     /// either way (0 to 604800, a week); 0 never closes idle connections.
@@ -253,8 +275,12 @@ impl ServeArgs {
             tcp: !self.no_tcp,
             udp: !self.no_udp,
             buffer: self.buffer,
+            socket_buffer: self.socket_buffer,
             max_connections: self
                 .max_connections
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            max_connections_per_source: self
+                .max_connections_per_source
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             idle_timeout: match self.idle_timeout {
                 0 => None,
@@ -394,6 +420,28 @@ pub fn parse_udp_rate(text: &str) -> Result<u32, String> {
         "a number of datagrams per second",
         0..=MAX_UDP_RATE,
         " (0 turns the limit off)",
+    )
+}
+
+fn parse_socket_buffer(text: &str) -> Result<usize, String> {
+    use net::{MAX_SOCKET_BUFFER, MIN_SOCKET_BUFFER};
+    if text == "0" {
+        return Ok(0);
+    }
+    parse_within(
+        text,
+        "a number of bytes",
+        MIN_SOCKET_BUFFER..=MAX_SOCKET_BUFFER,
+        " (64 MiB), such as 262144; or 0, which keeps the kernel's autotuning",
+    )
+}
+
+fn parse_max_connections_per_source(text: &str) -> Result<u32, String> {
+    parse_within(
+        text,
+        "a number of connections",
+        1..=u32::MAX,
+        " (at --max-connections or above it never bites)",
     )
 }
 
@@ -693,6 +741,37 @@ mod tests {
         ] {
             assert!(help.contains(range), "the help does not say {range:?}");
         }
+    }
+
+    #[test]
+    fn socket_buffer_has_bounds_and_a_word_for_the_kernel() {
+        assert_eq!(parse_socket_buffer("0"), Ok(0));
+        assert_eq!(parse_socket_buffer("4096"), Ok(4096));
+        assert_eq!(parse_socket_buffer("67108864"), Ok(64 << 20));
+        for bad in ["4095", "67108865", "1", "lots", "-1"] {
+            assert!(parse_socket_buffer(bad).is_err(), "{bad}");
+        }
+        let err = parse_socket_buffer("100").unwrap_err();
+        assert!(err.contains("4096 to 67108864"), "{err}");
+    }
+
+    #[test]
+    fn memory_and_per_source_flags_reach_the_config() {
+        let config = Cli::try_parse_from(["echod"]).unwrap().serve.to_config();
+        assert_eq!(config.socket_buffer, net::DEFAULT_SOCKET_BUFFER);
+        assert_eq!(config.max_connections_per_source, None);
+        let cli = Cli::try_parse_from([
+            "echod",
+            "--socket-buffer",
+            "0",
+            "--max-connections-per-source",
+            "3",
+        ])
+        .unwrap();
+        let config = cli.serve.to_config();
+        assert_eq!(config.socket_buffer, 0);
+        assert_eq!(config.max_connections_per_source, Some(3));
+        assert!(Cli::try_parse_from(["echod", "--max-connections-per-source", "0"]).is_err());
     }
 
     #[test]

@@ -68,6 +68,7 @@
 //! src/server/listener.rs       accept and what its errors mean
 //! src/server/connection.rs     Connection + State: the echo state machine
 //! src/server/pipe.rs           pipes for splice(2): bulk streams echoed without a copy
+//! src/server/sources.rs        connections open per source, and their limit
 //! src/server/udp.rs            datagram echo and its bounded reply queue
 //! src/server/udp_guard.rs      which datagrams not to answer; per-source rate limit
 //! ```

@@ -6,7 +6,9 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use std::os::fd::AsFd;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 /// How many connections may wait in the kernel's accept queue. The kernel
 /// caps it at `net.core.somaxconn` (4096 on current Linux).
@@ -132,6 +134,9 @@ fn new_socket(
 /// Choices about how sockets are bound, beyond the address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BindOptions {
+    /// Options set on TCP listeners for the connections they accept (see
+    /// [`set_connection_options`]); UDP sockets ignore them.
+    pub connections: ConnectionOptions,
     /// Set `SO_REUSEPORT`, so that several processes (one per core) can
     /// bind the same port; the kernel then spreads new connections and
     /// datagrams among them by a hash of the peer's address and port.
@@ -150,6 +155,81 @@ fn apply(socket: &Socket, options: BindOptions) -> io::Result<()> {
     Ok(())
 }
 
+/// The default of `--socket-buffer`: the size asked for with `SO_RCVBUF`
+/// and `SO_SNDBUF` on each accepted connection. Linux doubles it (the
+/// extra is for its bookkeeping, socket(7)), so each queue may hold up to
+/// 512 KiB, both 1 MiB: even a connection with both queues full stays
+/// within 1 MiB of kernel memory. Measured on Linux 6.18 with a client
+/// that sends without reading until its send blocks (Recv-Q + Send-Q of
+/// the server's socket): 359 to 553 KB with [`NOTSENT_LOWAT`], 880 KB
+/// without it, 4.5 to 5.3 MB with the kernel's autotuning (0).
+pub const DEFAULT_SOCKET_BUFFER: usize = 256 * 1024;
+
+/// The smallest `--socket-buffer` other than 0: a few segments. Linux
+/// raises anything smaller to its own minimum anyway (`SOCK_MIN_RCVBUF`).
+pub const MIN_SOCKET_BUFFER: usize = 4096;
+
+/// The largest `--socket-buffer`: 64 MiB. Linux caps what it grants at
+/// `net.core.rmem_max` and `net.core.wmem_max` (4 MiB on many systems,
+/// 208 KiB on a stock kernel) unless raised; echod logs what it got.
+pub const MAX_SOCKET_BUFFER: usize = 64 * 1024 * 1024;
+
+/// `TCP_NOTSENT_LOWAT` on every accepted connection: the socket takes more
+/// from echod only while fewer bytes than this wait unsent in its queue
+/// (tcp(7)). For a client that does not read, what the kernel cannot send
+/// then stays in echod's ring (bounded by `--buffer`) instead of filling
+/// the send buffer too: measured with the default buffers, a slow
+/// reader's Send-Q went from 508 KB to 32 KB. Bytes in flight are not
+/// limited by it, so a client that reads is not slowed; 16 KiB is the
+/// value Cloudflare published for its servers.
+pub const NOTSENT_LOWAT: u32 = 16 * 1024;
+
+/// What every connection a listener accepts should start with. Set once
+/// on the listening socket: Linux copies the socket's options to each
+/// socket `accept` returns (`sk_clone_lock` copies the socket,
+/// `inet_csk_clone_lock` the TCP state), so an accepted connection needs
+/// no `setsockopt` of its own. `tests::accepted_sockets_inherit_the_options`
+/// checks each option on the running kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionOptions {
+    /// Bytes asked for each of `SO_RCVBUF` and `SO_SNDBUF`
+    /// (`--socket-buffer`); 0 keeps the kernel's autotuning.
+    pub socket_buffer: usize,
+}
+
+/// Sets [`ConnectionOptions`] on a TCP listener, for the connections it
+/// will accept:
+///
+/// - `TCP_NODELAY`: an echo is latency-bound, so each echo goes out at once
+///   rather than waiting to be coalesced with more (Nagle's algorithm);
+/// - `SO_RCVBUF` and `SO_SNDBUF` (unless 0): a bound on what one connection
+///   holds in the kernel, which turns the receive autotuning off for it;
+/// - `TCP_NOTSENT_LOWAT` (with the buffers): [`NOTSENT_LOWAT`].
+///
+/// The window scale a connection announces is chosen from the listener's
+/// receive buffer when its handshake arrives, so on a listener that is
+/// listening already (socket activation) the sizes apply to connections
+/// whose handshake comes after this call; those already queued keep the
+/// options they were accepted with.
+pub fn set_connection_options<S: AsFd>(listener: &S, options: ConnectionOptions) -> io::Result<()> {
+    let socket = SockRef::from(listener);
+    socket.set_tcp_nodelay(true)?;
+    if options.socket_buffer > 0 {
+        socket.set_recv_buffer_size(options.socket_buffer)?;
+        socket.set_send_buffer_size(options.socket_buffer)?;
+        socket.set_tcp_notsent_lowat(NOTSENT_LOWAT)?;
+    }
+    Ok(())
+}
+
+/// The receive and send buffer sizes a socket was granted, as the kernel
+/// reports them (twice what was asked for, unless capped by
+/// `net.core.rmem_max` / `net.core.wmem_max`).
+pub fn buffer_sizes<S: AsFd>(socket: &S) -> io::Result<(usize, usize)> {
+    let socket = SockRef::from(socket);
+    Ok((socket.recv_buffer_size()?, socket.send_buffer_size()?))
+}
+
 /// Binds a nonblocking TCP listener on `addr`.
 pub fn bind_tcp(
     addr: SocketAddr,
@@ -162,6 +242,10 @@ pub fn bind_tcp(
         // SO_REUSEPORT does.)
         socket.set_reuse_address(true)?;
         apply(&socket, options)?;
+        // Before listen(): tcp(7) asks for the buffer sizes to be set
+        // before listen(2) so the window scale offered in the handshake
+        // fits them (see `set_connection_options`).
+        set_connection_options(&socket, options.connections)?;
         socket.bind(&addr.into())?;
         socket.listen(LISTEN_BACKLOG)?;
         Ok(mio::net::TcpListener::from_std(socket.into()))
@@ -208,6 +292,43 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 
+/// What a client is known by in the per-source limits (`--udp-rate`,
+/// `--max-connections-per-source`): its address without the port (a host
+/// can use any number of ports), and for IPv6 its /64 prefix: a host
+/// usually holds a whole /64 and may pick any address in it (privacy
+/// addresses, RFC 8981), so a per-address key would hand one host 2^64
+/// sources. An IPv4 client seen through a dual-stack socket
+/// (`::ffff:a.b.c.d`) is keyed as the IPv4 address it is.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum SourceKey {
+    /// An IPv4 address.
+    V4(u32),
+    /// The first 64 bits of an IPv6 address.
+    V6Prefix(u64),
+}
+
+impl SourceKey {
+    /// The key of a client at `ip`.
+    pub fn of(ip: IpAddr) -> SourceKey {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => SourceKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) => SourceKey::V6Prefix((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+impl fmt::Display for SourceKey {
+    /// `192.0.2.1`, or `2001:db8:1:2::/64`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            SourceKey::V4(v4) => Ipv4Addr::from(v4).fmt(f),
+            SourceKey::V6Prefix(prefix) => {
+                write!(f, "{}/64", Ipv6Addr::from(u128::from(prefix) << 64))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +341,17 @@ mod tests {
         for text in ["10.0.0.1", "::", "::ffff:10.0.0.1", "::2", "fe80::1"] {
             assert!(!is_loopback(text.parse().unwrap()), "{text}");
         }
+    }
+
+    #[test]
+    fn sources_are_keyed_by_ipv4_address_or_ipv6_prefix() {
+        let key = |text: &str| SourceKey::of(text.parse().unwrap());
+        assert_eq!(key("192.0.2.1"), key("::ffff:192.0.2.1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.1").to_string(), "192.0.2.1");
+        assert_eq!(key("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
     }
 
     fn error(kind_errno: i32, addr: &str) -> String {
@@ -274,6 +406,71 @@ mod tests {
         let taken = first.local_addr().unwrap();
         let err = bind_tcp(taken, BindOptions::default()).unwrap_err();
         assert_eq!(err.source.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    /// What an accepted socket was given, read back from it.
+    fn options_of<S: AsFd>(socket: &S) -> (bool, usize, usize, u32) {
+        let socket = SockRef::from(socket);
+        (
+            socket.tcp_nodelay().unwrap(),
+            socket.recv_buffer_size().unwrap(),
+            socket.send_buffer_size().unwrap(),
+            socket.tcp_notsent_lowat().unwrap(),
+        )
+    }
+
+    /// Accepts one connection on `listener` and returns its options.
+    fn accepted_options(listener: &std::net::TcpListener) -> (bool, usize, usize, u32) {
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        options_of(&accepted)
+    }
+
+    /// The premise of `set_connection_options`, checked on the running
+    /// kernel: a socket returned by accept carries the listener's
+    /// TCP_NODELAY, SO_RCVBUF, SO_SNDBUF and TCP_NOTSENT_LOWAT, whether
+    /// they were set before listen() (bound here) or after (inherited
+    /// from a service manager).
+    #[test]
+    fn accepted_sockets_inherit_the_options() {
+        let asked = 96 * 1024; // not a kernel default, so inheritance shows
+        let options = BindOptions {
+            connections: ConnectionOptions {
+                socket_buffer: asked,
+            },
+            ..BindOptions::default()
+        };
+        let bound: std::net::TcpListener = bind_tcp("127.0.0.1:0".parse().unwrap(), options)
+            .unwrap()
+            .into();
+        // Linux grants twice what is asked (socket(7)).
+        let expected = (true, 2 * asked, 2 * asked, NOTSENT_LOWAT);
+        assert_eq!(accepted_options(&bound), expected, "set before listen()");
+
+        let listening = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        set_connection_options(&listening, options.connections).unwrap();
+        assert_eq!(accepted_options(&listening), expected, "set after listen()");
+    }
+
+    /// Without the options an accepted socket differs in each of them, so
+    /// the test above sees inheritance, not coincidence; and 0 leaves the
+    /// buffers to the kernel while still turning Nagle off.
+    #[test]
+    fn without_the_options_accepted_sockets_have_the_kernel_defaults() {
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (nodelay, recv, send, lowat) = accepted_options(&plain);
+        assert!(!nodelay);
+        assert_ne!(
+            (recv, send, lowat),
+            (2 * 96 * 1024, 2 * 96 * 1024, NOTSENT_LOWAT)
+        );
+        let autotuned = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        set_connection_options(&autotuned, ConnectionOptions::default()).unwrap();
+        let (nodelay, recv, send, lowat) = accepted_options(&autotuned);
+        assert!(nodelay);
+        assert_ne!(lowat, NOTSENT_LOWAT);
+        assert_ne!((recv, send), (2 * 96 * 1024, 2 * 96 * 1024));
     }
 
     #[test]

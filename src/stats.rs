@@ -26,6 +26,9 @@ pub struct TcpStats {
     pub closed_shutdown: u64,
     /// Times accepting paused because `--max-connections` were open.
     pub limit_reached: u64,
+    /// Connections reset at once because their source had
+    /// `--max-connections-per-source` open.
+    pub source_limited: u64,
     /// Connections lost before they could be served: reset while waiting
     /// in the backlog, or not registrable with the poll. (Clients waiting
     /// while descriptors are exhausted are not refused: they stay in the
@@ -77,8 +80,8 @@ impl fmt::Display for Stats {
         write!(
             f,
             "tcp: accepted {}, active {}, closed {closed} (eof {}, reset {}, error {}, idle {}, \
-             shutdown {}), limit reached {}, refused {}, bytes in {}, out {} (spliced {}, \
-             no pipe {}); ",
+             shutdown {}), limit reached {}, source limit {}, refused {}, bytes in {}, out {} \
+             (spliced {}, no pipe {}); ",
             t.accepted,
             t.active,
             t.closed_eof,
@@ -87,6 +90,7 @@ impl fmt::Display for Stats {
             t.closed_idle,
             t.closed_shutdown,
             t.limit_reached,
+            t.source_limited,
             t.refused,
             t.bytes_in,
             t.bytes_out,

@@ -205,14 +205,25 @@ pub struct Buffers {
     /// allocates nothing.
     #[allow(clippy::vec_box)]
     spare: Vec<Box<Ring>>,
+    /// How many spare rings are kept: [`SPARE_RINGS`], fewer for rings so
+    /// big that they would hold more than [`SPARE_RING_BYTES`].
+    spares_kept: usize,
     /// Pipes for bulk connections (Linux; none with `--no-splice`).
     pub pipes: Pipes,
 }
 
-/// How many drained rings the loop keeps for reuse: enough to absorb a
-/// burst of slow readers without an allocation each, few enough that the
-/// memory of a burst long gone is given back.
+/// How many drained rings the loop keeps for reuse at most: enough to
+/// absorb a burst of slow readers without an allocation each, few enough
+/// that the memory of a burst long gone is given back.
 const SPARE_RINGS: usize = 64;
+
+/// How many bytes of drained rings the loop keeps for reuse at most: the
+/// 64 rings of the default 64 KiB. Counting rings alone kept up to 64 ×
+/// `--buffer`, 1 GiB at 16 MiB: with `--buffer 16M`, 20 slow readers left
+/// 336 MB resident after they had gone. Larger rings are kept fewer (none
+/// beyond 4 MiB each), and one of those costs little to allocate anew
+/// beside the megabytes it will carry.
+const SPARE_RING_BYTES: usize = 4 * 1024 * 1024;
 
 impl Buffers {
     /// Buffers for connections whose rings hold `capacity` bytes; no
@@ -221,6 +232,7 @@ impl Buffers {
         Buffers {
             scratch: vec![0; capacity].into_boxed_slice(),
             spare: Vec::new(),
+            spares_kept: (SPARE_RING_BYTES / capacity.max(1)).min(SPARE_RINGS),
             pipes: Pipes::new(capacity, false),
         }
     }
@@ -244,7 +256,7 @@ impl Buffers {
     }
 
     fn give_back(&mut self, mut ring: Box<Ring>) {
-        if self.spare.len() < SPARE_RINGS {
+        if self.spare.len() < self.spares_kept {
             ring.clear();
             self.spare.push(ring);
         }

@@ -21,6 +21,7 @@ mod connection;
 mod listener;
 mod pipe;
 mod signals;
+mod sources;
 mod udp;
 mod udp_guard;
 
@@ -46,6 +47,7 @@ use crate::stats::{Stats, TcpStats};
 use clock::Clock;
 use listener::{Accepted, Listener};
 use signals::{Request, Signals};
+use sources::{Admission, SourceLimit};
 use udp::UdpEcho;
 
 /// What the server is asked to do; built from the command line by
@@ -62,9 +64,19 @@ pub struct ServerConfig {
     pub udp: bool,
     /// Capacity of each connection's ring, in bytes.
     pub buffer: usize,
+    /// Bytes asked for each of `SO_RCVBUF` and `SO_SNDBUF` of accepted
+    /// connections, set once on the listeners (see
+    /// [`crate::net::set_connection_options`]); 0 keeps the kernel's
+    /// autotuning.
+    pub socket_buffer: usize,
     /// Most connections open at once; `None` derives it from the
     /// open-files limit (see [`default_max_connections`]).
     pub max_connections: Option<usize>,
+    /// Most connections open at once from one source (an IPv4 address or
+    /// an IPv6 /64; see [`crate::net::SourceKey`]); one more is reset.
+    /// `None`: a quarter of the connection limit, at least 1. Loopback
+    /// sources are exempt unless `limit_loopback`.
+    pub max_connections_per_source: Option<usize>,
     /// Close a connection after this long without progress; `None` never.
     /// At most [`MAX_IDLE_TIMEOUT`](crate::cli::MAX_IDLE_TIMEOUT): longer is
     /// taken as that.
@@ -103,7 +115,9 @@ impl Default for ServerConfig {
             tcp: true,
             udp: true,
             buffer: crate::cli::DEFAULT_BUFFER,
+            socket_buffer: net::DEFAULT_SOCKET_BUFFER,
             max_connections: None,
+            max_connections_per_source: None,
             idle_timeout: Some(crate::cli::DEFAULT_IDLE_TIMEOUT),
             grace: crate::cli::DEFAULT_GRACE,
             signals: false,
@@ -365,6 +379,8 @@ pub struct Server {
     /// When the connection limit was last warned about.
     limit_warned_at: Option<Instant>,
     max_connections: usize,
+    /// Connections open per source, and `--max-connections-per-source`.
+    per_source: SourceLimit,
     idle_timeout: Option<Duration>,
     grace: Duration,
     clock: Clock,
@@ -426,6 +442,9 @@ impl Server {
         // given: a limit set by hand needs the descriptors just as much.
         let derived = default_max_connections();
         let max_connections = config.max_connections.unwrap_or(derived);
+        let per_source = config
+            .max_connections_per_source
+            .unwrap_or(max_connections / 4);
         let signals = if config.signals {
             Some(Signals::new().map_err(StartError::Poll)?)
         } else {
@@ -444,6 +463,7 @@ impl Server {
             out_of_descriptors: false,
             limit_warned_at: None,
             max_connections,
+            per_source: SourceLimit::new(per_source, config.limit_loopback),
             // The command line refuses more; a config built in code is
             // held to the same bounds, so no deadline computed from them
             // can overflow an Instant or outlive the loop's clock.
@@ -463,7 +483,14 @@ impl Server {
         };
         server.register_sockets().map_err(StartError::Poll)?;
         log::debug!(
-            "serving at most {max_connections} connections, {} bytes of buffer each",
+            "serving at most {max_connections} connections, {} per source{}, {} bytes of \
+             buffer each",
+            server.per_source.limit(),
+            if config.limit_loopback {
+                ""
+            } else {
+                " (loopback exempt)"
+            },
             config.buffer
         );
         Ok(server)
@@ -783,14 +810,20 @@ impl Server {
     }
 
     fn add_connection(&mut self, mut stream: TcpStream, peer: SocketAddr) {
-        // An echo is latency-bound: send each echo at once rather than
-        // waiting to coalesce it with more (Nagle's algorithm).
-        if let Err(err) = stream.set_nodelay(true) {
-            log::debug!(
-                "could not set TCP_NODELAY for {}: {err}",
-                display_addr(peer)
-            );
-        }
+        // No setsockopt here: TCP_NODELAY and the buffer sizes were set on
+        // the listener, and Linux copies them to every socket it accepts
+        // (see `net::set_connection_options`).
+
+        // One source may hold at most --max-connections-per-source: a
+        // connection over it is reset before it costs a registration.
+        let source = match self.per_source.admit(peer.ip()) {
+            Admission::Exempt => None,
+            Admission::Counted(source) => Some(source),
+            Admission::Refused { source, first } => {
+                self.refuse_over_source_limit(stream, peer, source, first);
+                return;
+            }
+        };
         let entry = self.connections.vacant_entry();
         let key = entry.key();
         // Registered once for both directions and never again: with edge
@@ -803,16 +836,59 @@ impl Server {
         {
             self.stats.refused += 1;
             log::warn!("could not register the connection from {peer}: {err}; dropping it");
+            if let Some(source) = source {
+                self.per_source.forget(source);
+            }
             return;
         }
         log::debug!("connection {key}: accepted from {}", display_addr(peer));
         self.stats.accepted += 1;
         self.stats.active += 1;
+        if let Some(source) = source {
+            self.per_source.serving(key, source);
+        }
         entry.insert(Connection::new(stream).accepted_at(self.clock.now()));
+    }
+
+    /// Resets a connection whose source has the most connections
+    /// `--max-connections-per-source` allows: `SO_LINGER` 0, then close,
+    /// makes the kernel send an RST (socket(7)), so the client learns at
+    /// once rather than after a timeout, and nothing lingers in TIME_WAIT.
+    /// The first refusal of an episode is a warning; the rest are counted.
+    fn refuse_over_source_limit(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        source: net::SourceKey,
+        first: bool,
+    ) {
+        self.stats.source_limited += 1;
+        if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+            // Closed without it, the client gets a FIN instead: still told.
+            log::debug!("could not set SO_LINGER for {}: {err}", display_addr(peer));
+        }
+        drop(stream);
+        if first {
+            log::warn!(
+                "{source} has {} open, the most --max-connections-per-source allows: its \
+                 new connections are reset until all of its connections have closed \
+                 (counted as \"source limit\"). If it is one host of many behind a NAT or \
+                 proxy, raise --max-connections-per-source.",
+                count(u64::from(self.per_source.limit()), "connection")
+            );
+        } else {
+            log::debug!(
+                "connection from {} reset: over its source's limit",
+                display_addr(peer)
+            );
+        }
     }
 
     fn close(&mut self, key: usize, reason: CloseReason) {
         let mut conn = self.connections.remove(key);
+        // Uncounts it from its source if it was counted (not loopback, or
+        // --limit-loopback); with no source counted this is one test.
+        self.per_source.closed(key);
         // Its pipe goes back to the pool (or is closed, if bytes are left
         // in it) rather than staying attached to a connection now gone.
         conn.release(&mut self.buffers);
@@ -1152,11 +1228,31 @@ fn serve_inherited(
 ) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
     let served = activation::sort(sockets, config.tcp, config.udp, MAX_BINDS)
         .map_err(StartError::Activation)?;
-    let listeners = served
+    let connections = net::ConnectionOptions {
+        socket_buffer: config.socket_buffer,
+    };
+    let listeners: Vec<Listener> = served
         .tcp
         .into_iter()
         .map(|(socket, local)| Listener::new(socket, local))
         .collect();
+    // These listeners are listening already: the options reach the
+    // connections whose handshake comes after this (see
+    // `net::set_connection_options`). A service manager can set the same
+    // on the socket unit (NoDelay=, ReceiveBuffer=, SendBuffer=) so that
+    // the connection that started echod has them too.
+    for listener in &listeners {
+        if let Err(err) = net::set_connection_options(&listener.socket, connections) {
+            log::warn!(
+                "could not set TCP_NODELAY and the socket buffer sizes on the tcp socket \
+                 {} passed by the service manager: {err}. Its connections are served with \
+                 the kernel's defaults (set NoDelay=, ReceiveBuffer= and SendBuffer= in \
+                 the .socket unit instead).",
+                listener.local
+            );
+        }
+    }
+    report_socket_buffers(&listeners, config.socket_buffer);
     let udp = served
         .udp
         .into_iter()
@@ -1179,6 +1275,9 @@ fn bind_addrs(
     let options = BindOptions {
         reuse_port: config.reuse_port,
         ipv6_only: addrs.iter().any(IpAddr::is_ipv4),
+        connections: net::ConnectionOptions {
+            socket_buffer: config.socket_buffer,
+        },
     };
     let mut listeners = Vec::new();
     let mut udp = Vec::new();
@@ -1196,7 +1295,47 @@ fn bind_addrs(
             udp.push(UdpEcho::new(socket, local, &config.udp_guard));
         }
     }
+    report_socket_buffers(&listeners, config.socket_buffer);
     Ok((listeners, udp))
+}
+
+/// Says what socket buffers accepted connections will get (the first
+/// listener's, which they inherit), and warns when the kernel granted less
+/// than `--socket-buffer` asked: then the memory bound is lower than asked,
+/// and throughput may be too.
+fn report_socket_buffers(listeners: &[Listener], asked: usize) {
+    let Some(listener) = listeners.first() else {
+        return;
+    };
+    if asked == 0 {
+        log::debug!("accepted connections keep the kernel's socket buffer autotuning");
+        return;
+    }
+    match net::buffer_sizes(&listener.socket) {
+        // Linux grants twice what is asked (socket(7)), up to twice
+        // net.core.rmem_max / wmem_max. A stock kernel caps the default
+        // (212,992, so 425,984 granted): still bounded, so only a size the
+        // operator chose is worth a warning.
+        Ok((recv, send)) if recv < 2 * asked || send < 2 * asked => {
+            let level = if asked == net::DEFAULT_SOCKET_BUFFER {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            };
+            log::log!(
+                level,
+                "--socket-buffer {asked}: the kernel granted socket buffers of {recv} bytes \
+                 to receive and {send} to send, where it grants twice what is asked; it caps \
+                 them at twice net.core.rmem_max and net.core.wmem_max, which sysctl can \
+                 raise"
+            );
+        }
+        Ok((recv, send)) => log::debug!(
+            "accepted connections get socket buffers of {recv} bytes to receive and {send} \
+             to send (--socket-buffer {asked}, doubled by the kernel)"
+        ),
+        Err(err) => log::debug!("could not read the socket buffer sizes back: {err}"),
+    }
 }
 
 #[cfg(test)]

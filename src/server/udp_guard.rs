@@ -38,6 +38,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use crate::net::SourceKey;
+
 /// Source ports below this are refused: they belong to system services,
 /// several of which answer every datagram (echo 7, discard 9, daytime 13,
 /// qotd 17, chargen 19, time 37, DNS 53, NTP 123, SNMP 161, ...). This is
@@ -385,10 +387,11 @@ struct Bucket {
 /// when the server starts (`RandomState`), so nobody outside can tell
 /// which addresses collide.
 ///
-/// **The key.** The port is left out (a host can use any number of them).
-/// An IPv6 source is keyed by its /64 prefix: a host usually holds a whole
-/// /64 and may pick any address in it (privacy addresses), so a per-address
-/// key would hand one host 2^64 buckets.
+/// **The key** is [`SourceKey`]: the port is left out (a host can use any
+/// number of them), and an IPv6 source is keyed by its /64 prefix: a host
+/// usually holds a whole /64 and may pick any address in it (privacy
+/// addresses), so a per-address key would hand one host 2^64 buckets. The
+/// per-source connection limit keys sources the same way.
 pub struct RateLimiter {
     buckets: Box<[Bucket]>,
     keys: RandomState,
@@ -398,22 +401,6 @@ pub struct RateLimiter {
     rate: u64,
     /// The burst, in nano-tokens: `rate` tokens.
     capacity: u64,
-}
-
-/// What a source is known by in the rate limiter.
-#[derive(Hash)]
-enum SourceKey {
-    V4(u32),
-    V6Prefix(u64),
-}
-
-impl SourceKey {
-    fn of(ip: IpAddr) -> SourceKey {
-        match ip {
-            IpAddr::V4(v4) => SourceKey::V4(u32::from(v4)),
-            IpAddr::V6(v6) => SourceKey::V6Prefix((u128::from(v6) >> 64) as u64),
-        }
-    }
 }
 
 impl RateLimiter {

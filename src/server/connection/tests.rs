@@ -351,3 +351,25 @@ fn a_connection_stays_small() {
         std::mem::size_of::<Connection<mio::net::TcpStream>>()
     );
 }
+
+/// Spare rings are bounded in bytes, not only in number: big rings
+/// (`--buffer 16M`) left behind by a burst of slow readers are freed, not
+/// kept by the dozen.
+#[test]
+fn spare_rings_are_bounded_in_bytes() {
+    let keep = |capacity: usize, rings: usize| {
+        let mut bufs = Buffers::new(capacity);
+        let taken: Vec<_> = (0..rings).map(|_| bufs.take_ring()).collect();
+        for ring in taken {
+            bufs.give_back(ring);
+        }
+        bufs.spare.len()
+    };
+    // The default 64 KiB: 64 rings, as many as the count allows.
+    assert_eq!(keep(64 * 1024, 70), 64);
+    assert_eq!(64 * 64 * 1024, SPARE_RING_BYTES);
+    // Half the byte budget each: two are kept.
+    assert_eq!(keep(SPARE_RING_BYTES / 2, 3), 2);
+    // Bigger than the budget: none.
+    assert_eq!(keep(SPARE_RING_BYTES + 1, 2), 0);
+}
