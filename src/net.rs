@@ -162,6 +162,7 @@ pub fn bind_tcp(
         // SO_REUSEPORT does.)
         socket.set_reuse_address(true)?;
         apply(&socket, options)?;
+        urgent_inline(&socket)?;
         socket.bind(&addr.into())?;
         socket.listen(LISTEN_BACKLOG)?;
         Ok(mio::net::TcpListener::from_std(socket.into()))
@@ -171,6 +172,19 @@ pub fn bind_tcp(
         addr,
         source,
     })
+}
+
+/// Sets `SO_OOBINLINE` on a TCP listener: TCP urgent data (a byte a peer
+/// sends with `MSG_OOB`) stays in the stream as an ordinary byte, where it
+/// was sent, instead of being taken out of it to be read apart with
+/// `MSG_OOB`. RFC 862 asks that whatever is received be sent back, and RFC
+/// 6093 (section 6) asks new applications to read urgent data inline.
+///
+/// Set once on the listener rather than on every connection: Linux copies a
+/// listener's socket flags to the sockets it accepts (checked by a test
+/// below), so no connection costs a system call for it.
+pub fn urgent_inline(listener: impl std::os::fd::AsFd) -> io::Result<()> {
+    socket2::SockRef::from(&listener).set_out_of_band_inline(true)
 }
 
 /// Binds a nonblocking UDP socket on `addr`.
@@ -274,6 +288,46 @@ mod tests {
         let taken = first.local_addr().unwrap();
         let err = bind_tcp(taken, BindOptions::default()).unwrap_err();
         assert_eq!(err.source.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    /// `SO_OOBINLINE` is set on the listener only, so it must reach the
+    /// sockets accepted from it, or urgent bytes leave the echoed stream.
+    #[test]
+    fn accepted_sockets_inherit_urgent_inline_from_the_listener() {
+        for ip in ["127.0.0.1", "::1"] {
+            let Ok(listener) = bind_tcp(
+                SocketAddr::new(ip.parse().unwrap(), 0),
+                BindOptions::default(),
+            ) else {
+                continue; // no IPv6 here
+            };
+            let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let mut accepted = None;
+            for _ in 0..500 {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        accepted = Some(stream);
+                        break;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(err) => panic!("accept failed: {err}"),
+                }
+            }
+            let accepted = accepted.expect("the connection is accepted within 5 s");
+            assert!(
+                socket2::SockRef::from(&listener)
+                    .out_of_band_inline()
+                    .unwrap()
+            );
+            assert!(
+                socket2::SockRef::from(&accepted)
+                    .out_of_band_inline()
+                    .unwrap(),
+                "{ip}: the accepted socket did not inherit SO_OOBINLINE"
+            );
+        }
     }
 
     #[test]

@@ -137,6 +137,13 @@ pub struct Readiness {
     /// the error after the bytes before it. Once seen it stays set, and a
     /// short read no longer means "drained" (see `Connection::read`).
     pub read_closed: bool,
+    /// TCP urgent data has arrived (`EPOLLPRI`: a peer sent a byte with
+    /// `MSG_OOB`). Linux's `tcp_recvmsg` stops a read short at the urgent
+    /// mark, with the bytes behind it already queued, so a short read does
+    /// not mean "drained" until a read has said WouldBlock, which clears
+    /// it. (`SO_OOBINLINE`, set on the listener, keeps the urgent byte in
+    /// the stream, so the read after the mark returns it in its place.)
+    pub priority: bool,
 }
 
 impl Readiness {
@@ -145,6 +152,7 @@ impl Readiness {
         readable: false,
         writable: false,
         read_closed: false,
+        priority: false,
     };
 
     /// What a mio event says. Errors and hang-ups count as both, because
@@ -154,6 +162,7 @@ impl Readiness {
             readable: event.is_readable() || event.is_read_closed() || event.is_error(),
             writable: event.is_writable() || event.is_write_closed() || event.is_error(),
             read_closed: event.is_read_closed() || event.is_error(),
+            priority: event.is_priority(),
         }
     }
 }
@@ -179,6 +188,7 @@ pub(super) mod test_readiness {
         readable: true,
         writable: true,
         read_closed: false,
+        priority: false,
     };
 }
 
@@ -351,6 +361,7 @@ impl<S: Stream> Connection<S> {
         self.ready.readable |= new.readable;
         self.ready.writable |= new.writable;
         self.ready.read_closed |= new.read_closed;
+        self.ready.priority |= new.priority;
         let mut reads_left = READS_PER_TURN;
         // A step either reads or only writes, so a normal turn takes at most
         // about two steps per read; this bound only ever bites on a stream
@@ -609,12 +620,14 @@ impl<S: Stream> Connection<S> {
                     log::trace!("connection {key}: read {n} into ring");
                     self.bytes_in += n as u64;
                     // Short read: drained (see `read`).
-                    self.ready.readable = n == free || self.ready.read_closed;
+                    self.ready.readable =
+                        n == free || self.ready.read_closed || self.ready.priority;
                     moved = true;
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     log::trace!("connection {key}: read WouldBlock");
                     self.ready.readable = false;
+                    self.ready.priority = false;
                 }
                 Err(err) => return Err(err),
             }
@@ -673,8 +686,9 @@ impl<S: Stream> Connection<S> {
     }
 
     /// One read into `buf`; `None` for WouldBlock. Keeps `readable` true
-    /// only while more may be waiting: the read filled the whole buffer, or
-    /// the peer's FIN is known to be behind the bytes.
+    /// only while more may be waiting: the read filled the whole buffer,
+    /// the peer's FIN is known to be behind the bytes, or urgent data
+    /// arrived, at whose mark the kernel stops a read short.
     fn read(&mut self, key: usize, buf: &mut [u8]) -> io::Result<Option<usize>> {
         match self.stream.read(buf) {
             Ok(0) => {
@@ -690,13 +704,18 @@ impl<S: Stream> Connection<S> {
                 // saves a system call per message. The exception is a FIN
                 // that arrived with the bytes: its edge came with the event
                 // we are serving, so no other will come, and only another
-                // read reports the EOF.
-                self.ready.readable = n == buf.len() || self.ready.read_closed;
+                // read reports the EOF. The same holds after urgent data:
+                // the read stopped at its mark, and the bytes behind it
+                // came with the same edge (see `Readiness::priority`).
+                self.ready.readable =
+                    n == buf.len() || self.ready.read_closed || self.ready.priority;
                 Ok(Some(n))
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                 log::trace!("connection {key}: read WouldBlock");
                 self.ready.readable = false;
+                // Past any urgent mark: the queue is empty.
+                self.ready.priority = false;
                 Ok(None)
             }
             Err(err) => Err(err),

@@ -639,12 +639,11 @@ impl Server {
         let key = entry.key();
         // Registered once for both directions and never again: with edge
         // triggering there is nothing to toggle (see DESIGN, "Register once").
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(err) =
-            self.poll
-                .registry()
-                .register(&mut stream, Source::Connection(key).token(), interest)
-        {
+        if let Err(err) = self.poll.registry().register(
+            &mut stream,
+            Source::Connection(key).token(),
+            CONNECTION_INTEREST,
+        ) {
             self.stats.refused += 1;
             log::warn!("could not register the connection from {peer}: {err}; dropping it");
             return;
@@ -836,6 +835,19 @@ impl Server {
     }
 }
 
+/// What a connection is registered for, once. PRIORITY (`EPOLLPRI`): TCP
+/// urgent data arrived, and a read will stop short at it (see
+/// `Readiness::priority`); without it that short read would pass for
+/// "drained" and the bytes behind the mark would wait for an edge that
+/// never comes.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const CONNECTION_INTEREST: Interest = Interest::READABLE
+    .add(Interest::WRITABLE)
+    .add(Interest::PRIORITY);
+/// Elsewhere mio has no PRIORITY interest.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const CONNECTION_INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
+
 /// One line for one readiness event, with every flag mio reports: what a
 /// learner should see to understand edge-triggered readiness.
 /// Puts a connection on the ready queue, once at most: one that yields to
@@ -961,7 +973,17 @@ fn serve_inherited(
     let listeners = served
         .tcp
         .into_iter()
-        .map(|(socket, local)| Listener { socket, local })
+        .map(|(socket, local)| {
+            // What `net::bind_tcp` sets on the listeners it binds; the
+            // manager did not, and the accepted sockets inherit it.
+            if let Err(err) = net::urgent_inline(&socket) {
+                log::warn!(
+                    "could not set SO_OOBINLINE on the inherited listener {local} ({err}): \
+                     a byte a client sends as TCP urgent data will not be echoed"
+                );
+            }
+            Listener { socket, local }
+        })
         .collect();
     let udp = served
         .udp

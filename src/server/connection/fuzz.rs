@@ -294,6 +294,7 @@ impl Wire {
             readable: self.queued() > 0 || self.fin || broken,
             writable: self.space() > 0 || broken,
             read_closed: self.fin || broken,
+            priority: false,
         }
     }
 
@@ -360,6 +361,7 @@ impl Wire {
             readable: true,
             writable: true,
             read_closed: true,
+            priority: false,
         });
     }
 
@@ -780,6 +782,7 @@ impl Run {
             readable: true,
             writable: true,
             read_closed: true,
+            priority: true,
         };
         self.watchdog.beat();
         let turn = self.conn.on_ready(KEY, every, &mut self.bufs);
