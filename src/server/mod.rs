@@ -464,6 +464,7 @@ impl Server {
             }
             self.run_timers();
             if self.stop_requested.load(Ordering::SeqCst) {
+                self.close_all();
                 log::info!("stopping at once; {}", self.stats());
                 return Ok(());
             }
@@ -659,15 +660,28 @@ impl Server {
         // Its pipe goes back to the pool (or is closed, if bytes are left
         // in it) rather than staying attached to a connection now gone.
         conn.release(&mut self.buffers);
-        self.stats.closed(reason, conn.bytes_in, conn.bytes_out);
+        let reset = conn.reset_by_server();
+        self.stats
+            .closed(reason, conn.bytes_in, conn.bytes_out, reset);
         if log::log_enabled!(log::Level::Debug) {
             let peer = conn
                 .stream()
                 .peer_addr()
                 .map(|p| display_addr(p).to_string())
                 .unwrap_or_else(|_| "peer address gone (see the accepted line)".to_string());
+            // A reset says so, with the bytes it threw away: the client saw
+            // an error, not an EOF (see `Connection::abort`).
+            let (ended, discarded) = if reset {
+                (
+                    "reset by the server",
+                    format!(", {} discarded", conn.unechoed()),
+                )
+            } else {
+                ("closed", String::new())
+            };
             log::debug!(
-                "connection {key}: closed, {peer}, {:.3} s, {} bytes in, {} echoed: {reason}",
+                "connection {key}: {ended}, {peer}, {:.3} s, {} bytes in, {} echoed{discarded}: \
+                 {reason}",
                 self.clock.now().since(conn.opened).as_secs_f64(),
                 conn.bytes_in,
                 conn.bytes_out,
@@ -783,8 +797,10 @@ impl Server {
         }
     }
 
-    /// The grace period is over: close every session still open, without
-    /// an RST (see `State::Draining`). Returns how many there were.
+    /// The grace period is over: close every session still open, with a
+    /// FIN if it has every byte back (see `State::Draining`), with an RST
+    /// if the server holds echo bytes it now throws away (see
+    /// `Connection::abort`). Returns how many there were.
     fn cut_all(&mut self) -> u64 {
         let now = self.clock.now();
         let mut cut = 0;
@@ -800,6 +816,25 @@ impl Server {
             count(cut, "session")
         );
         cut
+    }
+
+    /// Stopping at once (a second signal, or the [`StopHandle`]): every
+    /// connection still open is closed now, as the grace period's end
+    /// closes them (an RST for those holding echo bytes, so that none ends
+    /// with a FIN claiming every byte came back), and counted. Listeners
+    /// go first, so that a close does not accept anyone new.
+    fn close_all(&mut self) {
+        self.listeners.clear();
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let conn = &mut self.connections[key];
+            conn.begin_close(key, CloseReason::Shutdown, &mut self.buffers);
+            let reason = match conn.state() {
+                State::Draining(reason) | State::Closed(reason) => reason,
+                State::Open | State::Flushing => CloseReason::Shutdown,
+            };
+            self.close(key, reason);
+        }
     }
 
     /// Closes connections idle for `--idle-timeout`, and those that have

@@ -227,6 +227,8 @@ struct Wire {
     nospace: bool,
     /// The connection shut down its sending side.
     shut_down: Cell<bool>,
+    /// The connection asked for an abortive close (`SO_LINGER` 0).
+    reset_on_close: Cell<bool>,
     /// What changed since the last poll; `None`: no event pending.
     raised: Option<Readiness>,
     calls: VecDeque<Call>,
@@ -257,6 +259,7 @@ impl Wire {
             send_buffer: case.send_buffer,
             nospace: false,
             shut_down: Cell::new(false),
+            reset_on_close: Cell::new(false),
             raised: None,
             calls: case.calls.iter().copied().collect(),
             calls_made: 0,
@@ -511,6 +514,10 @@ impl Stream for Wire {
         self.shut_down.set(true);
         Ok(())
     }
+    fn reset_on_close(&self) -> io::Result<()> {
+        self.reset_on_close.set(true);
+        Ok(())
+    }
 }
 
 const READABLE_AND_FIN: Readiness = Readiness {
@@ -657,10 +664,19 @@ impl Run {
 
     fn server_close(&mut self) -> Result<(), TestCaseError> {
         let before = self.conn.state();
+        let pending = self.conn.pending(&self.bufs);
         self.conn
             .begin_close(KEY, CloseReason::Shutdown, &mut self.bufs);
         self.server_closed = true;
-        if before == State::Flushing {
+        if pending > 0 {
+            // Echo bytes thrown away: an RST, never a FIN.
+            prop_assert_eq!(self.conn.state(), State::Closed(CloseReason::Shutdown));
+            prop_assert!(
+                self.conn.stream.reset_on_close.get(),
+                "bytes dropped with a FIN"
+            );
+            prop_assert!(!self.conn.stream.shut_down.get(), "a FIN before the reset");
+        } else if before == State::Flushing {
             // The peer's EOF is in: nothing to drain, close at once.
             prop_assert_eq!(self.conn.state(), State::Closed(CloseReason::Shutdown));
         } else {
@@ -699,6 +715,24 @@ impl Run {
         }
         prop_assert_eq!(conn.bytes_in, wire.consumed as u64);
         prop_assert_eq!(conn.bytes_out, wire.sent.len() as u64);
+        // The close is abortive exactly when the server throws away bytes
+        // it read: never without a loss, and, unless the peer broke the
+        // connection first, never a loss without it.
+        let lost = wire.consumed > wire.sent.len();
+        prop_assert_eq!(conn.reset_by_server(), wire.reset_on_close.get());
+        if wire.reset_on_close.get() {
+            prop_assert!(lost, "reset by the server with every byte echoed");
+        }
+        if let State::Closed(_) = conn.state()
+            && lost
+            && wire.reset.is_none()
+        {
+            prop_assert!(
+                wire.reset_on_close.get(),
+                "closed with {} bytes lost, no RST",
+                conn.unechoed()
+            );
+        }
         match conn.state() {
             State::Open | State::Flushing => prop_assert_eq!(
                 wire.consumed,

@@ -39,6 +39,9 @@ impl<S: Read + Write + AsFd> Stream for Pair<S> {
     fn shutdown_write(&self) -> io::Result<()> {
         SockRef::from(&self.0).shutdown(Shutdown::Write)
     }
+    fn reset_on_close(&self) -> io::Result<()> {
+        SockRef::from(&self.0).set_linger(Some(std::time::Duration::ZERO))
+    }
     fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.0.as_fd())
     }

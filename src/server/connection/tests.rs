@@ -37,6 +37,7 @@ struct Fake {
     sent: Vec<u8>,
     read_calls: usize,
     shut_down: std::cell::Cell<bool>,
+    reset_on_close: std::cell::Cell<bool>,
 }
 
 impl Read for Fake {
@@ -81,6 +82,10 @@ impl Write for Fake {
 impl Stream for Fake {
     fn shutdown_write(&self) -> io::Result<()> {
         self.shut_down.set(true);
+        Ok(())
+    }
+    fn reset_on_close(&self) -> io::Result<()> {
+        self.reset_on_close.set(true);
         Ok(())
     }
 }
@@ -304,10 +309,11 @@ mod flushing {
 mod draining {
     use super::*;
 
+    /// Nothing pending: a FIN, then the peer's EOF closes it, gracefully.
     #[test]
-    fn server_close_reads_to_eof_before_closing() {
+    fn server_close_waits_for_the_peers_eof() {
         let mut bufs = Buffers::new(8);
-        let mut c = conn(vec![data(b"late"), OnRead::Eof], vec![]);
+        let mut c = conn(vec![OnRead::WouldBlock, OnRead::Eof], vec![]);
         c.begin_close(1, CloseReason::Shutdown, &mut bufs);
         assert_eq!(c.state(), State::Draining(CloseReason::Shutdown));
         assert!(c.stream().shut_down.get(), "the peer is told with a FIN");
@@ -316,10 +322,109 @@ mod draining {
             c.on_ready(1, READABLE, &mut bufs),
             Turn::Closed(CloseReason::Shutdown)
         );
-        assert!(
-            c.stream().sent.is_empty(),
-            "nothing is echoed while draining"
+        assert!(!c.stream().reset_on_close.get(), "a clean close, no RST");
+        assert!(!c.reset_by_server());
+        assert_eq!(c.unechoed(), 0);
+    }
+
+    /// Bytes that arrive after the server's FIN can never be echoed: the
+    /// first of them turns the close abortive at once, and they are
+    /// counted as discarded (see `Connection::discard`).
+    #[test]
+    fn bytes_after_the_servers_fin_make_the_close_a_reset() {
+        let mut bufs = Buffers::new(8);
+        let mut c = conn(vec![data(b"late"), data(b"later"), OnRead::Eof], vec![]);
+        c.begin_close(1, CloseReason::Idle, &mut bufs);
+        assert_eq!(c.state(), State::Draining(CloseReason::Idle));
+        assert_eq!(
+            c.on_ready(1, READABLE, &mut bufs),
+            Turn::Closed(CloseReason::Idle)
         );
+        assert!(c.stream().reset_on_close.get(), "an RST, not a clean close");
+        assert!(c.reset_by_server());
+        assert!(c.stream().sent.is_empty(), "nothing is echoed after a FIN");
+        assert_eq!(c.stream().read_calls, 1, "no reading on once it is lost");
+        assert_eq!(c.unechoed(), 4);
+    }
+}
+
+/// A close the server decides on while it holds echo bytes throws them
+/// away, so it is abortive: `SO_LINGER` 0 and an RST, never the FIN that
+/// says "you have every byte".
+mod discarding {
+    use super::*;
+
+    #[test]
+    fn a_server_close_with_bytes_pending_is_a_reset() {
+        let mut bufs = Buffers::new(8);
+        let mut c = conn(vec![data(b"12345678")], vec![OnWrite::Take(3)]);
+        c.on_ready(1, BOTH, &mut bufs);
+        assert_eq!(c.pending(&bufs), 5);
+        c.begin_close(1, CloseReason::Idle, &mut bufs);
+        assert_eq!(c.state(), State::Closed(CloseReason::Idle));
+        assert!(c.stream().reset_on_close.get(), "dropped bytes with a FIN");
+        assert!(!c.stream().shut_down.get(), "a FIN before the RST");
+        assert!(c.reset_by_server());
+        assert_eq!(c.unechoed(), 5);
+        assert_eq!(c.pending(&bufs), 0, "the ring is given back");
+        assert_eq!(
+            c.on_ready(1, BOTH, &mut bufs),
+            Turn::Closed(CloseReason::Idle)
+        );
+    }
+
+    /// The peer finished, but its echo did not all go out before the
+    /// server gave up on it (grace over): a reset too.
+    #[test]
+    fn a_server_close_while_flushing_is_a_reset() {
+        let mut bufs = Buffers::new(8);
+        let mut c = conn(
+            vec![data(b"12345678"), OnRead::Eof],
+            vec![OnWrite::Take(6), OnWrite::WouldBlock],
+        );
+        c.on_ready(1, BOTH, &mut bufs);
+        assert_eq!(c.state(), State::Flushing);
+        c.begin_close(1, CloseReason::Shutdown, &mut bufs);
+        assert_eq!(c.state(), State::Closed(CloseReason::Shutdown));
+        assert!(c.stream().reset_on_close.get());
+        assert_eq!(c.unechoed(), 2);
+    }
+
+    #[test]
+    fn a_server_close_with_nothing_pending_is_clean() {
+        let mut bufs = Buffers::new(8);
+        let mut c = conn(vec![data(b"echoed")], vec![]);
+        c.on_ready(1, BOTH, &mut bufs);
+        c.begin_close(1, CloseReason::Idle, &mut bufs);
+        assert_eq!(c.state(), State::Draining(CloseReason::Idle));
+        assert!(!c.stream().reset_on_close.get());
+        assert!(c.stream().shut_down.get());
+    }
+
+    /// Closes that end normally, or that the peer broke, cost no
+    /// `setsockopt`: `SO_LINGER` is only for the server's own discards.
+    #[test]
+    fn peer_closes_never_ask_for_a_reset() {
+        let mut bufs = Buffers::new(8);
+        let mut done = conn(vec![data(b"abc"), OnRead::Eof], vec![]);
+        assert_eq!(
+            done.on_ready(1, BOTH_AND_FIN, &mut bufs),
+            Turn::Closed(CloseReason::Eof)
+        );
+        let mut broken = conn(
+            vec![data(b"12345678"), OnRead::Eof],
+            vec![
+                OnWrite::Take(2),
+                OnWrite::Fail(io::ErrorKind::ConnectionReset),
+            ],
+        );
+        broken.on_ready(1, BOTH, &mut bufs);
+        broken.on_ready(1, WRITABLE, &mut bufs);
+        assert_eq!(broken.state(), State::Closed(CloseReason::Reset));
+        for c in [&done, &broken] {
+            assert!(!c.stream().reset_on_close.get());
+            assert!(!c.reset_by_server());
+        }
     }
 }
 
