@@ -451,7 +451,7 @@ impl<S: Stream> Connection<S> {
     /// pending, without an RST: shut down the sending side, then wait for
     /// the peer's EOF (`Draining`). With bytes pending (the caller decided
     /// they will not be sent), abortively: they are dropped, and an RST
-    /// tells the peer so (see [`Connection::abort`]).
+    /// tells the peer so (see `Connection::abort`).
     pub fn begin_close(&mut self, key: usize, reason: CloseReason, bufs: &mut Buffers) {
         if let State::Closed(_) | State::Draining(_) = self.state {
             return;
