@@ -11,14 +11,16 @@
 //! The client here never half-closes before it has its echo: a FIN would
 //! bring an event of its own and hide a stall.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::Command;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use echod::server::ServerConfig;
 use socket2::SockRef;
 
-use crate::util::{InProcess, connect, random_bytes};
+use crate::util::{Binary, ECHOD, IO_TIMEOUT, InProcess, connect, free_port, need, random_bytes};
 
 /// A server on `ip`, echoing bulk streams by `splice` or by copying.
 fn server(ip: &str, splice: bool) -> InProcess {
@@ -56,22 +58,71 @@ fn a_corked_urgent_byte_and_the_bytes_behind_it_come_back_inline() {
     for ip in ["127.0.0.1", "::1"] {
         for splice in [false, true] {
             let server = server(ip, splice);
-            let mut stream = connect(server.tcp_addr());
-            let socket = SockRef::from(&stream);
-            socket.set_tcp_cork(true).unwrap();
-            (&stream).write_all(&[b'a'; 100]).unwrap();
-            assert_eq!(socket.send_out_of_band(b"!").unwrap(), 1);
-            (&stream).write_all(&[b'b'; 100]).unwrap();
-            socket.set_tcp_cork(false).unwrap();
-
-            let back = read_echo_then_eof(&mut stream, 201);
-            let expected = [&[b'a'; 100][..], b"!", &[b'b'; 100]].concat();
-            assert!(
-                back == expected,
-                "{ip}, splice {splice}: the echo differs from what was sent"
-            );
+            corked_urgent_exchange(server.tcp_addr(), &format!("{ip}, splice {splice}"));
         }
     }
+}
+
+/// Sends the corked stream to `addr` and checks its echo.
+#[track_caller]
+fn corked_urgent_exchange(addr: SocketAddr, what: &str) {
+    let mut stream = connect(addr);
+    let socket = SockRef::from(&stream);
+    socket.set_tcp_cork(true).unwrap();
+    (&stream).write_all(&[b'a'; 100]).unwrap();
+    assert_eq!(socket.send_out_of_band(b"!").unwrap(), 1);
+    (&stream).write_all(&[b'b'; 100]).unwrap();
+    socket.set_tcp_cork(false).unwrap();
+
+    let back = read_echo_then_eof(&mut stream, 201);
+    let expected = [&[b'a'; 100][..], b"!", &[b'b'; 100]].concat();
+    assert!(
+        back == expected,
+        "{what}: the echo differs from what was sent"
+    );
+}
+
+/// A listener passed by a service manager gets `SO_OOBINLINE` too: the
+/// manager did not set it, echod does when it takes the socket over.
+/// (Connections the kernel completed before that, still waiting in the
+/// backlog, were created without it: the flag is copied at the handshake.
+/// The one that wakes echod up here sends no urgent data.)
+#[test]
+fn an_inherited_listener_echoes_urgent_data_inline_too() {
+    const SOCKET_ACTIVATE: &str = "systemd-socket-activate";
+    if !need(
+        SOCKET_ACTIVATE,
+        "it comes with systemd; .ci/run installs it",
+    ) {
+        return;
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // This connection starts echod; bounded until the manager listens.
+    let first = thread::spawn(move || {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let mut stream = loop {
+            match TcpStream::connect(addr) {
+                Ok(stream) => break stream,
+                Err(err) if Instant::now() < deadline => {
+                    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(err) => panic!("nothing listens on {addr}: {err}"),
+            }
+        };
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.write_all(b"wake up").unwrap();
+        read_echo_then_eof(&mut stream, 7)
+    });
+    let echod = Binary::start_with(Command::new(SOCKET_ACTIVATE).args([
+        "--listen",
+        &addr.to_string(),
+        ECHOD,
+        "--no-udp",
+    ]));
+    assert_eq!(first.join().unwrap(), b"wake up");
+    assert_eq!(echod.tcp, Some(addr));
+    corked_urgent_exchange(addr, "inherited listener");
 }
 
 /// 4 MiB, one urgent byte, then `tail` bytes, the client reading
