@@ -827,7 +827,9 @@ impl Server {
         self.listeners.clear();
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
         for key in keys {
-            let conn = &mut self.connections[key];
+            let Some(conn) = self.connections.get_mut(key) else {
+                continue;
+            };
             conn.begin_close(key, CloseReason::Shutdown, &mut self.buffers);
             let reason = match conn.state() {
                 State::Draining(reason) | State::Closed(reason) => reason,
