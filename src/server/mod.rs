@@ -640,11 +640,12 @@ impl Server {
         let key = entry.key();
         // Registered once for both directions and never again: with edge
         // triggering there is nothing to toggle (see DESIGN, "Register once").
-        if let Err(err) = self.poll.registry().register(
-            &mut stream,
-            Source::Connection(key).token(),
-            CONNECTION_INTEREST,
-        ) {
+        let interest = CONNECTION_INTEREST;
+        if let Err(err) =
+            self.poll
+                .registry()
+                .register(&mut stream, Source::Connection(key).token(), interest)
+        {
             self.stats.refused += 1;
             log::warn!("could not register the connection from {peer}: {err}; dropping it");
             return;
@@ -819,10 +820,10 @@ impl Server {
     }
 
     /// Stopping at once (a second signal, or the [`StopHandle`]): every
-    /// connection still open is closed now, as the grace period's end
-    /// closes them (an RST for those holding echo bytes, so that none ends
-    /// with a FIN claiming every byte came back), and counted. Listeners
-    /// go first, so that a close does not accept anyone new.
+    /// connection still open is closed now and counted, with an RST if it
+    /// holds echo bytes (see `Connection::begin_close`), so that none ends
+    /// with a FIN claiming every byte came back. Listeners go first, so
+    /// that a close does not accept anyone new.
     fn close_all(&mut self) {
         self.listeners.clear();
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
