@@ -41,9 +41,12 @@
 //! **A short read is as good as WouldBlock.** When a TCP read returns
 //! fewer bytes than asked for, the kernel had no more: bytes arriving later
 //! bring a new edge, so echod skips the read that would only say
-//! WouldBlock (one system call per message saved). The exception is a FIN
-//! that arrived with the bytes: its edge is the one being served, so only
-//! another read can report the EOF. Likewise a short write means the send
+//! WouldBlock (one system call per message saved). The exceptions: a FIN
+//! that arrived with the bytes (its edge is the one being served, so only
+//! another read can report the EOF), and TCP urgent data (Linux stops a
+//! read short at the urgent mark with more queued behind it; the event says
+//! `priority`, and until a read says WouldBlock a short one proves
+//! nothing). Likewise a short write means the send
 //! buffer is full, and a writable edge will follow when it drains.
 //!
 //! **Spurious events are normal.** An event may arrive when nothing can be
@@ -56,6 +59,11 @@
 //! says the stream has ended. Half-close is part of the echo contract: a
 //! client that shuts down its sending side still receives every byte it
 //! sent, and then the server's FIN.
+//!
+//! **A FIN means "you have every byte".** When the server closes on its
+//! own (idle, shutdown) while it holds echo bytes it will not send, it
+//! closes with an RST (`SO_LINGER` 0) instead, so that the client sees an
+//! error rather than a short echo ending cleanly.
 //!
 //! # Layout
 //!

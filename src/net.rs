@@ -202,6 +202,11 @@ pub struct ConnectionOptions {
 ///
 /// - `TCP_NODELAY`: an echo is latency-bound, so each echo goes out at once
 ///   rather than waiting to be coalesced with more (Nagle's algorithm);
+/// - `SO_OOBINLINE`: TCP urgent data (a byte a peer sends with `MSG_OOB`)
+///   stays in the stream as an ordinary byte, where it was sent, instead of
+///   being taken out to be read apart. RFC 862 asks that whatever is
+///   received be sent back, and RFC 6093 (section 6) asks new applications
+///   to read urgent data inline;
 /// - `SO_RCVBUF` and `SO_SNDBUF` (unless 0): a bound on what one connection
 ///   holds in the kernel, which turns the receive autotuning off for it;
 /// - `TCP_NOTSENT_LOWAT` (with the buffers): [`NOTSENT_LOWAT`].
@@ -214,6 +219,7 @@ pub struct ConnectionOptions {
 pub fn set_connection_options<S: AsFd>(listener: &S, options: ConnectionOptions) -> io::Result<()> {
     let socket = SockRef::from(listener);
     socket.set_tcp_nodelay(true)?;
+    socket.set_out_of_band_inline(true)?;
     if options.socket_buffer > 0 {
         socket.set_recv_buffer_size(options.socket_buffer)?;
         socket.set_send_buffer_size(options.socket_buffer)?;
@@ -471,6 +477,46 @@ mod tests {
         assert!(nodelay);
         assert_ne!(lowat, NOTSENT_LOWAT);
         assert_ne!((recv, send), (2 * 96 * 1024, 2 * 96 * 1024));
+    }
+
+    /// `SO_OOBINLINE` is set on the listener only, so it must reach the
+    /// sockets accepted from it, or urgent bytes leave the echoed stream.
+    #[test]
+    fn accepted_sockets_inherit_urgent_inline_from_the_listener() {
+        for ip in ["127.0.0.1", "::1"] {
+            let Ok(listener) = bind_tcp(
+                SocketAddr::new(ip.parse().unwrap(), 0),
+                BindOptions::default(),
+            ) else {
+                continue; // no IPv6 here
+            };
+            let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let mut accepted = None;
+            for _ in 0..500 {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        accepted = Some(stream);
+                        break;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(err) => panic!("accept failed: {err}"),
+                }
+            }
+            let accepted = accepted.expect("the connection is accepted within 5 s");
+            assert!(
+                socket2::SockRef::from(&listener)
+                    .out_of_band_inline()
+                    .unwrap()
+            );
+            assert!(
+                socket2::SockRef::from(&accepted)
+                    .out_of_band_inline()
+                    .unwrap(),
+                "{ip}: the accepted socket did not inherit SO_OOBINLINE"
+            );
+        }
     }
 
     #[test]

@@ -24,6 +24,14 @@ pub struct TcpStats {
     pub closed_idle: u64,
     /// Closed by a shutdown after the grace period.
     pub closed_shutdown: u64,
+    /// Closed by the server abortively (an RST, not a FIN), because it
+    /// threw away echo bytes it held or received after its FIN: an idle
+    /// client that stopped reading, the end of the shutdown grace. Also
+    /// counted by reason (idle, shutdown).
+    pub reset_by_server: u64,
+    /// Bytes received and never echoed on those connections: what the
+    /// server threw away.
+    pub discarded: u64,
     /// Times accepting paused because `--max-connections` were open.
     pub limit_reached: u64,
     /// Connections reset at once because their source had
@@ -46,11 +54,22 @@ pub struct TcpStats {
 }
 
 impl TcpStats {
-    /// Counts a closed connection.
-    pub fn closed(&mut self, reason: CloseReason, bytes_in: u64, bytes_out: u64) {
+    /// Counts a closed connection; `reset_by_server`: the server closed it
+    /// abortively, throwing away what it had received and not echoed.
+    pub fn closed(
+        &mut self,
+        reason: CloseReason,
+        bytes_in: u64,
+        bytes_out: u64,
+        reset_by_server: bool,
+    ) {
         self.active = self.active.saturating_sub(1);
         self.bytes_in += bytes_in;
         self.bytes_out += bytes_out;
+        if reset_by_server {
+            self.reset_by_server += 1;
+            self.discarded += bytes_in.saturating_sub(bytes_out);
+        }
         let counter = match reason {
             CloseReason::Eof => &mut self.closed_eof,
             CloseReason::Reset => &mut self.closed_reset,
@@ -80,8 +99,8 @@ impl fmt::Display for Stats {
         write!(
             f,
             "tcp: accepted {}, active {}, closed {closed} (eof {}, reset {}, error {}, idle {}, \
-             shutdown {}), limit reached {}, source limit {}, refused {}, bytes in {}, out {} \
-             (spliced {}, no pipe {}); ",
+             shutdown {}), reset by the server {} (bytes discarded {}), limit reached {}, \
+             source limit {}, refused {}, bytes in {}, out {} (spliced {}, no pipe {}); ",
             t.accepted,
             t.active,
             t.closed_eof,
@@ -89,6 +108,8 @@ impl fmt::Display for Stats {
             t.closed_error,
             t.closed_idle,
             t.closed_shutdown,
+            t.reset_by_server,
+            t.discarded,
             t.limit_reached,
             t.source_limited,
             t.refused,
@@ -126,15 +147,18 @@ mod tests {
             active: 3,
             ..TcpStats::default()
         };
-        tcp.closed(CloseReason::Eof, 10, 10);
-        tcp.closed(CloseReason::Idle, 5, 4);
-        tcp.closed(CloseReason::Reset, 1, 0);
+        tcp.closed(CloseReason::Eof, 10, 10, false);
+        tcp.closed(CloseReason::Idle, 5, 4, true);
+        tcp.closed(CloseReason::Reset, 1, 0, false);
         assert_eq!(tcp.active, 0);
         assert_eq!(
             (tcp.closed_eof, tcp.closed_idle, tcp.closed_reset),
             (1, 1, 1)
         );
         assert_eq!((tcp.bytes_in, tcp.bytes_out), (16, 14));
+        // Only the server's own abortive close counts as a discard: the
+        // byte a resetting peer never got back is its own doing.
+        assert_eq!((tcp.reset_by_server, tcp.discarded), (1, 1));
     }
 
     #[test]
@@ -143,6 +167,8 @@ mod tests {
             tcp: TcpStats {
                 accepted: 7,
                 closed_shutdown: 2,
+                reset_by_server: 1,
+                discarded: 10,
                 bytes_in: 100,
                 bytes_out: 90,
                 ..TcpStats::default()
@@ -161,6 +187,10 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("shutdown 2"), "{line}");
+        assert!(
+            line.contains("reset by the server 1 (bytes discarded 10)"),
+            "{line}"
+        );
         assert!(line.contains("bytes in 100, out 90"), "{line}");
         assert!(
             line.contains("udp: datagrams in 4, out 3, dropped 1 ("),

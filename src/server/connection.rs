@@ -41,6 +41,13 @@ pub trait Stream: Read + Write {
     /// bytes already sent.
     fn shutdown_write(&self) -> io::Result<()>;
 
+    /// Makes the coming close abortive: `SO_LINGER` with a zero timeout,
+    /// so that closing the socket sends an RST and drops whatever is still
+    /// queued, instead of a FIN. For a close that throws echo bytes away
+    /// (see `Connection::abort`). Per connection, never on the listener:
+    /// accepted sockets would inherit it, and every close would be a reset.
+    fn reset_on_close(&self) -> io::Result<()>;
+
     /// The descriptor `splice(2)` can move bytes through; `None` (the
     /// default, for test fakes) keeps the connection on the copying path.
     fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -51,6 +58,14 @@ pub trait Stream: Read + Write {
 impl Stream for mio::net::TcpStream {
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+
+    fn reset_on_close(&self) -> io::Result<()> {
+        // socket(7): "When enabled, a close(2) or shutdown(2) will not
+        // return until all queued messages for the socket have been
+        // successfully sent or the linger timeout has been reached";
+        // with a zero timeout, TCP aborts the connection (RST) at close.
+        socket2::SockRef::from(self).set_linger(Some(std::time::Duration::ZERO))
     }
 
     fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -65,8 +80,14 @@ impl Stream for mio::net::TcpStream {
 ///  Open ──read()==0──► Flushing ──ring empty──► Closed
 ///    │                     │
 ///    ├── server closes ──► Draining ──peer EOF──► Closed
+///    │   (nothing pending)     │
+///    │                         └──bytes read──► Closed, reset
+///    ├── server closes, bytes pending ─────────► Closed, reset
 ///    └──── error / RST ────┴───────────────────► Closed
 /// ```
+///
+/// "Reset": the server throws echo bytes away, so it closes with an RST
+/// (see `Connection::abort`): a FIN says "you have every byte".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
     /// Echoing: reading what the peer sends and writing it back.
@@ -74,10 +95,13 @@ pub enum State {
     /// The peer shut down its sending side (a read returned 0). Write what
     /// is pending, then close: the FIN tells the client it has everything.
     Flushing,
-    /// The server is closing on its own initiative (shutdown, idle peer):
-    /// the sending side is shut down and input is read and discarded until
-    /// the peer's EOF, because closing a socket with unread input makes the
-    /// kernel send an RST, which can destroy echo bytes still in flight.
+    /// The server is closing on its own initiative (shutdown, idle peer)
+    /// with nothing pending: every byte received was echoed, so the
+    /// sending side is shut down (a FIN, which says just that) and the
+    /// server waits for the peer's EOF, because closing a socket with
+    /// unread input makes the kernel send an RST, which can destroy echo
+    /// bytes still in flight. A byte that arrives meanwhile cannot be
+    /// echoed any more: see `Connection::discard`.
     Draining(CloseReason),
     /// Finished; the server removes the connection.
     Closed(CloseReason),
@@ -137,6 +161,13 @@ pub struct Readiness {
     /// the error after the bytes before it. Once seen it stays set, and a
     /// short read no longer means "drained" (see `Connection::read`).
     pub read_closed: bool,
+    /// TCP urgent data has arrived (`EPOLLPRI`: a peer sent a byte with
+    /// `MSG_OOB`). Linux's `tcp_recvmsg` stops a read short at the urgent
+    /// mark, with the bytes behind it already queued, so a short read does
+    /// not mean "drained" until a read has said WouldBlock, which clears
+    /// it. (`SO_OOBINLINE`, set on the listener, keeps the urgent byte in
+    /// the stream, so the read after the mark returns it in its place.)
+    pub priority: bool,
 }
 
 impl Readiness {
@@ -145,6 +176,7 @@ impl Readiness {
         readable: false,
         writable: false,
         read_closed: false,
+        priority: false,
     };
 
     /// What a mio event says. Errors and hang-ups count as both, because
@@ -154,6 +186,7 @@ impl Readiness {
             readable: event.is_readable() || event.is_read_closed() || event.is_error(),
             writable: event.is_writable() || event.is_write_closed() || event.is_error(),
             read_closed: event.is_read_closed() || event.is_error(),
+            priority: event.is_priority(),
         }
     }
 }
@@ -179,6 +212,7 @@ pub(super) mod test_readiness {
         readable: true,
         writable: true,
         read_closed: false,
+        priority: false,
     };
 }
 
@@ -344,6 +378,27 @@ impl<S: Stream> Connection<S> {
         self.state
     }
 
+    /// Bytes received and never echoed: those pending now, and those the
+    /// server threw away. Every byte read is either written back or
+    /// pending until it is, so this is exact; on a close the server made
+    /// abortive, it is what was discarded.
+    pub fn unechoed(&self) -> u64 {
+        self.bytes_in.saturating_sub(self.bytes_out)
+    }
+
+    /// Whether the server closed it abortively (RST), having thrown away
+    /// [`Connection::unechoed`] bytes. Not a field: a close the server
+    /// began (idle, shutdown) that ends with bytes unechoed is always made
+    /// abortive (`begin_close`, `discard`), and no other close is, so the
+    /// state and the counters tell it (the fuzz test checks that the two
+    /// agree with the `SO_LINGER` calls made).
+    pub fn reset_by_server(&self) -> bool {
+        matches!(
+            self.state,
+            State::Closed(CloseReason::Idle | CloseReason::Shutdown)
+        ) && self.unechoed() > 0
+    }
+
     /// Bytes received and not yet echoed, in its ring or its pipe.
     pub fn pending(&self, bufs: &Buffers) -> usize {
         let in_pipe = bufs.pipes.get(self.splicing).map_or(0, |pipe| pipe.len());
@@ -363,6 +418,7 @@ impl<S: Stream> Connection<S> {
         self.ready.readable |= new.readable;
         self.ready.writable |= new.writable;
         self.ready.read_closed |= new.read_closed;
+        self.ready.priority |= new.priority;
         let mut reads_left = READS_PER_TURN;
         // A step either reads or only writes, so a normal turn takes at most
         // about two steps per read; this bound only ever bites on a stream
@@ -403,15 +459,22 @@ impl<S: Stream> Connection<S> {
         }
     }
 
-    /// Closes on the server's initiative without an RST: shut down the
-    /// sending side, then read and discard until the peer's EOF. Bytes not
-    /// yet echoed are dropped (the caller decided they will not be sent).
+    /// Closes on the server's initiative (idle, shutdown). With nothing
+    /// pending, without an RST: shut down the sending side, then wait for
+    /// the peer's EOF (`Draining`). With bytes pending (the caller decided
+    /// they will not be sent), abortively: they are dropped, and an RST
+    /// tells the peer so (see `Connection::abort`).
     pub fn begin_close(&mut self, key: usize, reason: CloseReason, bufs: &mut Buffers) {
         if let State::Closed(_) | State::Draining(_) = self.state {
             return;
         }
+        let pending = self.pending(bufs);
         self.release(bufs);
-        let next = if self.state == State::Flushing {
+        let next = if pending > 0 {
+            log::trace!("connection {key}: closing with {pending} bytes not echoed");
+            self.abort(key);
+            State::Closed(reason)
+        } else if self.state == State::Flushing {
             // The peer's EOF was read already: no input can be left unread,
             // so closing now cannot turn into an RST.
             State::Closed(reason)
@@ -621,12 +684,14 @@ impl<S: Stream> Connection<S> {
                     log::trace!("connection {key}: read {n} into ring");
                     self.bytes_in += n as u64;
                     // Short read: drained (see `read`).
-                    self.ready.readable = n == free || self.ready.read_closed;
+                    self.ready.readable =
+                        n == free || self.ready.read_closed || self.ready.priority;
                     moved = true;
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     log::trace!("connection {key}: read WouldBlock");
                     self.ready.readable = false;
+                    self.ready.priority = false;
                 }
                 Err(err) => return Err(err),
             }
@@ -649,7 +714,21 @@ impl<S: Stream> Connection<S> {
         Ok(if moved { Step::Progress } else { Step::Blocked })
     }
 
-    /// `Draining`: read and throw away until the peer's EOF.
+    /// `Draining`: wait for the peer's EOF, and end abortively if bytes
+    /// come first.
+    ///
+    /// Bytes read here were sent by the peer and will never be echoed: our
+    /// FIN is already on its way, and an echo cannot follow a FIN. A peer
+    /// that sent them (say, just as its idle timeout struck, or while the
+    /// shutdown grace ran out) and then reads our FIN would take it for
+    /// "every byte is back" and count a short echo as complete. So the
+    /// first byte discarded turns the close abortive at once (counted as
+    /// discarded, the connection as reset): the RST makes the peer's next
+    /// send fail, and, if our FIN is still queued behind echo bytes, its
+    /// next read too. Reading on to the EOF first would tell it nothing:
+    /// by then it has read the FIN. What the RST cannot undo is a FIN the
+    /// peer has read already: a peer that sends and half-closes in the
+    /// same instant the server closes learns of the loss only by counting.
     fn discard(
         &mut self,
         key: usize,
@@ -667,7 +746,26 @@ impl<S: Stream> Connection<S> {
                 self.set_state(key, State::Closed(reason));
                 Ok(Step::Progress)
             }
-            Some(_) => Ok(Step::Progress),
+            Some(n) => {
+                log::trace!("connection {key}: {n} bytes after the server's FIN, discarded");
+                self.abort(key);
+                self.set_state(key, State::Closed(reason));
+                Ok(Step::Progress)
+            }
+        }
+    }
+
+    /// Makes the close abortive, because the server is throwing away echo
+    /// bytes: a FIN means "you have every byte" (DESIGN, "Signals and
+    /// shutdown"), so a close that loses bytes must not send one. With
+    /// `SO_LINGER` 0 the close sends an RST, and the peer's next read or
+    /// send fails with ECONNRESET (or EPIPE) instead of a clean EOF. One
+    /// system call, only on a close that discards: a connection that ends
+    /// normally costs none. If it fails the socket is already broken, and
+    /// the peer has had its reset.
+    fn abort(&mut self, key: usize) {
+        if let Err(err) = self.stream.reset_on_close() {
+            log::trace!("connection {key}: SO_LINGER 0 failed: {err}");
         }
     }
 
@@ -685,8 +783,9 @@ impl<S: Stream> Connection<S> {
     }
 
     /// One read into `buf`; `None` for WouldBlock. Keeps `readable` true
-    /// only while more may be waiting: the read filled the whole buffer, or
-    /// the peer's FIN is known to be behind the bytes.
+    /// only while more may be waiting: the read filled the whole buffer,
+    /// the peer's FIN is known to be behind the bytes, or urgent data
+    /// arrived, at whose mark the kernel stops a read short.
     fn read(&mut self, key: usize, buf: &mut [u8]) -> io::Result<Option<usize>> {
         match self.stream.read(buf) {
             Ok(0) => {
@@ -702,13 +801,18 @@ impl<S: Stream> Connection<S> {
                 // saves a system call per message. The exception is a FIN
                 // that arrived with the bytes: its edge came with the event
                 // we are serving, so no other will come, and only another
-                // read reports the EOF.
-                self.ready.readable = n == buf.len() || self.ready.read_closed;
+                // read reports the EOF. The same holds after urgent data:
+                // the read stopped at its mark, and the bytes behind it
+                // came with the same edge (see `Readiness::priority`).
+                self.ready.readable =
+                    n == buf.len() || self.ready.read_closed || self.ready.priority;
                 Ok(Some(n))
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                 log::trace!("connection {key}: read WouldBlock");
                 self.ready.readable = false;
+                // Past any urgent mark: the queue is empty.
+                self.ready.priority = false;
                 Ok(None)
             }
             Err(err) => Err(err),

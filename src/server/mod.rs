@@ -588,9 +588,13 @@ impl Server {
             self.run_timers();
             if self.stop_requested.load(Ordering::SeqCst) {
                 let outcome = self.outcome(true);
+                let open = self.connections.len() as u64;
+                // Closed here rather than dropped with the server, so that
+                // one holding echo bytes is reset (see `Connection::abort`).
+                self.close_all();
                 log::info!(
                     "stopping at once, {} cut; {outcome}; {}",
-                    count(self.connections.len() as u64, "session"),
+                    count(open, "session"),
                     self.stats()
                 );
                 return Ok(outcome);
@@ -828,7 +832,7 @@ impl Server {
         let key = entry.key();
         // Registered once for both directions and never again: with edge
         // triggering there is nothing to toggle (see DESIGN, "Register once").
-        let interest = Interest::READABLE | Interest::WRITABLE;
+        let interest = CONNECTION_INTEREST;
         if let Err(err) =
             self.poll
                 .registry()
@@ -892,15 +896,28 @@ impl Server {
         // Its pipe goes back to the pool (or is closed, if bytes are left
         // in it) rather than staying attached to a connection now gone.
         conn.release(&mut self.buffers);
-        self.stats.closed(reason, conn.bytes_in, conn.bytes_out);
+        let reset = conn.reset_by_server();
+        self.stats
+            .closed(reason, conn.bytes_in, conn.bytes_out, reset);
         if log::log_enabled!(log::Level::Debug) {
             let peer = conn
                 .stream()
                 .peer_addr()
                 .map(|p| display_addr(p).to_string())
                 .unwrap_or_else(|_| "peer address gone (see the accepted line)".to_string());
+            // A reset says so, with the bytes it threw away: the client saw
+            // an error, not an EOF (see `Connection::abort`).
+            let (ended, discarded) = if reset {
+                (
+                    "reset by the server",
+                    format!(", {} discarded", conn.unechoed()),
+                )
+            } else {
+                ("closed", String::new())
+            };
             log::debug!(
-                "connection {key}: closed, {peer}, {:.3} s, {} bytes in, {} echoed: {reason}",
+                "connection {key}: {ended}, {peer}, {:.3} s, {} bytes in, {} echoed{discarded}: \
+                 {reason}",
                 self.clock.now().since(conn.opened).as_secs_f64(),
                 conn.bytes_in,
                 conn.bytes_out,
@@ -1043,8 +1060,10 @@ impl Server {
         }
     }
 
-    /// The grace period is over: close every session still open, without
-    /// an RST (see `State::Draining`). Returns how many there were.
+    /// The grace period is over: close every session still open, with a
+    /// FIN if it has every byte back (see `State::Draining`), with an RST
+    /// if the server holds echo bytes it now throws away (see
+    /// `Connection::abort`). Returns how many there were.
     fn cut_all(&mut self) -> u64 {
         let now = self.clock.now();
         let mut cut = 0;
@@ -1060,6 +1079,27 @@ impl Server {
             count(cut, "session")
         );
         cut
+    }
+
+    /// Stopping at once (a second signal, or the [`StopHandle`]): every
+    /// connection still open is closed now and counted, with an RST if it
+    /// holds echo bytes (see `Connection::begin_close`), so that none ends
+    /// with a FIN claiming every byte came back. Listeners go first, so
+    /// that a close does not accept anyone new.
+    fn close_all(&mut self) {
+        self.listeners.clear();
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let Some(conn) = self.connections.get_mut(key) else {
+                continue;
+            };
+            conn.begin_close(key, CloseReason::Shutdown, &mut self.buffers);
+            let reason = match conn.state() {
+                State::Draining(reason) | State::Closed(reason) => reason,
+                State::Open | State::Flushing => CloseReason::Shutdown,
+            };
+            self.close(key, reason);
+        }
     }
 
     /// Closes connections idle for `--idle-timeout`, and those that have
@@ -1105,6 +1145,19 @@ fn deregister_listener(poll: &Poll, mut listener: Listener) {
         log::debug!("could not take tcp {} off the poll: {err}", listener.local);
     }
 }
+
+/// What a connection is registered for, once. PRIORITY (`EPOLLPRI`): TCP
+/// urgent data arrived, and a read will stop short at it (see
+/// `Readiness::priority`); without it that short read would pass for
+/// "drained" and the bytes behind the mark would wait for an edge that
+/// never comes.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const CONNECTION_INTEREST: Interest = Interest::READABLE
+    .add(Interest::WRITABLE)
+    .add(Interest::PRIORITY);
+/// Elsewhere mio has no PRIORITY interest.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const CONNECTION_INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
 
 /// One line for one readiness event, with every flag mio reports: what a
 /// learner should see to understand edge-triggered readiness.
@@ -1244,7 +1297,7 @@ fn serve_inherited(
     for listener in &listeners {
         if let Err(err) = net::set_connection_options(&listener.socket, connections) {
             log::warn!(
-                "could not set TCP_NODELAY and the socket buffer sizes on the tcp socket \
+                "could not set TCP_NODELAY, SO_OOBINLINE and the socket buffer sizes on the tcp socket \
                  {} passed by the service manager: {err}. Its connections are served with \
                  the kernel's defaults (set NoDelay=, ReceiveBuffer= and SendBuffer= in \
                  the .socket unit instead).",

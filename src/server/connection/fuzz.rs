@@ -14,10 +14,14 @@
 //! - **Arrivals.** The peer's bytes arrive in chunks of any size, between
 //!   turns or in the middle of one (between two system calls), and each
 //!   arrival raises a readable event. A read takes what is queued and fits
-//!   the buffer, so it is short exactly when the queue ran dry, as TCP's
-//!   `recv` is. A read may also be cut short, or answer WouldBlock, as if
-//!   the rest arrived just after it: then, like any arrival, it raises an
-//!   event.
+//!   the buffer, so it is short when the queue ran dry, as TCP's `recv` is.
+//!   A read may also be cut short, or answer WouldBlock, as if the rest
+//!   arrived just after it: then, like any arrival, it raises an event.
+//! - **Urgent data.** A chunk may end with a byte sent as TCP urgent data
+//!   (`MSG_OOB`, read inline as `SO_OOBINLINE` makes it): its arrival
+//!   raises an event with `priority`, and until a read has gone past it,
+//!   a read stops short before it with bytes still queued, and no event
+//!   follows (Linux's `tcp_recvmsg`). A later urgent byte moves the mark.
 //! - **The send buffer.** The echo goes into a send buffer of random size
 //!   that the peer empties at random moments. A write takes what fits
 //!   (short write, WouldBlock). Freeing space raises a writable event only
@@ -47,7 +51,7 @@
 //! Not modelled: EINTR, which a nonblocking socket never returns because it
 //! never sleeps (see `an_interrupted_write_keeps_the_bytes_read` for what
 //! happens if a stream does), and a short read that leaves bytes queued
-//! with no event after it, which TCP does not do.
+//! with no event after it, which TCP does only at an urgent mark (above).
 //!
 //! # What is checked
 //!
@@ -66,12 +70,14 @@
 //! - no read after EOF or an error, no write after an error or after
 //!   shutting down; a ring is held only while bytes are pending.
 //!
-//! At the end of each case the peer sends the rest and its FIN and reads all
-//! the echo, moving only when no event is pending and nothing is on the
-//! ready queue: so the connection must finish with the events the kernel
-//! gives and nothing else. Without a reset it must end `Closed(Eof)` with
-//! the whole input echoed (`Closed(Shutdown)` if the server closed it);
-//! after a reset it must end `Closed` all the same. If no event can come
+//! At the end of each case the peer reads all the echo, then (every byte
+//! that arrived must have been read by then: the FIN's own event would hide
+//! a stall) sends the rest and its FIN and reads the echo again, moving
+//! only when no event is pending and nothing is on the ready queue: so the
+//! connection must finish with the events the kernel gives and nothing
+//! else. Without a reset it must end `Closed(Eof)` with the whole input
+//! echoed (`Closed(Shutdown)` if the server closed it); after a reset it
+//! must end `Closed` all the same. If no event can come
 //! and it has not finished, it has stalled; if it takes more than a
 //! generous number of turns, it spins. A turn that makes too many system
 //! calls panics, and one that loops without making any is caught by a
@@ -128,6 +134,8 @@ fn byte(n: usize) -> u8 {
 enum Net {
     /// Up to this many more of the peer's bytes arrive.
     Send(usize),
+    /// As `Send`, the last of them sent as urgent data.
+    Urgent(usize),
     /// The rest of the peer's bytes arrive, then its FIN.
     Finish,
     /// The peer reads up to this many bytes of echo, freeing send buffer.
@@ -215,6 +223,9 @@ struct Wire {
     consumed: usize,
     /// The peer's FIN is queued behind its last byte.
     fin: bool,
+    /// Where the urgent byte is (its index in `input`), until a read has
+    /// gone past it: reads stop short before it.
+    mark: Option<usize>,
     /// The connection is broken, if it is.
     reset: Option<Reset>,
     /// Every byte the connection's writes took, in order.
@@ -227,6 +238,8 @@ struct Wire {
     nospace: bool,
     /// The connection shut down its sending side.
     shut_down: Cell<bool>,
+    /// The connection asked for an abortive close (`SO_LINGER` 0).
+    reset_on_close: Cell<bool>,
     /// What changed since the last poll; `None`: no event pending.
     raised: Option<Readiness>,
     calls: VecDeque<Call>,
@@ -251,12 +264,14 @@ impl Wire {
             arrived: 0,
             consumed: 0,
             fin: false,
+            mark: None,
             reset: None,
             sent: Vec::new(),
             peer_read: 0,
             send_buffer: case.send_buffer,
             nospace: false,
             shut_down: Cell::new(false),
+            reset_on_close: Cell::new(false),
             raised: None,
             calls: case.calls.iter().copied().collect(),
             calls_made: 0,
@@ -294,6 +309,19 @@ impl Wire {
             readable: self.queued() > 0 || self.fin || broken,
             writable: self.space() > 0 || broken,
             read_closed: self.fin || broken,
+            // tcp_poll reports EPOLLPRI until a read has gone past the mark.
+            priority: self.mark.is_some() && !broken,
+        }
+    }
+
+    /// The edge that bytes still queued would have brought, had they
+    /// arrived only now: readable, and `priority` if the urgent byte is
+    /// among them (the kernel reports urgent data once the byte is in, and
+    /// the bytes before it with it).
+    fn arrival(&self) -> Readiness {
+        Readiness {
+            priority: self.mark.is_some(),
+            ..READABLE
         }
     }
 
@@ -303,6 +331,7 @@ impl Wire {
         r.readable |= change.readable;
         r.writable |= change.writable;
         r.read_closed |= change.read_closed;
+        r.priority |= change.priority;
     }
 
     /// The event a poll reports, if one is pending.
@@ -327,6 +356,17 @@ impl Wire {
                 if n > 0 {
                     self.arrived += n;
                     self.raise(READABLE);
+                }
+            }
+            Net::Urgent(n) => {
+                let n = n.min(self.input.len() - self.arrived);
+                if n > 0 {
+                    self.arrived += n;
+                    self.mark = Some(self.arrived - 1);
+                    self.raise(Readiness {
+                        priority: true,
+                        ..READABLE
+                    });
                 }
             }
             Net::Finish => {
@@ -360,6 +400,7 @@ impl Wire {
             readable: true,
             writable: true,
             read_closed: true,
+            priority: false,
         });
     }
 
@@ -421,6 +462,12 @@ impl Wire {
             self.eof_returned = true;
             return Ok(0);
         }
+        // A read stops short before the urgent byte (if any read came
+        // before it), with no event: the edge that brought it is spent.
+        let honest = match self.mark {
+            Some(mark) if mark > self.consumed => honest.min(mark - self.consumed),
+            _ => honest,
+        };
         // Bytes cannot arrive after the FIN or a reset, so only a read
         // before them may be cut short.
         let n = if self.fin || self.reset.is_some() {
@@ -428,12 +475,14 @@ impl Wire {
         } else {
             honest.min(limit)
         };
-        if n < honest {
-            // The rest "arrives" just after this read: an edge, as for any
-            // arrival.
-            self.raise(READABLE);
-        }
+        let cut = n < honest;
         if n == 0 {
+            if cut {
+                // The rest "arrives" just after this read: an edge, as for
+                // any arrival, with `priority` if the urgent byte is among
+                // it.
+                self.raise(self.arrival());
+            }
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let mut left = n;
@@ -442,6 +491,13 @@ impl Wire {
             buf[..k].copy_from_slice(&self.input[self.consumed..self.consumed + k]);
             self.consumed += k;
             left -= k;
+        }
+        if self.mark.is_some_and(|mark| self.consumed > mark) {
+            self.mark = None; // read past it
+        }
+        if cut {
+            // As above, once the bytes read are out of the way.
+            self.raise(self.arrival());
         }
         Ok(n)
     }
@@ -507,6 +563,10 @@ impl Write for Wire {
 impl Stream for Wire {
     fn shutdown_write(&self) -> io::Result<()> {
         self.shut_down.set(true);
+        Ok(())
+    }
+    fn reset_on_close(&self) -> io::Result<()> {
+        self.reset_on_close.set(true);
         Ok(())
     }
 }
@@ -655,10 +715,19 @@ impl Run {
 
     fn server_close(&mut self) -> Result<(), TestCaseError> {
         let before = self.conn.state();
+        let pending = self.conn.pending(&self.bufs);
         self.conn
             .begin_close(KEY, CloseReason::Shutdown, &mut self.bufs);
         self.server_closed = true;
-        if before == State::Flushing {
+        if pending > 0 {
+            // Echo bytes thrown away: an RST, never a FIN.
+            prop_assert_eq!(self.conn.state(), State::Closed(CloseReason::Shutdown));
+            prop_assert!(
+                self.conn.stream.reset_on_close.get(),
+                "bytes dropped with a FIN"
+            );
+            prop_assert!(!self.conn.stream.shut_down.get(), "a FIN before the reset");
+        } else if before == State::Flushing {
             // The peer's EOF is in: nothing to drain, close at once.
             prop_assert_eq!(self.conn.state(), State::Closed(CloseReason::Shutdown));
         } else {
@@ -697,6 +766,24 @@ impl Run {
         }
         prop_assert_eq!(conn.bytes_in, wire.consumed as u64);
         prop_assert_eq!(conn.bytes_out, wire.sent.len() as u64);
+        // The close is abortive exactly when the server throws away bytes
+        // it read: never without a loss, and, unless the peer broke the
+        // connection first, never a loss without it.
+        let lost = wire.consumed > wire.sent.len();
+        prop_assert_eq!(conn.reset_by_server(), wire.reset_on_close.get());
+        if wire.reset_on_close.get() {
+            prop_assert!(lost, "reset by the server with every byte echoed");
+        }
+        if let State::Closed(_) = conn.state()
+            && lost
+            && wire.reset.is_none()
+        {
+            prop_assert!(
+                wire.reset_on_close.get(),
+                "closed with {} bytes lost, no RST",
+                conn.unechoed()
+            );
+        }
         match conn.state() {
             State::Open | State::Flushing => prop_assert_eq!(
                 wire.consumed,
@@ -740,7 +827,23 @@ impl Run {
             if wire.raised.is_some() || self.queued {
                 // The harsher kind of event: only what changed.
                 self.poll(false)?;
+            } else if intact && !wire.fin && wire.in_flight() > 0 {
+                self.wire().net(Net::PeerReads(usize::MAX));
             } else if intact && !wire.fin {
+                // Quiet before the FIN, whose own event would hide a
+                // stall: the peer has read its echo, so the connection
+                // must have read every byte that arrived (a short read
+                // at an urgent mark taken for "drained" shows here).
+                if self.conn.state() == State::Open && wire.queued() > 0 {
+                    return Err(TestCaseError::fail(format!(
+                        "stalled: {} of the {} bytes that arrived were never read (urgent \
+                         mark: {:?}), no event can come, and the connection remembers {:?}",
+                        wire.queued(),
+                        wire.arrived,
+                        wire.mark,
+                        self.conn.ready
+                    )));
+                }
                 self.wire().net(Net::Finish);
             } else if intact && wire.in_flight() > 0 {
                 self.wire().net(Net::PeerReads(usize::MAX));
@@ -780,6 +883,7 @@ impl Run {
             readable: true,
             writable: true,
             read_closed: true,
+            priority: true,
         };
         self.watchdog.beat();
         let turn = self.conn.on_ready(KEY, every, &mut self.bufs);
@@ -815,6 +919,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
 fn net() -> impl Strategy<Value = Net> {
     prop_oneof![
         8 => (1..=64usize).prop_map(Net::Send),
+        2 => (1..=64usize).prop_map(Net::Urgent),
         8 => (1..=64usize).prop_map(Net::PeerReads),
         1 => Just(Net::Finish),
     ]

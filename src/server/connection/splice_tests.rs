@@ -39,6 +39,9 @@ impl<S: Read + Write + AsFd> Stream for Pair<S> {
     fn shutdown_write(&self) -> io::Result<()> {
         SockRef::from(&self.0).shutdown(Shutdown::Write)
     }
+    fn reset_on_close(&self) -> io::Result<()> {
+        SockRef::from(&self.0).set_linger(Some(std::time::Duration::ZERO))
+    }
     fn splice_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.0.as_fd())
     }
@@ -259,6 +262,10 @@ fn a_pipe_full_of_small_pieces_does_not_lose_readiness() {
 /// short write.
 fn tcp_pair(backlog: usize) -> (Connection<Pair<TcpStream>>, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // As the server's listeners: urgent data stays in the stream.
+    SockRef::from(&listener)
+        .set_out_of_band_inline(true)
+        .unwrap();
     // Room for what the peer sends before the connection reads it.
     SockRef::from(&listener)
         .set_recv_buffer_size(1 << 20)
@@ -300,10 +307,10 @@ fn wait_for_fin(c: &Connection<Pair<TcpStream>>) {
 /// A byte sent as TCP urgent data (`MSG_OOB`, as telnet's interrupt
 /// does) stops a splice from the socket: `splice` will not move past the
 /// urgent mark, so it says WouldBlock with bytes still in the socket, even
-/// into an empty pipe. A read steps over the mark (the urgent byte is out
-/// of band, not part of the echo). Taking that WouldBlock for "drained"
-/// would leave the bytes after the mark, and here the FIN, unread with no
-/// edge ever coming for them.
+/// into an empty pipe. A read steps over the mark (with `SO_OOBINLINE`,
+/// as the server sets it, the urgent byte comes back in its place).
+/// Taking that WouldBlock for "drained" would leave the bytes after the
+/// mark, and here the FIN, unread with no edge ever coming for them.
 #[test]
 fn urgent_data_does_not_stall_a_spliced_stream() {
     let capacity = 1 << 16;
@@ -330,7 +337,7 @@ fn urgent_data_does_not_stall_a_spliced_stream() {
     got.extend(take_all(&mut peer));
     assert!(bufs.pipes.spliced > 0, "no byte went through the pipe");
     assert_eq!(c.state(), State::Closed(CloseReason::Eof));
-    let expected = [before, after].concat();
+    let expected = [&before[..], b"!", &after].concat();
     assert!(got == expected, "the echo differs");
 }
 
@@ -361,7 +368,8 @@ fn urgent_data_does_not_stall_the_next_burst() {
     let idle = |c: &Connection<Pair<TcpStream>>| !c.ready.readable && !c.splicing.holds_pipe();
     let mut got = serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, idle);
     got.extend(take_all(&mut peer));
-    assert!(got == before, "the first burst differs");
+    let first = [&before[..], b"!"].concat();
+    assert!(got == first, "the first burst differs");
     assert!(bufs.pipes.spliced > 0, "no byte went through the pipe");
 
     // The next burst: its edge, once its bytes are all there.
@@ -376,4 +384,42 @@ fn urgent_data_does_not_stall_the_next_burst() {
     let mut got = serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, idle);
     got.extend(take_all(&mut peer));
     assert!(got == after, "the next burst differs or waits unread");
+}
+
+/// The peer reads slowly, so the pipe is full of echo bytes when the
+/// splice in reaches the urgent mark: that splice says WouldBlock with
+/// bytes in the pipe, which cannot be told from a pipe out of slots. The
+/// connection must not wait for a readable edge (none will come: every
+/// byte, the tail too, is in the socket already), but drain the pipe as
+/// the peer reads, and then, with the pipe empty, read over the mark.
+#[test]
+fn urgent_data_reached_with_bytes_in_the_pipe_does_not_stall() {
+    let capacity = 1 << 16;
+    let mut bufs = Buffers::new(capacity).splicing(true);
+    let (mut c, mut peer) = tcp_pair(capacity);
+    let before = bytes(4 * capacity + 1000, 11);
+    let after = bytes(1000, 12);
+    peer.set_nonblocking(false).unwrap();
+    peer.write_all(&before).unwrap();
+    SockRef::from(&peer).send_out_of_band(b"!").unwrap();
+    peer.write_all(&after).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    // Bounded: everything up to the mark is on loopback already.
+    for _ in 0..100 {
+        if peek(&c, before.len()).is_ok_and(|n| n == before.len()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let expected = [&before[..], b"!", &after].concat();
+    c.on_ready(1, BOTH, &mut bufs);
+    // 4 KiB a turn: far less than the pipe holds, so it is never empty
+    // when the splice in gets to the mark.
+    let mut got = serve_until(&mut c, &mut peer, &mut bufs, 4096, |c| {
+        !c.ready.readable && !c.splicing.holds_pipe()
+    });
+    got.extend(take_all(&mut peer));
+    assert!(bufs.pipes.spliced > 0, "no byte went through the pipe");
+    assert_eq!(got.len(), expected.len(), "the echo is short");
+    assert!(got == expected, "the echo differs");
 }

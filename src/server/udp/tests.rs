@@ -30,7 +30,7 @@ fn serve_until_received(echo: &mut UdpEcho, count: u64) {
     let ready = Readiness {
         readable: true,
         writable: true,
-        read_closed: false,
+        ..Readiness::NONE
     };
     while echo.counters.received < count {
         assert!(
