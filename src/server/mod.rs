@@ -336,7 +336,7 @@ impl Server {
         }
         let poll = Poll::new().map_err(StartError::Poll)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(StartError::Poll)?);
-        let guard = udp_guard_config(config);
+        let guard = udp_guard_config(config, Path::new(net::IPV4_CONF));
         let (listeners, udp) = bind_all(config, &guard)?;
         // Raise the open-files limit whether or not --max-connections was
         // given: a limit set by hand needs the descriptors just as much.
@@ -908,19 +908,20 @@ fn count(n: u64, noun: &str) -> String {
 }
 
 /// The UDP guard's settings as served: `--limit-loopback` holds loopback
-/// sources to the rates, and so does `route_localnet` found on at start
-/// (then loopback sources may come from another host), which is said once.
-fn udp_guard_config(config: &ServerConfig) -> GuardConfig {
+/// sources to the rates, and so does `route_localnet` found on at start in
+/// `ipv4_conf` (normally [`net::IPV4_CONF`]; then loopback sources may
+/// come from another host), which is said once.
+fn udp_guard_config(config: &ServerConfig, ipv4_conf: &Path) -> GuardConfig {
     let mut guard = config.udp_guard.clone();
     guard.limit_loopback |= config.limit_loopback;
     if config.udp && !guard.limit_loopback {
-        let on = net::route_localnet(Path::new(net::IPV4_CONF));
+        let on = net::route_localnet(ipv4_conf);
         if !on.is_empty() {
             log::info!(
                 "route_localnet is on ({} in {}), so datagrams with a loopback source can come \
                  from other hosts: --udp-rate and --udp-rate-total hold loopback sources too",
                 on.join(", "),
-                net::IPV4_CONF
+                ipv4_conf.display()
             );
             guard.limit_loopback = true;
         }
@@ -1073,5 +1074,27 @@ mod tests {
             assert_eq!(Source::of(token).token(), token, "{source}");
             assert_eq!(Source::of(token).to_string(), source.to_string());
         }
+    }
+
+    /// Loopback is exempt from the UDP rates unless --limit-loopback, or
+    /// route_localnet is on for any interface (here a directory made to
+    /// look like /proc/sys/net/ipv4/conf).
+    #[test]
+    fn route_localnet_or_the_flag_holds_loopback_to_the_udp_rates() {
+        let conf = std::env::temp_dir().join(format!("echod-ipv4-conf-{}", std::process::id()));
+        std::fs::create_dir_all(conf.join("eth0")).unwrap();
+        let set = |value: &str| std::fs::write(conf.join("eth0/route_localnet"), value).unwrap();
+        let default = ServerConfig::default();
+        let flagged = ServerConfig {
+            limit_loopback: true,
+            ..ServerConfig::default()
+        };
+        set("0\n");
+        assert!(!udp_guard_config(&default, &conf).limit_loopback);
+        assert!(udp_guard_config(&flagged, &conf).limit_loopback);
+        set("1\n");
+        let limited = udp_guard_config(&default, &conf).limit_loopback;
+        std::fs::remove_dir_all(&conf).unwrap();
+        assert!(limited);
     }
 }

@@ -100,6 +100,7 @@ pub struct EchoSocket {
     #[cfg(target_os = "linux")]
     control: Vec<u8>,
     /// Replies name their source (bound to a wildcard address).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     reply_from: bool,
 }
 
@@ -285,7 +286,6 @@ impl EchoSocket {
         to: SocketAddr,
         _from: Option<ReplyFrom>,
     ) -> io::Result<usize> {
-        let _ = self.reply_from;
         self.socket.send_to(payload, to)
     }
 }
