@@ -181,7 +181,9 @@ pub fn bind_udp(addr: SocketAddr, options: BindOptions) -> Result<mio::net::UdpS
         let socket = new_socket(addr, Type::DGRAM, Protocol::UDP, options)?;
         apply(&socket, options)?;
         socket.bind(&addr.into())?;
-        enlarge_udp_buffers(SockRef::from(&socket), addr);
+        // Logged with the port the kernel picked, if it was asked to.
+        let local = socket.local_addr()?.as_socket().unwrap_or(addr);
+        enlarge_udp_buffers(SockRef::from(&socket), local);
         Ok(mio::net::UdpSocket::from_std(socket.into()))
     };
     setup().map_err(|source| BindError {
@@ -343,17 +345,19 @@ pub fn describe_buffer(local: SocketAddr, size: &BufferSize) -> (log::Level, Str
     let sysctl = direction.sysctl();
     let consequence = match direction {
         Direction::Receive => {
-            "a burst larger than that is dropped by the kernel (the counters show how many)"
+            "a burst larger than the buffer is dropped by the kernel (the counters show how \
+             many)"
         }
         Direction::Send => "replies beyond it wait in echod's small queue or are dropped",
     };
     (
         log::Level::Warn,
         format!(
-            "udp {local}: {noun} buffer {granted} bytes, less than the {asked} asked for \
-             (the kernel reports twice the size set): without CAP_NET_ADMIN the kernel caps \
-             it at {sysctl}, and {consequence}. Raise the cap with `sysctl -w \
-             {sysctl}={asked}`, or give echod CAP_NET_ADMIN."
+            "udp {local}: the kernel granted a {noun} buffer of {} bytes of the {asked} asked \
+             for (it reports {granted}, twice the size set): without CAP_NET_ADMIN it caps the \
+             size at {sysctl}, and {consequence}. Raise the cap with `sysctl -w \
+             {sysctl}={asked}`, or give echod CAP_NET_ADMIN.",
+            granted / KERNEL_DOUBLES
         ),
     )
 }
@@ -482,8 +486,10 @@ mod tests {
         };
         let (level, line) = describe_buffer(local, &capped);
         assert_eq!(level, log::Level::Warn);
-        assert!(line.contains("receive buffer 425984 bytes"), "{line}");
-        assert!(line.contains("4194304 asked for"), "{line}");
+        assert!(
+            line.contains("receive buffer of 212992 bytes of the 4194304 asked for"),
+            "{line}"
+        );
         assert!(
             line.contains("sysctl -w net.core.rmem_max=4194304"),
             "{line}"
