@@ -14,7 +14,9 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::net;
-use crate::server::{DEFAULT_UDP_RATE, GuardConfig, PortRange, ServerConfig};
+use crate::server::{
+    DEFAULT_UDP_RATE, DEFAULT_UDP_RATE_TOTAL, GuardConfig, PortRange, ServerConfig,
+};
 
 /// RFC 862: "A server listens for TCP connections on TCP port 7" (and for
 /// UDP datagrams on UDP port 7).
@@ -233,11 +235,21 @@ pub struct ServeArgs {
 
     /// UDP datagrams answered per second per source address (per /64 for
     /// IPv6), in bursts of as many; the rest are dropped, so echod makes a
-    /// poor reflector (0 to 10000000). 0 turns the limit off (for load
-    /// tests).
+    /// poor reflector (0 to 10000000). Loopback sources are exempt (see
+    /// --limit-loopback). 0 turns the limit off (for load tests from
+    /// another host).
     #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE,
           value_parser = parse_udp_rate)]
     pub udp_rate: u32,
+
+    /// UDP datagrams answered per second from all non-loopback sources
+    /// together, in bursts of as many, so that a flood forged from many
+    /// addresses, each within --udp-rate, is bounded too; the rest are
+    /// dropped and counted as "total rate". 0 turns the budget off; at
+    /// most 4294967295.
+    #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE_TOTAL,
+          value_parser = parse_udp_rate)]
+    pub udp_rate_total: u32,
 
     /// Share the port with other echod processes started with
     /// --reuseport (SO_REUSEPORT): the kernel spreads new connections and
@@ -245,10 +257,13 @@ pub struct ServeArgs {
     #[arg(long)]
     pub reuseport: bool,
 
-    /// Apply the per-source limits (--udp-rate, and the per-source
-    /// connection limit) to loopback clients too (127.0.0.0/8, ::1). By
-    /// default they are exempt: local tests and benchmarks come from there,
-    /// and Linux drops loopback sources arriving from another interface.
+    /// Apply the per-source limits (--udp-rate, --udp-rate-total, and the
+    /// per-source connection limit) to loopback clients too (127.0.0.0/8,
+    /// ::1). By default they are exempt: local tests and benchmarks come
+    /// from there, and Linux drops loopback sources arriving from another
+    /// interface. UDP applies them anyway when it finds route_localnet on
+    /// at start (it says so), since loopback sources can then come from
+    /// other hosts.
     #[arg(long)]
     pub limit_loopback: bool,
 
@@ -291,6 +306,10 @@ impl ServeArgs {
             udp_guard: GuardConfig {
                 allow_ports: self.udp_allow_ports.clone(),
                 rate: self.udp_rate,
+                rate_total: self.udp_rate_total,
+                // ServerConfig::limit_loopback below; the server adds
+                // route_localnet when it starts.
+                limit_loopback: false,
             },
             reuse_port: self.reuseport,
             limit_loopback: self.limit_loopback,
@@ -784,12 +803,15 @@ mod tests {
             "19",
             "--udp-rate",
             "10",
+            "--udp-rate-total",
+            "30",
         ])
         .unwrap();
         let guard = cli.serve.to_config().udp_guard;
         let allowed: Vec<String> = guard.allow_ports.iter().map(|r| r.to_string()).collect();
         assert_eq!(allowed, ["7", "1000-1023", "19"]);
         assert_eq!(guard.rate, 10);
+        assert_eq!(guard.rate_total, 30);
     }
 
     #[test]
@@ -797,6 +819,8 @@ mod tests {
         let cli = Cli::try_parse_from(["echod"]).unwrap();
         assert_eq!(cli.serve.to_config().udp_guard, GuardConfig::default());
         assert_eq!(GuardConfig::default().rate, DEFAULT_UDP_RATE);
+        assert_eq!(GuardConfig::default().rate_total, DEFAULT_UDP_RATE_TOTAL);
+        assert!(!GuardConfig::default().limit_loopback);
         assert!(GuardConfig::default().allow_ports.is_empty());
     }
 
@@ -805,6 +829,26 @@ mod tests {
         let err = parse_udp_rate("fast").unwrap_err();
         assert!(err.contains("'fast' is not a number of datagrams per second"));
         assert_eq!(parse_udp_rate("0"), Ok(0));
+    }
+
+    /// The documented range of --udp-rate and --udp-rate-total: 0 to
+    /// u32::MAX, checked at parse time with the range in the message.
+    #[test]
+    fn udp_rates_have_a_range() {
+        for flag in ["--udp-rate", "--udp-rate-total"] {
+            let max = MAX_UDP_RATE.to_string();
+            assert!(Cli::try_parse_from(["echod", flag, &max]).is_ok(), "{flag}");
+            assert!(Cli::try_parse_from(["echod", flag, "0"]).is_ok(), "{flag}");
+            for bad in ["10000001", "4294967296", "-1"] {
+                let err = Cli::try_parse_from(["echod", &format!("{flag}={bad}")])
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains("from 0 to 10000000 (0 turns the limit off)"),
+                    "{flag} {bad}: {err}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -15,8 +15,10 @@
 //!    and `splice` for bulk streams on Linux: the `pipe` module).
 //! 3. [`server`]: the loop itself: poll, dispatch by token, the ready queue.
 //! 4. [`server`]'s `udp` module: datagram echo with a bounded reply queue,
-//!    and `udp_guard`, which datagrams it refuses to answer (CERT
-//!    CA-1996-01 loops, reflection) and the per-source rate limit.
+//!    its socket's control messages (the kernel's drops, the address to
+//!    answer from: `udp/socket.rs`), and `udp_guard`, which datagrams it
+//!    refuses to answer (CERT CA-1996-01 loops, reflection), the
+//!    per-source rate limit and the total budget.
 //! 5. [`net`]: binding sockets (dual-stack IPv6) and bind errors as sentences.
 //! 6. [`cli`]: the command line, turned into a validated configuration.
 //!
@@ -78,7 +80,8 @@
 //! src/server/pipe.rs           pipes for splice(2): bulk streams echoed without a copy
 //! src/server/sources.rs        connections open per source, and their limit
 //! src/server/udp.rs            datagram echo and its bounded reply queue
-//! src/server/udp_guard.rs      which datagrams not to answer; per-source rate limit
+//! src/server/udp/socket.rs     recvmsg/sendmmsg with control messages (drops, pktinfo)
+//! src/server/udp_guard.rs      which datagrams not to answer; rate limits
 //! ```
 
 #![deny(missing_docs)]

@@ -122,16 +122,19 @@ impl fmt::Display for Stats {
         write!(
             f,
             "udp: datagrams in {}, out {}, dropped {} (service port {}, bad address {}, \
-             rate {}, queue full {}, send error {}, shutdown {})",
+             rate {}, total rate {}, queue full {}, send error {}, shutdown {}), dropped by \
+             the kernel {} (as of the last datagram received)",
             u.received,
             u.sent,
             u.dropped(),
             u.dropped_port,
             u.dropped_address,
             u.dropped_rate,
+            u.dropped_total_rate,
             u.dropped_queue_full,
             u.dropped_send_error,
             u.dropped_shutdown,
+            u.dropped_by_kernel,
         )
     }
 }
@@ -174,9 +177,11 @@ mod tests {
                 ..TcpStats::default()
             },
             udp: UdpCounters {
-                received: 4,
+                received: 6,
                 sent: 3,
                 dropped_queue_full: 1,
+                dropped_total_rate: 2,
+                dropped_by_kernel: 5,
                 ..UdpCounters::default()
             },
         };
@@ -193,9 +198,15 @@ mod tests {
         );
         assert!(line.contains("bytes in 100, out 90"), "{line}");
         assert!(
-            line.contains("udp: datagrams in 4, out 3, dropped 1 ("),
+            line.contains("udp: datagrams in 6, out 3, dropped 3 ("),
             "{line}"
         );
         assert!(line.contains("queue full 1"), "{line}");
+        assert!(line.contains("total rate 2"), "{line}");
+        // Not among the datagrams received, so not in "dropped".
+        assert!(
+            line.ends_with("dropped by the kernel 5 (as of the last datagram received)"),
+            "{line}"
+        );
     }
 }

@@ -29,10 +29,11 @@ pub use clock::Millis;
 pub use connection::{Buffers, CloseReason, Connection, Readiness, State, Stream, Turn};
 pub use pipe::{MAX_PIPES, SPARE_PIPES, pipes_for};
 pub use udp::{MAX_DATAGRAM, UdpCounters};
-pub use udp_guard::{DEFAULT_UDP_RATE, GuardConfig, PortRange};
+pub use udp_guard::{DEFAULT_UDP_RATE, DEFAULT_UDP_RATE_TOTAL, GuardConfig, PortRange};
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -48,7 +49,7 @@ use clock::Clock;
 use listener::{Accepted, Listener};
 use signals::{Request, Signals};
 use sources::{Admission, SourceLimit};
-use udp::UdpEcho;
+use udp::{EchoSocket, UdpEcho};
 
 /// What the server is asked to do; built from the command line by
 /// [`crate::cli`], or directly by tests.
@@ -93,7 +94,9 @@ pub struct ServerConfig {
     /// Set `SO_REUSEPORT`, so several processes can serve one port.
     pub reuse_port: bool,
     /// Apply the per-source limits to loopback sources too (see
-    /// [`crate::net::is_loopback`]); by default they are exempt.
+    /// [`crate::net::is_loopback`]); by default they are exempt. For UDP
+    /// also the total budget; and UDP holds loopback to its limits anyway
+    /// when `route_localnet` is on (see [`GuardConfig::limit_loopback`]).
     pub limit_loopback: bool,
     /// Serve the sockets a service manager passed (`LISTEN_FDS`, see
     /// [`crate::activation`]) instead of binding, when there are any.
@@ -437,7 +440,8 @@ impl Server {
         }
         let poll = Poll::new().map_err(StartError::Poll)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(StartError::Poll)?);
-        let (listeners, udp) = bind_all(config)?;
+        let guard = udp_guard_config(config, Path::new(net::IPV4_CONF));
+        let (listeners, udp) = bind_all(config, &guard)?;
         // Raise the open-files limit whether or not --max-connections was
         // given: a limit set by hand needs the descriptors just as much.
         let derived = default_max_connections();
@@ -1226,13 +1230,38 @@ fn count(n: u64, noun: &str) -> String {
     }
 }
 
+/// The UDP guard's settings as served: `--limit-loopback` holds loopback
+/// sources to the rates, and so does `route_localnet` found on at start in
+/// `ipv4_conf` (normally [`net::IPV4_CONF`]; then loopback sources may
+/// come from another host), which is said once.
+fn udp_guard_config(config: &ServerConfig, ipv4_conf: &Path) -> GuardConfig {
+    let mut guard = config.udp_guard.clone();
+    guard.limit_loopback |= config.limit_loopback;
+    if config.udp && !guard.limit_loopback {
+        let on = net::route_localnet(ipv4_conf);
+        if !on.is_empty() {
+            log::info!(
+                "route_localnet is on ({} in {}), so datagrams with a loopback source can come \
+                 from other hosts: --udp-rate and --udp-rate-total hold loopback sources too",
+                on.join(", "),
+                ipv4_conf.display()
+            );
+            guard.limit_loopback = true;
+        }
+    }
+    guard
+}
+
 /// Binds the listeners and UDP sockets for every configured address, or
 /// takes them from the service manager when it passed some.
-fn bind_all(config: &ServerConfig) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
+fn bind_all(
+    config: &ServerConfig,
+    guard: &GuardConfig,
+) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
     if config.socket_activation
         && let Some(sockets) = activation::take().map_err(StartError::Activation)?
     {
-        return serve_inherited(sockets, config);
+        return serve_inherited(sockets, config, guard);
     }
     let explicit = !config.bind.is_empty();
     let addrs = if explicit {
@@ -1252,11 +1281,11 @@ fn bind_all(config: &ServerConfig) -> Result<(Vec<Listener>, Vec<UdpEcho>), Star
     }
     let mut attempt = 1;
     loop {
-        match bind_addrs(&addrs, config) {
+        match bind_addrs(&addrs, config, guard) {
             // The machine has no IPv6: serve IPv4 on all addresses instead.
             Err(StartError::Bind(err)) if !explicit && net::is_ipv6_unavailable(&err.source) => {
                 log::debug!("IPv6 is unavailable ({}), serving IPv4 only", err.source);
-                return bind_addrs(&[net::IPV4_ANY], config);
+                return bind_addrs(&[net::IPV4_ANY], config, guard);
             }
             // With port 0, the port the kernel picked for TCP may be taken
             // for UDP (or on another address): pick again.
@@ -1278,6 +1307,7 @@ fn bind_all(config: &ServerConfig) -> Result<(Vec<Listener>, Vec<UdpEcho>), Star
 fn serve_inherited(
     sockets: Vec<activation::Socket>,
     config: &ServerConfig,
+    guard: &GuardConfig,
 ) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
     let served = activation::sort(sockets, config.tcp, config.udp, MAX_BINDS)
         .map_err(StartError::Activation)?;
@@ -1309,8 +1339,13 @@ fn serve_inherited(
     let udp = served
         .udp
         .into_iter()
-        .map(|(socket, local)| UdpEcho::new(socket, local, &config.udp_guard))
-        .collect();
+        .map(|(socket, local)| {
+            // The manager bound it with its own buffer sizes: made larger
+            // here if they are smaller, as a bound socket's are.
+            net::enlarge_udp_buffers(socket2::SockRef::from(&socket), local);
+            echo_socket(socket, local, guard)
+        })
+        .collect::<Result<_, _>>()?;
     Ok((listeners, udp))
 }
 
@@ -1318,9 +1353,25 @@ fn serve_inherited(
 /// every socket.
 const PORT_ZERO_ATTEMPTS: usize = 20;
 
+/// Wraps a bound UDP socket for the loop, with the options its control
+/// messages need.
+fn echo_socket(
+    socket: mio::net::UdpSocket,
+    local: SocketAddr,
+    guard: &GuardConfig,
+) -> Result<UdpEcho, StartError> {
+    let socket = EchoSocket::new(socket, local).map_err(|source| BindError {
+        transport: Transport::Udp,
+        addr: local,
+        source,
+    })?;
+    Ok(UdpEcho::new(socket, local, guard))
+}
+
 fn bind_addrs(
     addrs: &[IpAddr],
     config: &ServerConfig,
+    guard: &GuardConfig,
 ) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
     // With port 0 the kernel picks a port for the first socket; every other
     // socket uses that same port, so one number serves TCP and UDP.
@@ -1345,7 +1396,7 @@ fn bind_addrs(
             let socket = net::bind_udp(SocketAddr::new(ip, port), options)?;
             let local = socket.local_addr().map_err(StartError::Poll)?;
             port = local.port();
-            udp.push(UdpEcho::new(socket, local, &config.udp_guard));
+            udp.push(echo_socket(socket, local, guard)?);
         }
     }
     report_socket_buffers(&listeners, config.socket_buffer);
@@ -1426,5 +1477,27 @@ mod tests {
             assert_eq!(Source::of(token).token(), token, "{source}");
             assert_eq!(Source::of(token).to_string(), source.to_string());
         }
+    }
+
+    /// Loopback is exempt from the UDP rates unless --limit-loopback, or
+    /// route_localnet is on for any interface (here a directory made to
+    /// look like /proc/sys/net/ipv4/conf).
+    #[test]
+    fn route_localnet_or_the_flag_holds_loopback_to_the_udp_rates() {
+        let conf = std::env::temp_dir().join(format!("echod-ipv4-conf-{}", std::process::id()));
+        std::fs::create_dir_all(conf.join("eth0")).unwrap();
+        let set = |value: &str| std::fs::write(conf.join("eth0/route_localnet"), value).unwrap();
+        let default = ServerConfig::default();
+        let flagged = ServerConfig {
+            limit_loopback: true,
+            ..ServerConfig::default()
+        };
+        set("0\n");
+        assert!(!udp_guard_config(&default, &conf).limit_loopback);
+        assert!(udp_guard_config(&flagged, &conf).limit_loopback);
+        set("1\n");
+        let limited = udp_guard_config(&default, &conf).limit_loopback;
+        std::fs::remove_dir_all(&conf).unwrap();
+        assert!(limited);
     }
 }

@@ -13,17 +13,24 @@
 //! or use echod as a reflector, and senders over their rate. Each drop is
 //! counted by reason and logged at debug level; a warning sums them up at
 //! most once per reason every few seconds.
+//!
+//! Datagrams the kernel itself dropped (the receive buffer was full) never
+//! reach echod; the socket ([`socket`]) reads the kernel's count of them
+//! from each datagram that does, and it is shown beside echod's own. On a
+//! socket bound to a wildcard address, each reply goes out from the
+//! address its datagram was sent to.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use mio::net::UdpSocket;
-
 use super::connection::{Readiness, Turn};
 use super::udp_guard::{DropReason, DropWarnings, GuardConfig, UdpGuard, Verdict, WARN_INTERVAL};
 use crate::net::display_addr;
+pub use socket::{EchoSocket, Received, ReplyFrom};
+
+mod socket;
 
 /// Large enough for any UDP payload: 65,535 minus the 8-byte UDP header is
 /// 65,527 (IPv6 over loopback); IPv4 carries at most 65,507.
@@ -41,6 +48,8 @@ const DATAGRAMS_PER_TURN: usize = 64;
 /// A reply that the socket would not take yet.
 struct Reply {
     to: SocketAddr,
+    /// The source to send it from, if the socket must say.
+    from: Option<ReplyFrom>,
     payload: Box<[u8]>,
 }
 
@@ -63,8 +72,17 @@ pub struct UdpCounters {
     pub dropped_address: u64,
     /// Datagrams not answered because their source was over `--udp-rate`.
     pub dropped_rate: u64,
+    /// Datagrams not answered because all sources together were over
+    /// `--udp-rate-total`.
+    pub dropped_total_rate: u64,
     /// Replies still queued when the socket closed at shutdown.
     pub dropped_shutdown: u64,
+    /// Datagrams the kernel dropped before echod could receive them (the
+    /// receive buffer was full), as of the last datagram received: the
+    /// kernel tells the count only with a datagram (`SO_RXQ_OVFL`), so
+    /// drops after the last one show once another arrives. Not part of
+    /// `received` nor of [`UdpCounters::dropped`].
+    pub dropped_by_kernel: u64,
 }
 
 impl UdpCounters {
@@ -77,7 +95,9 @@ impl UdpCounters {
         self.dropped_port += other.dropped_port;
         self.dropped_address += other.dropped_address;
         self.dropped_rate += other.dropped_rate;
+        self.dropped_total_rate += other.dropped_total_rate;
         self.dropped_shutdown += other.dropped_shutdown;
+        self.dropped_by_kernel += other.dropped_by_kernel;
     }
 
     /// Datagrams received but not echoed, for any reason.
@@ -87,31 +107,42 @@ impl UdpCounters {
             + self.dropped_port
             + self.dropped_address
             + self.dropped_rate
+            + self.dropped_total_rate
             + self.dropped_shutdown
     }
 }
 
-/// What the datagram echo needs of a socket: mio's `UdpSocket`, or a
+/// What the datagram echo needs of a socket: an [`EchoSocket`], or a
 /// scripted fake in tests (a loopback send practically never says
 /// WouldBlock, so the reply queue cannot be tested over a real socket).
 pub trait Datagrams {
     /// Receives one datagram into `buf`.
-    fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
-    /// Sends one datagram to `to`.
-    fn send_to(&self, payload: &[u8], to: SocketAddr) -> io::Result<usize>;
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Received>;
+    /// Sends one datagram to `to`, from `from` if given.
+    fn send(
+        &mut self,
+        payload: &[u8],
+        to: SocketAddr,
+        from: Option<ReplyFrom>,
+    ) -> io::Result<usize>;
 }
 
-impl Datagrams for UdpSocket {
-    fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        UdpSocket::recv_from(self, buf)
+impl Datagrams for EchoSocket {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Received> {
+        EchoSocket::recv(self, buf)
     }
-    fn send_to(&self, payload: &[u8], to: SocketAddr) -> io::Result<usize> {
-        UdpSocket::send_to(self, payload, to)
+    fn send(
+        &mut self,
+        payload: &[u8],
+        to: SocketAddr,
+        from: Option<ReplyFrom>,
+    ) -> io::Result<usize> {
+        EchoSocket::send(self, payload, to, from)
     }
 }
 
 /// One UDP socket and its queue of replies not yet sent.
-pub struct UdpEcho<S = UdpSocket> {
+pub struct UdpEcho<S = EchoSocket> {
     socket: S,
     local: SocketAddr,
     ready: Readiness,
@@ -121,16 +152,19 @@ pub struct UdpEcho<S = UdpSocket> {
     guard: UdpGuard,
     /// When to warn about drops (at most once per reason per interval).
     warnings: DropWarnings,
+    /// The kernel's drop count in the last datagram that carried one
+    /// (it wraps at `u32::MAX`; the counter adds the differences).
+    kernel_drops_seen: u32,
     /// What happened on this socket so far.
     pub counters: UdpCounters,
     /// On the loop's ready queue now (so it is not queued twice).
     pub queued: bool,
 }
 
-impl UdpEcho<UdpSocket> {
+impl UdpEcho<EchoSocket> {
     /// The socket, for registering with the poll.
-    pub fn socket_mut(&mut self) -> &mut UdpSocket {
-        &mut self.socket
+    pub fn socket_mut(&mut self) -> &mut mio::net::UdpSocket {
+        self.socket.source_mut()
     }
 }
 
@@ -145,6 +179,7 @@ impl<S: Datagrams> UdpEcho<S> {
             queued_bytes: 0,
             guard: UdpGuard::new(guard, Instant::now()),
             warnings: DropWarnings::default(),
+            kernel_drops_seen: 0,
             counters: UdpCounters::default(),
             queued: false,
         }
@@ -186,12 +221,24 @@ impl<S: Datagrams> UdpEcho<S> {
             if !self.ready.readable {
                 return Turn::Wait;
             }
-            match self.socket.recv_from(buf) {
-                Ok((n, peer)) => {
+            match self.socket.recv(buf) {
+                Ok(Received {
+                    len,
+                    peer,
+                    reply_from,
+                    kernel_drops,
+                }) => {
                     self.counters.received += 1;
-                    log::trace!("udp {}: {n} bytes from {}", self.local, display_addr(peer));
+                    log::trace!(
+                        "udp {}: {len} bytes from {}",
+                        self.local,
+                        display_addr(peer)
+                    );
+                    if let Some(drops) = kernel_drops {
+                        self.count_kernel_drops(drops);
+                    }
                     match self.guard.check(peer, now) {
-                        Verdict::Answer => self.echo(&buf[..n], peer),
+                        Verdict::Answer => self.echo(&buf[..len], peer, reply_from),
                         Verdict::Drop(reason) => self.refuse(reason, peer, now),
                     }
                 }
@@ -213,12 +260,28 @@ impl<S: Datagrams> UdpEcho<S> {
         }
     }
 
+    /// Takes the kernel's drop count carried by a datagram: what it grew
+    /// by since the last one is added to the counter.
+    fn count_kernel_drops(&mut self, drops: u32) {
+        let new = drops.wrapping_sub(self.kernel_drops_seen);
+        if new == 0 {
+            return;
+        }
+        self.kernel_drops_seen = drops;
+        self.counters.dropped_by_kernel += u64::from(new);
+        log::debug!(
+            "udp {}: the kernel dropped {new} more datagrams (its receive buffer was full)",
+            self.local
+        );
+    }
+
     /// Counts and logs a datagram the guard refused.
     fn refuse(&mut self, reason: DropReason, peer: SocketAddr, now: Instant) {
         let counter = match reason {
             DropReason::Port => &mut self.counters.dropped_port,
             DropReason::Address => &mut self.counters.dropped_address,
             DropReason::Rate => &mut self.counters.dropped_rate,
+            DropReason::TotalRate => &mut self.counters.dropped_total_rate,
         };
         *counter += 1;
         let peer = display_addr(peer);
@@ -251,9 +314,9 @@ impl<S: Datagrams> UdpEcho<S> {
 
     /// Sends one reply now, or queues it if the socket is not writable (or
     /// earlier replies still wait, to keep them in order).
-    fn echo(&mut self, payload: &[u8], peer: SocketAddr) {
+    fn echo(&mut self, payload: &[u8], peer: SocketAddr, from: Option<ReplyFrom>) {
         if self.queue.is_empty() && self.ready.writable {
-            match self.socket.send_to(payload, peer) {
+            match self.socket.send(payload, peer, from) {
                 Ok(_) => {
                     self.counters.sent += 1;
                     return;
@@ -279,6 +342,7 @@ impl<S: Datagrams> UdpEcho<S> {
         self.queued_bytes += payload.len();
         self.queue.push_back(Reply {
             to: peer,
+            from,
             payload: payload.into(),
         });
     }
@@ -289,7 +353,7 @@ impl<S: Datagrams> UdpEcho<S> {
             let Some(reply) = self.queue.front() else {
                 return;
             };
-            match self.socket.send_to(&reply.payload, reply.to) {
+            match self.socket.send(&reply.payload, reply.to, reply.from) {
                 Ok(_) => self.counters.sent += 1,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     self.ready.writable = false;

@@ -22,10 +22,18 @@
 //! 2. the source port must not be 0 nor one of [`refused_ports`] (all
 //!    below 1024, plus [`REFLECTOR_PORTS`]), unless `--udp-allow-ports`
 //!    allows it;
-//! 3. the source must still have a token in its [`RateLimiter`] bucket.
+//! 3. a loopback source is answered now, unless the limits hold loopback
+//!    too (`--limit-loopback`, or `route_localnet` on: see
+//!    [`GuardConfig::limit_loopback`]);
+//! 4. the source must still have a token in its [`RateLimiter`] bucket;
+//! 5. all sources together must still have a token in the total budget
+//!    ([`TotalBudget`], `--udp-rate-total`), so that a flood forged from
+//!    many addresses, each within its own rate, is bounded too.
 //!
 //! Only a datagram that passes 1 and 2 spends a token, so refused traffic
-//! does not eat into a sender's rate.
+//! does not eat into a sender's rate; only one within its source's rate
+//! spends a token of the total, so one heavy sender cannot use up the
+//! budget of all the others.
 //!
 //! This module does no I/O and allocates nothing per datagram; the time is
 //! passed in, so tests drive the clock. Counting and logging the drops is
@@ -73,8 +81,22 @@ pub const REFLECTOR_PORTS: [(u16, &str); 6] = [
 /// with bursts of as many. An echo client (a person with `nc -u`, a probe,
 /// a latency test) stays far below it; a reflection attack that forges one
 /// victim's address gets at most this many answers per second sent there.
-/// A load test from one host needs `--udp-rate 0`.
+/// Loopback sources are exempt by default, so a load test on the same
+/// host needs nothing; from another host it needs `--udp-rate 0`.
 pub const DEFAULT_UDP_RATE: u32 = 1000;
+
+/// The default of `--udp-rate-total`: datagrams answered per second from
+/// all non-loopback sources together, with bursts of as many. A flood
+/// forged from many addresses stays within each one's `--udp-rate` and
+/// would otherwise be answered as fast as the CPU allows (hundreds of
+/// thousands per second). Ten times the default per-source rate: ten
+/// clients at their full rate at once, or thousands of ordinary ones, are
+/// all answered; and what a forged flood can make echod send, to all its
+/// victims together, is at most 10,000 datagrams per second (at 1,400
+/// bytes, an Ethernet-sized datagram, 14 MB/s or about 110 Mbit/s).
+/// A fixed figure rather than a multiple of `--udp-rate`, so raising one
+/// does not silently raise the other.
+pub const DEFAULT_UDP_RATE_TOTAL: u32 = 10 * DEFAULT_UDP_RATE;
 
 /// Buckets in the rate limiter's table: 4,096 × 16 bytes = 64 KiB per UDP
 /// socket, whatever the number of sources. A power of two, so a hash picks
@@ -95,6 +117,17 @@ pub struct GuardConfig {
     /// Datagrams per second answered per source (`--udp-rate`); bursts of
     /// as many. 0 turns the limit off.
     pub rate: u32,
+    /// Datagrams per second answered from all sources together that the
+    /// limits hold (`--udp-rate-total`); bursts of as many. 0 turns the
+    /// budget off.
+    pub rate_total: u32,
+    /// Hold loopback sources (see [`crate::net::is_loopback`]) to the two
+    /// rates too. Off, they are exempt: local clients, tests and
+    /// benchmarks come from there, and Linux drops packets with a loopback
+    /// source that arrive on another interface. The server turns it on
+    /// for `--limit-loopback` ([`crate::server::ServerConfig::limit_loopback`])
+    /// and when `route_localnet` lets such packets in.
+    pub limit_loopback: bool,
 }
 
 impl Default for GuardConfig {
@@ -104,6 +137,8 @@ impl Default for GuardConfig {
         GuardConfig {
             allow_ports: Vec::new(),
             rate: DEFAULT_UDP_RATE,
+            rate_total: DEFAULT_UDP_RATE_TOTAL,
+            limit_loopback: false,
         }
     }
 }
@@ -118,7 +153,13 @@ pub enum DropReason {
     Port,
     /// The source sent more than `--udp-rate` allows.
     Rate,
+    /// All sources together sent more than `--udp-rate-total` allows.
+    TotalRate,
 }
+
+/// How many [`DropReason`]s there are: the size of tables indexed by
+/// [`DropReason::index`].
+pub const DROP_REASONS: usize = 4;
 
 impl DropReason {
     /// A small number for tables indexed by reason.
@@ -127,6 +168,7 @@ impl DropReason {
             DropReason::Address => 0,
             DropReason::Port => 1,
             DropReason::Rate => 2,
+            DropReason::TotalRate => 3,
         }
     }
 
@@ -136,6 +178,7 @@ impl DropReason {
             DropReason::Address => None,
             DropReason::Port => Some("--udp-allow-ports answers such ports, for testing"),
             DropReason::Rate => Some("--udp-rate sets the limit, 0 turns it off"),
+            DropReason::TotalRate => Some("--udp-rate-total sets the budget, 0 turns it off"),
         }
     }
 }
@@ -149,6 +192,10 @@ impl fmt::Display for DropReason {
                  which could start an endless loop (CERT CA-1996-01)"
             }
             DropReason::Rate => "its source sent more datagrams per second than --udp-rate allows",
+            DropReason::TotalRate => {
+                "all sources together sent more datagrams per second than --udp-rate-total \
+                 allows"
+            }
         })
     }
 }
@@ -162,11 +209,15 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-/// The guard of one UDP socket: the port rule as a set, and the rate
-/// limiter.
+/// The guard of one UDP socket: the port rule as a set, the per-source
+/// rate limiter and the total budget.
 pub struct UdpGuard {
     refused: PortSet,
     limiter: Option<RateLimiter>,
+    total: Option<TotalBudget>,
+    /// Loopback sources skip the two rates (see
+    /// [`GuardConfig::limit_loopback`]).
+    exempt_loopback: bool,
 }
 
 impl UdpGuard {
@@ -185,11 +236,14 @@ impl UdpGuard {
         UdpGuard {
             refused,
             limiter: (config.rate > 0).then(|| RateLimiter::new(config.rate, now)),
+            total: (config.rate_total > 0).then(|| TotalBudget::new(config.rate_total, now)),
+            exempt_loopback: !config.limit_loopback,
         }
     }
 
     /// Decides whether to answer a datagram from `source`, received at
-    /// about `now`. Spends one of the source's tokens if it is answered.
+    /// about `now`. Spends one of the source's tokens if it is within its
+    /// rate, and one of the total budget's if it is answered.
     pub fn check(&mut self, source: SocketAddr, now: Instant) -> Verdict {
         // A dual-stack socket shows IPv4 senders as ::ffff:a.b.c.d; judge
         // them as the IPv4 addresses they are.
@@ -200,15 +254,20 @@ impl UdpGuard {
         if self.refused.contains(source.port()) {
             return Verdict::Drop(DropReason::Port);
         }
-        let within_rate = match &mut self.limiter {
-            Some(limiter) => limiter.allow(ip, now),
-            None => true,
-        };
-        if within_rate {
-            Verdict::Answer
-        } else {
-            Verdict::Drop(DropReason::Rate)
+        if self.exempt_loopback && crate::net::is_loopback(ip) {
+            return Verdict::Answer;
         }
+        if let Some(limiter) = &mut self.limiter
+            && !limiter.allow(ip, now)
+        {
+            return Verdict::Drop(DropReason::Rate);
+        }
+        if let Some(total) = &mut self.total
+            && !total.allow(now)
+        {
+            return Verdict::Drop(DropReason::TotalRate);
+        }
+        Verdict::Answer
     }
 }
 
@@ -233,7 +292,7 @@ impl UdpGuard {
 ///
 /// Loopback sources are answered, unlike in OpenBSD's inetd: local clients
 /// and the tests use them, and Linux drops loopback sources arriving from
-/// outside.
+/// outside (unless `route_localnet` is on; see [`UdpGuard`]).
 pub fn refused_address(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -361,6 +420,77 @@ struct Bucket {
     updated: u64,
 }
 
+impl Bucket {
+    /// Refills the bucket for the time up to `now` (nanoseconds since the
+    /// epoch) at `rate` nano-tokens per nanosecond, up to `capacity`, then
+    /// takes a token if there is one.
+    fn take(&mut self, now: u64, rate: u64, capacity: u64) -> bool {
+        // Refill for the time since the bucket was last touched. A clock
+        // reading older than the bucket's (two sockets' readings racing)
+        // refills nothing rather than going back in time.
+        let elapsed = now.saturating_sub(self.updated);
+        self.tokens = self
+            .tokens
+            .saturating_add(elapsed.saturating_mul(rate))
+            .min(capacity);
+        self.updated = self.updated.max(now);
+        if self.tokens >= NANO {
+            self.tokens -= NANO;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The total budget: one token bucket for all the sources the limits hold,
+/// `rate` datagrams per second in bursts of as many.
+///
+/// The per-source table bounds what one address gets; a flood forged from
+/// many addresses gets one burst from each bucket it touches, up to
+/// [`RATE_BUCKETS`] × `--udp-rate` at once, and each again every second.
+/// This bucket bounds the sum. Its price: while a flood spends it, honest
+/// sources are refused too (each drop counted and logged as `total rate`),
+/// which is the choice between answering everyone slowly and letting echod
+/// be turned into a reflector at full speed.
+pub struct TotalBudget {
+    bucket: Bucket,
+    epoch: Instant,
+    rate: u64,
+    capacity: u64,
+}
+
+impl TotalBudget {
+    /// A full budget of `rate` datagrams per second (at least 1); `now` is
+    /// its time zero.
+    pub fn new(rate: u32, now: Instant) -> TotalBudget {
+        let rate = u64::from(rate.max(1));
+        // u32::MAX tokens is 4.3e18 nano-tokens: fits in a u64 (1.8e19).
+        let capacity = rate * NANO;
+        TotalBudget {
+            bucket: Bucket {
+                tokens: capacity,
+                updated: 0,
+            },
+            epoch: now,
+            rate,
+            capacity,
+        }
+    }
+
+    /// Takes a token if one is left at `now`.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let now = nanos_between(self.epoch, now);
+        self.bucket.take(now, self.rate, self.capacity)
+    }
+}
+
+/// Nanoseconds from `epoch` to `now`: 0 if `now` is earlier, and
+/// saturating (u64 nanoseconds last 584 years) rather than wrapping.
+fn nanos_between(epoch: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Per-source token buckets in a table of fixed size.
 ///
 /// Each source may send `rate` datagrams per second, and `rate` at once
@@ -432,22 +562,7 @@ impl RateLimiter {
         let now = self.nanos_since_epoch(now);
         let index = self.bucket_of(ip);
         let (rate, capacity) = (self.rate, self.capacity);
-        let bucket = &mut self.buckets[index];
-        // Refill for the time since the bucket was last touched. A clock
-        // reading older than the bucket's (two sockets' readings racing)
-        // refills nothing rather than going back in time.
-        let elapsed = now.saturating_sub(bucket.updated);
-        bucket.tokens = bucket
-            .tokens
-            .saturating_add(elapsed.saturating_mul(rate))
-            .min(capacity);
-        bucket.updated = bucket.updated.max(now);
-        if bucket.tokens >= NANO {
-            bucket.tokens -= NANO;
-            true
-        } else {
-            false
-        }
+        self.buckets[index].take(now, rate, capacity)
     }
 
     /// The bucket a source maps to.
@@ -458,8 +573,7 @@ impl RateLimiter {
     }
 
     fn nanos_since_epoch(&self, now: Instant) -> u64 {
-        // u64 nanoseconds last 584 years; saturate rather than wrap.
-        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+        nanos_between(self.epoch, now)
     }
 }
 
@@ -473,8 +587,8 @@ impl RateLimiter {
 #[derive(Debug, Default)]
 pub struct DropWarnings {
     /// Per reason: drops not yet reported, and when the last warning was.
-    unreported: [u64; 3],
-    last_warning: [Option<Instant>; 3],
+    unreported: [u64; DROP_REASONS],
+    last_warning: [Option<Instant>; DROP_REASONS],
 }
 
 /// A warning to log now.

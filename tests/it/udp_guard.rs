@@ -1,7 +1,9 @@
 //! The UDP loop and reflection defence (CERT CA-1996-01) against the real
 //! binary: datagrams from the ports of services that answer datagrams get
 //! no answer, `--udp-allow-ports` relaxes that, and `--udp-rate` answers a
-//! burst from one source and drops the rest.
+//! burst from one source and drops the rest (with `--limit-loopback`, as
+//! the tests' sources are on loopback, which is exempt by default; see
+//! `faults::udp` for the exemption itself).
 //!
 //! Each test proves "no answer" by order, not by waiting alone: the server
 //! serves one socket's datagrams in the order they came, and loopback
@@ -175,7 +177,7 @@ fn a_sender_over_udp_rate_gets_far_fewer_answers() {
     let Some(marker) = source(Ipv4Addr::new(127, 0, 0, 2), 0) else {
         return;
     };
-    let (binary, server) = server(&["--udp-rate", &RATE.to_string()]);
+    let (binary, server) = server(&["--udp-rate", &RATE.to_string(), "--limit-loopback"]);
     let flood = udp_socket_for(server);
     for i in 0..SENT {
         flood.send_to(&(i as u32).to_be_bytes(), server).unwrap();

@@ -1,6 +1,7 @@
 //! The reply queue, over a scripted fake socket: what happens when
 //! `send_to` says WouldBlock (on loopback it practically never does, so a
-//! real socket cannot show it).
+//! real socket cannot show it); and the plumbing of what the kernel says
+//! with a datagram (its drop count, the address to answer from).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -10,14 +11,24 @@ use std::net::SocketAddr;
 use super::*;
 use crate::server::connection::test_readiness::{BOTH, WRITABLE};
 
+/// A datagram the fake socket will receive, with what the kernel says of it.
+struct Incoming {
+    payload: Vec<u8>,
+    from: SocketAddr,
+    reply_from: Option<ReplyFrom>,
+    kernel_drops: Option<u32>,
+}
+
 /// A socket whose receives and sends are scripted. With the receive script
 /// empty a receive says WouldBlock; with the send script empty a send
 /// succeeds.
 #[derive(Default)]
 struct Fake {
-    incoming: RefCell<VecDeque<(Vec<u8>, SocketAddr)>>,
+    incoming: RefCell<VecDeque<Incoming>>,
     send_results: RefCell<VecDeque<io::ErrorKind>>,
     sent: RefCell<Vec<(Vec<u8>, SocketAddr)>>,
+    /// The source each sent reply named, in order.
+    sent_from: RefCell<Vec<Option<ReplyFrom>>>,
 }
 
 impl Fake {
@@ -28,21 +39,32 @@ impl Fake {
 }
 
 impl Datagrams for Fake {
-    fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let (payload, from) = self
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Received> {
+        let next = self
             .incoming
             .borrow_mut()
             .pop_front()
             .ok_or(io::ErrorKind::WouldBlock)?;
-        buf[..payload.len()].copy_from_slice(&payload);
-        Ok((payload.len(), from))
+        buf[..next.payload.len()].copy_from_slice(&next.payload);
+        Ok(Received {
+            len: next.payload.len(),
+            peer: next.from,
+            reply_from: next.reply_from,
+            kernel_drops: next.kernel_drops,
+        })
     }
 
-    fn send_to(&self, payload: &[u8], to: SocketAddr) -> io::Result<usize> {
+    fn send(
+        &mut self,
+        payload: &[u8],
+        to: SocketAddr,
+        from: Option<ReplyFrom>,
+    ) -> io::Result<usize> {
         if let Some(kind) = self.send_results.borrow_mut().pop_front() {
             return Err(kind.into());
         }
         self.sent.borrow_mut().push((payload.to_vec(), to));
+        self.sent_from.borrow_mut().push(from);
         Ok(payload.len())
     }
 }
@@ -56,12 +78,16 @@ fn peer(n: u16) -> SocketAddr {
 fn echo(datagrams: Vec<Vec<u8>>) -> UdpEcho<Fake> {
     let fake = Fake::default();
     for (i, payload) in datagrams.into_iter().enumerate() {
-        fake.incoming
-            .borrow_mut()
-            .push_back((payload, peer(i as u16)));
+        fake.incoming.borrow_mut().push_back(Incoming {
+            payload,
+            from: peer(i as u16),
+            reply_from: None,
+            kernel_drops: None,
+        });
     }
     let guard = GuardConfig {
         rate: 0,
+        rate_total: 0,
         ..GuardConfig::default()
     };
     UdpEcho::new(fake, peer(9999), &guard)
@@ -158,4 +184,59 @@ fn a_failed_send_drops_only_that_reply() {
     serve(&mut udp, BOTH);
     assert_eq!(udp.counters.dropped_send_error, 1);
     assert_eq!(*udp.socket.sent.borrow(), vec![(b"b".to_vec(), peer(1))]);
+}
+
+/// The kernel's count comes with datagrams, from the socket's creation:
+/// the counter adds what it grew by, across the wrap at u32::MAX, and a
+/// datagram without it (Linux leaves it out while it is 0) changes nothing.
+#[test]
+fn the_kernel_drop_count_is_added_up_across_datagrams_and_its_wrap() {
+    let mut udp = echo(Vec::new());
+    for drops in [
+        None,
+        Some(5),
+        Some(5),
+        None,
+        Some(7),
+        Some(u32::MAX),
+        Some(2),
+    ] {
+        udp.socket.incoming.borrow_mut().push_back(Incoming {
+            payload: b"x".to_vec(),
+            from: peer(1),
+            reply_from: None,
+            kernel_drops: drops,
+        });
+    }
+    serve(&mut udp, BOTH);
+    // 5, then 2 more (7), then u32::MAX - 7, then 3 across the wrap.
+    assert_eq!(udp.counters.dropped_by_kernel, u64::from(u32::MAX) + 3);
+    assert_eq!(udp.counters.received, 7);
+    assert_eq!(udp.counters.dropped(), 0, "not among the received");
+}
+
+/// Each reply names the source its datagram said, queued or not.
+#[test]
+fn a_reply_goes_out_from_the_address_its_datagram_was_sent_to() {
+    let a = ReplyFrom::V4("127.0.0.2".parse().unwrap());
+    let b = ReplyFrom::V6 {
+        addr: "::ffff:127.0.0.3".parse().unwrap(),
+        ifindex: 0,
+    };
+    let mut udp = echo(Vec::new());
+    for reply_from in [Some(a), Some(b), None, Some(a)] {
+        udp.socket.incoming.borrow_mut().push_back(Incoming {
+            payload: b"x".to_vec(),
+            from: peer(1),
+            reply_from,
+            kernel_drops: None,
+        });
+    }
+    udp.socket.fail_next_send(io::ErrorKind::WouldBlock);
+    serve(&mut udp, BOTH);
+    serve(&mut udp, WRITABLE);
+    assert_eq!(
+        *udp.socket.sent_from.borrow(),
+        vec![Some(a), Some(b), None, Some(a)]
+    );
 }

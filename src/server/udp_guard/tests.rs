@@ -17,8 +17,8 @@ fn from(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-/// A guard with the default rules and no rate limit, so each test sees
-/// one rule at a time.
+/// A guard with the default rules and no rate limit nor total budget, so
+/// each test sees one rule at a time.
 fn unlimited(allow: &str) -> UdpGuard {
     let allow_ports = if allow.is_empty() {
         Vec::new()
@@ -29,6 +29,8 @@ fn unlimited(allow: &str) -> UdpGuard {
         &GuardConfig {
             allow_ports,
             rate: 0,
+            rate_total: 0,
+            ..GuardConfig::default()
         },
         Instant::now(),
     )
@@ -42,7 +44,13 @@ const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 const DROP_PORT: Verdict = Verdict::Drop(DropReason::Port);
 const DROP_ADDRESS: Verdict = Verdict::Drop(DropReason::Address);
 const DROP_RATE: Verdict = Verdict::Drop(DropReason::Rate);
-const ALL_REASONS: [DropReason; 3] = [DropReason::Address, DropReason::Port, DropReason::Rate];
+const DROP_TOTAL: Verdict = Verdict::Drop(DropReason::TotalRate);
+const ALL_REASONS: [DropReason; DROP_REASONS] = [
+    DropReason::Address,
+    DropReason::Port,
+    DropReason::Rate,
+    DropReason::TotalRate,
+];
 
 mod ports {
     use super::*;
@@ -107,6 +115,7 @@ mod ports {
                     last: u16::MAX,
                 }],
                 rate: 0,
+                ..GuardConfig::default()
             },
             Instant::now(),
         );
@@ -468,6 +477,146 @@ mod warnings {
     fn reasons_have_distinct_indexes() {
         let mut seen: Vec<usize> = ALL_REASONS.iter().map(|r| r.index()).collect();
         seen.sort();
-        assert_eq!(seen, [0, 1, 2]);
+        assert_eq!(seen, [0, 1, 2, 3]);
+    }
+}
+
+/// Loopback sources and the two rates: exempt by default, held to them
+/// with `limit_loopback`.
+mod loopback {
+    use super::*;
+
+    fn guard(rate: u32, rate_total: u32, limit_loopback: bool, t0: Instant) -> UdpGuard {
+        let config = GuardConfig {
+            rate,
+            rate_total,
+            limit_loopback,
+            ..GuardConfig::default()
+        };
+        UdpGuard::new(&config, t0)
+    }
+
+    const LOOPBACK_SOURCES: [&str; 4] = ["127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.2"];
+
+    #[test]
+    fn loopback_sources_are_exempt_from_both_rates_by_default() {
+        let t0 = Instant::now();
+        let mut guard = guard(1, 1, false, t0);
+        for text in LOOPBACK_SOURCES {
+            let source = from(text.parse().unwrap(), 40000);
+            assert!(
+                (0..1000).all(|_| guard.check(source, t0) == Verdict::Answer),
+                "{text}"
+            );
+        }
+        // ... and they spend nothing of the total budget.
+        assert_eq!(guard.check(from(CLIENT, 40000), t0), Verdict::Answer);
+    }
+
+    #[test]
+    fn limit_loopback_holds_them_to_the_rate() {
+        let t0 = Instant::now();
+        let mut guard = guard(2, 0, true, t0);
+        for text in LOOPBACK_SOURCES {
+            let source = from(text.parse().unwrap(), 40000);
+            let answered = (0..10)
+                .filter(|_| guard.check(source, t0) == Verdict::Answer)
+                .count();
+            // ::ffff:127.0.0.2 and 127.0.0.2 are one source; the others
+            // have buckets of their own unless two collide.
+            assert!(answered <= 2, "{text}: {answered}");
+        }
+    }
+
+    #[test]
+    fn the_exemption_does_not_cover_the_port_and_address_rules() {
+        let t0 = Instant::now();
+        let mut guard = guard(0, 0, false, t0);
+        assert_eq!(guard.check(from(v4(127, 0, 0, 1), 19), t0), DROP_PORT);
+    }
+}
+
+/// The total budget over all sources the limits hold.
+mod total {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn guard(rate: u32, rate_total: u32, t0: Instant) -> UdpGuard {
+        let config = GuardConfig {
+            rate,
+            rate_total,
+            ..GuardConfig::default()
+        };
+        UdpGuard::new(&config, t0)
+    }
+
+    /// Many sources, each within its own rate, are bounded together.
+    #[test]
+    fn a_flood_from_many_sources_gets_one_burst_of_the_total() {
+        let t0 = Instant::now();
+        let mut guard = guard(1000, 50, t0);
+        let verdicts: Vec<Verdict> = (0..10_000u32)
+            .map(|n| {
+                let source = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
+                guard.check(from(source, 40000), t0)
+            })
+            .collect();
+        let answered = verdicts.iter().filter(|v| **v == Verdict::Answer).count();
+        assert_eq!(answered, 50);
+        assert!(verdicts[50..].iter().all(|v| *v == DROP_TOTAL));
+    }
+
+    #[test]
+    fn the_budget_refills_at_its_rate() {
+        let t0 = Instant::now();
+        let mut guard = guard(0, 10, t0);
+        let source = |n: u8| from(v4(198, 51, 100, n), 40000);
+        assert_eq!(
+            (0..100)
+                .filter(|&n| guard.check(source(n), t0) == Verdict::Answer)
+                .count(),
+            10
+        );
+        assert_eq!(guard.check(source(1), t0 + 50 * MS), DROP_TOTAL);
+        assert_eq!(guard.check(source(2), t0 + 100 * MS), Verdict::Answer);
+        assert_eq!(guard.check(source(3), t0 + 100 * MS), DROP_TOTAL);
+    }
+
+    /// A sender over its own rate spends nothing of the total, so one
+    /// heavy sender cannot take the budget of the others.
+    #[test]
+    fn a_source_over_its_rate_does_not_spend_the_total() {
+        let t0 = Instant::now();
+        let mut guard = guard(2, 3, t0);
+        let heavy = from(CLIENT, 40000);
+        let verdicts: Vec<Verdict> = (0..100).map(|_| guard.check(heavy, t0)).collect();
+        assert_eq!(
+            &verdicts[..3],
+            [Verdict::Answer, Verdict::Answer, DROP_RATE]
+        );
+        assert_eq!(
+            guard.check(from(v4(198, 51, 100, 7), 40000), t0),
+            Verdict::Answer
+        );
+        assert_eq!(
+            guard.check(from(v4(198, 51, 100, 8), 40000), t0),
+            DROP_TOTAL
+        );
+    }
+
+    #[test]
+    fn rate_total_0_turns_the_budget_off() {
+        let t0 = Instant::now();
+        let mut guard = guard(0, 0, t0);
+        assert!((0..100_000u32).all(|n| {
+            let source = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n));
+            guard.check(from(source, 40000), t0) == Verdict::Answer
+        }));
+    }
+
+    #[test]
+    fn the_default_budget_is_ten_sources_at_the_default_rate() {
+        assert_eq!(GuardConfig::default().rate_total, 10 * DEFAULT_UDP_RATE);
     }
 }
