@@ -266,8 +266,8 @@ ex_check() {
 
 ex_generate() {
   echo '```console'
-  show 'echod generate man | head -n 4'
-  show 'echod generate bash > echod.bash && wc -l < echod.bash'
+  show 'mkdir -p man && echod generate man --dir man'
+  show 'echod generate zsh > _echod && head -n 1 _echod'
   echo '```'
 }
 
