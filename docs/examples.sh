@@ -297,6 +297,12 @@ ex_trace() {
   echo '```'
 }
 
+ex_usage_error() {
+  echo '```console'
+  show 'echod --grace 86401; echo "exit $?"'
+  echo '```'
+}
+
 ex_guard() {
   echo '```console'
   say 'echod -v --udp-rate 1 --limit-loopback -p 7007 -b 127.0.0.1 2> guard.log &'
