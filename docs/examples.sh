@@ -212,6 +212,12 @@ ex_client_errors() {
   echo '```'
 }
 
+ex_client_pipe() {
+  echo '```console'
+  show 'yes | head -c 1000000 | echod client 127.0.0.1:7007 | head -n 2; echo "exit ${PIPESTATUS[2]}"'
+  echo '```'
+}
+
 ex_client_udp() {
   echo '```console'
   show 'head -c 20000 big.bin | echod client --udp -s 1000 127.0.0.1:7007 | cmp - <(head -c 20000 big.bin) && echo identical'
