@@ -2,25 +2,28 @@
 //! once into validated configurations so the rest of the code never sees
 //! strings.
 //!
-//! `echod` with no subcommand serves; each tool is a subcommand with its own
-//! argument struct in its own module.
+//! `echod` with no subcommand serves; each tool is a subcommand whose clap
+//! struct is in a module of this one (`cli/ping.rs`, …) and becomes the
+//! tool's configuration there. This is the only file that sees both the
+//! server's types and the tools'; only `main.rs` imports it, and the tools
+//! never do: they get their configuration, not the command line.
 
-use std::fmt;
 use std::net::IpAddr;
-use std::ops::RangeInclusive;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::kit::number::parse_within;
+use crate::kit::target::RFC862_PORT;
 use crate::net;
 use crate::server::{
     DEFAULT_UDP_RATE, DEFAULT_UDP_RATE_TOTAL, GuardConfig, PortRange, ServerConfig,
 };
 
-/// RFC 862: "A server listens for TCP connections on TCP port 7" (and for
-/// UDP datagrams on UDP port 7).
-pub const RFC862_PORT: u16 = 7;
+pub mod bench;
+pub mod check;
+pub mod client;
+pub mod ping;
 
 /// Default capacity of a connection's ring buffer, in bytes. It bounds the
 /// memory one connection can hold (connections × capacity in all) and is
@@ -130,24 +133,24 @@ pub enum Command {
     /// server to close. The echo is compared with what was sent: at the
     /// first difference, or if it comes back short or too long, the client
     /// says at which byte offset and exits with status 1.
-    Client(crate::client::ClientArgs),
+    Client(client::ClientArgs),
     /// Send probes and time their echoes, like ping; every echo is checked.
     ///
     /// Prints one line per probe (sequence, bytes, round-trip time, or what
     /// went wrong), then a summary: sent, received, loss, and the
     /// round-trip minimum, average, median, maximum and standard deviation.
-    Ping(crate::ping::PingArgs),
+    Ping(ping::PingArgs),
     /// Load an echo server and measure it, checking every echoed byte.
     ///
     /// Reports messages per second, MB/s, latency percentiles (p50, p90,
     /// p99, p99.9, max) and errors. Any error (a byte that came back wrong,
     /// a reset, a stalled connection, a failed connect, a lost datagram) is
     /// counted and makes the exit status 1.
-    Bench(crate::bench::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Check any echo server, TCP or UDP, for the usual defects: line
     /// buffering, lost bytes on half-close, one client at a time, truncated
     /// datagrams, and more (`--list` shows each check).
-    Check(crate::check::CheckArgs),
+    Check(check::CheckArgs),
     /// Print the man page or shell completions for echod.
     Generate(crate::generate::GenerateArgs),
 }
@@ -365,31 +368,6 @@ fn parse_bind_addr(text: &str) -> Result<IpAddr, String> {
              0.0.0.0 (all IPv4) or :: (all IPv4 and IPv6), and the port with --port"
         )
     })
-}
-
-/// Parses a whole number within `range` for a flag. Whatever is wrong with
-/// `text` (a word, a sign, too many digits, out of range), the error is one
-/// sentence that gives the range, so nobody has to guess it. The tools use
-/// it too, in closures: name `T` there (`parse_within::<u32>`), for an
-/// integer range left to inference is an `i32`, and clap then panics when
-/// the field, of another type, is read.
-pub fn parse_within<T>(
-    text: &str,
-    what: &str,
-    range: RangeInclusive<T>,
-    note: &str,
-) -> Result<T, String>
-where
-    T: FromStr + PartialOrd + fmt::Display,
-{
-    match text.parse::<T>() {
-        Ok(n) if range.contains(&n) => Ok(n),
-        _ => Err(format!(
-            "'{text}' is not {what} from {} to {}{note}",
-            range.start(),
-            range.end()
-        )),
-    }
 }
 
 fn parse_port(text: &str) -> Result<u16, String> {
@@ -696,9 +674,9 @@ mod tests {
             (
                 "check",
                 "--timeout",
-                &["0.01", "3600"],
-                &["0.009", "3600.1", "NaN"],
-                "range 0.01 to 3600",
+                &["0.01", "10ms", "250ms", "3600", "60m"],
+                &["0.009", "9ms", "3600.1", "NaN"],
+                "from 10 ms to 3600 s",
             ),
             (
                 "check",

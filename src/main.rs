@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use echod::cli::{Cli, Command};
 
@@ -13,10 +13,10 @@ fn main() -> ExitCode {
     match &cli.command {
         None => serve(&cli),
         Some(Command::Generate(args)) => generate(args),
-        Some(Command::Client(args)) => echod::client::run(args),
-        Some(Command::Ping(args)) => echod::ping::run(args),
-        Some(Command::Bench(args)) => echod::bench::run(args),
-        Some(Command::Check(args)) => echod::check::command(args),
+        Some(Command::Client(args)) => echod::client::run(&args.to_config()),
+        Some(Command::Ping(args)) => echod::ping::run(&args.to_config()),
+        Some(Command::Bench(args)) => echod::bench::run(&args.to_config()),
+        Some(Command::Check(args)) => echod::check::command(args.to_request()),
     }
 }
 
@@ -51,7 +51,7 @@ fn serve(cli: &Cli) -> ExitCode {
 
 fn generate(args: &echod::generate::GenerateArgs) -> ExitCode {
     let mut out = std::io::stdout().lock();
-    match args.write(&mut out) {
+    match args.write(Cli::command(), &mut out) {
         Ok(()) => ExitCode::SUCCESS,
         // `echod generate man | head`: the reader has all it wanted.
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

@@ -20,8 +20,9 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::stats::Stats;
 use super::{Live, Plan, Published, WorkerResult};
-use crate::payload;
-use crate::target;
+use crate::kit::duration::seconds;
+use crate::kit::payload;
+use crate::kit::target;
 
 /// Most bytes of messages put in one write: batching small pipelined
 /// messages saves system calls; the cap keeps one connection from
@@ -234,7 +235,7 @@ impl Worker<'_> {
                     "connection {}: {} message(s) not echoed within {} after the end",
                     self.conns[i].id,
                     self.conns[i].in_flight(),
-                    target::seconds(self.plan.timeout)
+                    seconds(self.plan.timeout)
                 );
                 self.stats.errors.stalls += 1;
                 self.live.note(text);
@@ -265,7 +266,7 @@ impl Worker<'_> {
                         "connection {}: connect to {} took longer than {}",
                         conn.id,
                         self.plan.addr,
-                        target::seconds(self.plan.timeout)
+                        seconds(self.plan.timeout)
                     );
                     self.stats.errors.connect_failures += 1;
                     self.drop_conn(i, text);
@@ -276,7 +277,7 @@ impl Worker<'_> {
                     let text = format!(
                         "connection {}: no echo for {} with {} message(s) in flight (stall)",
                         conn.id,
-                        target::seconds(self.plan.timeout),
+                        seconds(self.plan.timeout),
                         conn.in_flight()
                     );
                     self.stats.errors.stalls += 1;

@@ -17,8 +17,9 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::stats::Stats;
 use super::{Live, Plan, Published, WorkerResult};
-use crate::payload;
-use crate::target;
+use crate::kit::duration::seconds;
+use crate::kit::payload;
+use crate::kit::target;
 
 /// How many answered or lost datagrams a socket remembers, to tell a late
 /// echo from a wrong one.
@@ -226,7 +227,7 @@ impl Worker<'_> {
                     self.live.note(format!(
                         "socket {}: datagram {seq} was not echoed within {} (lost)",
                         sock.id,
-                        target::seconds(self.plan.timeout)
+                        seconds(self.plan.timeout)
                     ));
                 }
             }

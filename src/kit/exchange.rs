@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
+use super::payload::{Difference, first_difference};
+use super::target::{self, ConnectError};
 use crate::net::Transport;
-use crate::payload::{Difference, first_difference};
-use crate::target::{self, ConnectError};
 
 const SOCKET: Token = Token(0);
 
@@ -367,7 +367,7 @@ mod tests {
             io::copy(&mut conn.try_clone().unwrap(), &mut conn).unwrap();
         });
         let mut ex = Exchanger::new(addr, Transport::Tcp, Duration::from_secs(5)).unwrap();
-        let message = crate::payload::message(0, 1, 200_000);
+        let message = crate::kit::payload::message(0, 1, 200_000);
         ex.round_trip(&message, Duration::from_secs(10)).unwrap();
         ex.close(Duration::from_secs(10)).unwrap();
         server.join().unwrap();
