@@ -24,6 +24,7 @@
 pub mod stats;
 mod tcp;
 mod udp;
+mod worker;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;

@@ -34,6 +34,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::kit::duration::seconds;
 use crate::kit::exchange::ExchangeError;
+use crate::kit::readiness::Readiness;
 use crate::kit::target;
 use crate::kit::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 use crate::kit::verify::InFlight;
@@ -201,8 +202,7 @@ pub fn run_tcp(config: &ClientConfig) -> Result<(), Failure> {
         source: Source::Reading,
         write_shut: false,
         send_error: None,
-        readable: true,
-        writable: true,
+        ready: Readiness::BOTH,
         sent: 0,
         received: 0,
         last_echo: Instant::now(),
@@ -232,12 +232,7 @@ pub fn run_tcp(config: &ClientConfig) -> Result<(), Failure> {
         }
         for event in events.iter() {
             if event.token() == SOCKET {
-                // Errors and hang-ups count as both: the next read or write
-                // is what reports them.
-                session.readable |=
-                    event.is_readable() || event.is_read_closed() || event.is_error();
-                session.writable |=
-                    event.is_writable() || event.is_write_closed() || event.is_error();
+                session.ready.note(event);
             }
             // STDIN: the waker; the next turn takes the chunk.
         }
@@ -274,8 +269,7 @@ struct Session {
     /// to its end before this is reported.
     send_error: Option<io::Error>,
     /// Remembered readiness: true until a call says WouldBlock.
-    readable: bool,
-    writable: bool,
+    ready: Readiness,
     sent: u64,
     received: u64,
     last_echo: Instant,
@@ -320,7 +314,7 @@ impl Session {
     /// Writes the pending chunk, as far as the socket and the window allow.
     fn send(&mut self) -> Result<bool, Failure> {
         let mut progress = false;
-        while self.writable && self.send_error.is_none() {
+        while self.ready.writable && self.send_error.is_none() {
             let Some(pending) = &mut self.pending else {
                 break;
             };
@@ -346,7 +340,7 @@ impl Session {
                     }
                     progress = true;
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.writable = false,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.ready.writable = false,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
                     // Read what the server still echoed before saying
@@ -387,7 +381,7 @@ impl Session {
         for _ in 0..READS_PER_TURN {
             // After a failed send the socket is dead: read on regardless
             // of readiness, to the end of what the server echoed.
-            if !self.readable && self.send_error.is_none() {
+            if !self.ready.readable && self.send_error.is_none() {
                 break;
             }
             let n = match self.stream.read(&mut self.buf) {
@@ -397,7 +391,7 @@ impl Session {
                     if let Some(err) = self.send_error.take() {
                         return Err(self.broken("sending", &err));
                     }
-                    self.readable = false;
+                    self.ready.readable = false;
                     break;
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
