@@ -11,7 +11,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::kit::number::parse_within;
 use crate::kit::target::RFC862_PORT;
@@ -326,6 +327,42 @@ impl ServeArgs {
 }
 
 impl Cli {
+    /// Parses the process's arguments; on a mistake prints clap's usage
+    /// error and exits with status 2.
+    pub fn parse_or_exit() -> Cli {
+        Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    }
+
+    /// Parses `args` as clap does, and refuses server options given
+    /// before a tool (`echod --port 9 ping HOST`): the tool does not serve,
+    /// so they would be dropped without a word.
+    pub fn try_parse_checked<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Cli::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        let cli = Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+        if let Some(tool) = matches.subcommand_name() {
+            let given = server_flags_given(&command, &matches);
+            if !given.is_empty() {
+                let are = if given.len() == 1 {
+                    "is an option"
+                } else {
+                    "are options"
+                };
+                let message = format!(
+                    "{} {are} of the server, which `echod {tool}` does not run; leave them \
+                     out (the server runs when no subcommand is given)",
+                    given.join(" and "),
+                );
+                return Err(command.error(clap::error::ErrorKind::ArgumentConflict, message));
+            }
+        }
+        Ok(cli)
+    }
+
     /// The server's configuration: the serve flags, and `-vvv` turning
     /// the event trace on.
     pub fn server_config(&self) -> ServerConfig {
@@ -354,6 +391,22 @@ impl Cli {
             (_, _) => Error,
         }
     }
+}
+
+/// The server's flags (`--port`, …) written on the command line, as typed
+/// (the long form). The PORT variable does not count: it is set for a
+/// whole environment, tools included.
+fn server_flags_given(command: &clap::Command, matches: &ArgMatches) -> Vec<String> {
+    let global = ["verbose", "quiet", "help", "version"];
+    command
+        .get_arguments()
+        .filter(|arg| !global.contains(&arg.get_id().as_str()))
+        .filter(|arg| matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine))
+        .map(|arg| match arg.get_long() {
+            Some(long) => format!("--{long}"),
+            None => arg.get_id().to_string(),
+        })
+        .collect()
 }
 
 fn parse_bind_addr(text: &str) -> Result<IpAddr, String> {
@@ -833,5 +886,34 @@ mod tests {
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// `echod --port 9 --no-splice ping HOST` used to run ping and drop
+    /// both flags without a word: a usage error now, naming them.
+    #[test]
+    fn server_flags_before_a_tool_are_refused_by_name() {
+        let err =
+            Cli::try_parse_checked(["echod", "--port", "9", "--no-splice", "ping", "127.0.0.1:1"])
+                .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let text = err.to_string();
+        assert!(
+            text.contains("--port and --no-splice are options of the server"),
+            "{text}"
+        );
+        assert!(text.contains("`echod ping` does not run"), "{text}");
+    }
+
+    #[test]
+    fn global_flags_and_the_server_alone_still_parse() {
+        for args in [
+            &["echod", "--port", "7007"][..],
+            &["echod", "-v", "ping", "127.0.0.1:1"],
+            &["echod", "-q", "check", "127.0.0.1:1"],
+            &["echod", "ping", "-v", "127.0.0.1:1"],
+        ] {
+            let parsed = Cli::try_parse_checked(args.iter().copied());
+            assert!(parsed.is_ok(), "{args:?}: {}", parsed.unwrap_err());
+        }
     }
 }
