@@ -90,7 +90,7 @@ impl Target {
             None => RFC862_PORT,
             Some(port) => port.parse().map_err(|_| {
                 format!(
-                    "'{port}' in '{text}' is not a port number (0 to 65535); give HOST:PORT, \
+                    "'{port}' in '{text}' is not a port number (1 to 65535); give HOST:PORT, \
                      such as localhost:7007"
                 )
             })?,
