@@ -29,6 +29,7 @@
 
 use super::clock::Millis;
 use super::pipe::{Pipes, Splicing};
+use super::sources::SourceId;
 use crate::ring::Ring;
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -336,6 +337,11 @@ pub struct Connection<S> {
     pub active: Millis,
     /// On the loop's ready queue now (so it is not queued twice).
     pub queued: bool,
+    /// The source it is counted against (`--max-connections-per-source`),
+    /// told at its close; `None` for an exempt (loopback) source. Four
+    /// bytes, in what was padding: a connection from a remote client
+    /// costs no more than one from loopback.
+    pub source: Option<SourceId>,
 }
 
 impl<S: Stream> Connection<S> {
@@ -353,6 +359,7 @@ impl<S: Stream> Connection<S> {
             opened: Millis::ZERO,
             active: Millis::ZERO,
             queued: false,
+            source: None,
         }
     }
 

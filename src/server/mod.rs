@@ -845,17 +845,16 @@ impl Server {
             self.stats.refused += 1;
             log::warn!("could not register the connection from {peer}: {err}; dropping it");
             if let Some(source) = source {
-                self.per_source.forget(source);
+                self.per_source.closed(source);
             }
             return;
         }
         log::debug!("connection {key}: accepted from {}", display_addr(peer));
         self.stats.accepted += 1;
         self.stats.active += 1;
-        if let Some(source) = source {
-            self.per_source.serving(key, source);
-        }
-        entry.insert(Connection::new(stream).accepted_at(self.clock.now()));
+        let mut conn = Connection::new(stream).accepted_at(self.clock.now());
+        conn.source = source;
+        entry.insert(conn);
     }
 
     /// Resets a connection whose source has the most connections
@@ -895,8 +894,10 @@ impl Server {
     fn close(&mut self, key: usize, reason: CloseReason) {
         let mut conn = self.connections.remove(key);
         // Uncounts it from its source if it was counted (not loopback, or
-        // --limit-loopback); with no source counted this is one test.
-        self.per_source.closed(key);
+        // --limit-loopback); an exempt one has none: one test.
+        if let Some(source) = conn.source {
+            self.per_source.closed(source);
+        }
         // Its pipe goes back to the pool (or is closed, if bytes are left
         // in it) rather than staying attached to a connection now gone.
         conn.release(&mut self.buffers);
