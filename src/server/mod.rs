@@ -1315,7 +1315,7 @@ fn serve_inherited(
     let connections = net::ConnectionOptions {
         socket_buffer: config.socket_buffer,
     };
-    let listeners: Vec<Listener> = served
+    let mut listeners: Vec<Listener> = served
         .tcp
         .into_iter()
         .map(|(socket, local)| Listener::new(socket, local))
@@ -1325,7 +1325,12 @@ fn serve_inherited(
     // `net::set_connection_options`). A service manager can set the same
     // on the socket unit (NoDelay=, ReceiveBuffer=, SendBuffer=) so that
     // the connection that started echod has them too.
-    for listener in &listeners {
+    for listener in &mut listeners {
+        // Without it (a manager not told OOBInline=yes), the connections
+        // queued already lack it too: they get it at accept.
+        listener.backlog_without_oobinline = !socket2::SockRef::from(&listener.socket)
+            .out_of_band_inline()
+            .unwrap_or(false);
         if let Err(err) = net::set_connection_options(&listener.socket, connections) {
             log::warn!(
                 "could not set TCP_NODELAY, SO_OOBINLINE and the socket buffer sizes on the tcp socket \
