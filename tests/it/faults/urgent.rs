@@ -106,7 +106,7 @@ fn an_inherited_listener_echoes_urgent_data_inline_too() {
     // This connection starts echod; bounded until the manager listens.
     let first = thread::spawn(move || {
         let deadline = Instant::now() + IO_TIMEOUT;
-        let mut stream = loop {
+        let stream = loop {
             match TcpStream::connect(addr) {
                 Ok(stream) => break stream,
                 Err(err) if Instant::now() < deadline => {
