@@ -1326,7 +1326,7 @@ fn serve_inherited(
     // on the socket unit (NoDelay=, ReceiveBuffer=, SendBuffer=) so that
     // the connection that started echod has them too.
     for listener in &mut listeners {
-        // Without it (a manager not told OOBInline=yes), the connections
+        // Without it (systemd has no setting for it), the connections
         // queued already lack it too: they get it at accept.
         listener.backlog_without_oobinline = !socket2::SockRef::from(&listener.socket)
             .out_of_band_inline()
