@@ -81,10 +81,11 @@ impl Stream for mio::net::TcpStream {
 ///  Open ──read()==0──► Flushing ──ring empty──► Closed
 ///    │                     │
 ///    ├── server closes ──► Draining ──peer EOF──► Closed
-///    │   (nothing pending)     │
-///    │                         └──bytes read──► Closed, reset
-///    ├── server closes, bytes pending ─────────► Closed, reset
+///    │   (nothing pending,     │
+///    │    nothing unread)      └──bytes read──► Closed, reset
+///    ├── server closes, bytes pending or unread ► Closed, reset
 ///    └──── error / RST ────┴───────────────────► Closed
+///          (an error of ours with bytes unechoed: reset)
 /// ```
 ///
 /// "Reset": the server throws echo bytes away, so it closes with an RST
