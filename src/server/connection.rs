@@ -506,6 +506,36 @@ impl<S: Stream> Connection<S> {
         self.set_state(key, next);
     }
 
+    /// Closes at once (a stop without grace): as `begin_close`, but no FIN
+    /// and no waiting for the peer's EOF, since the server drops the socket
+    /// right after. Bytes pending, or found by one read, make it abortive;
+    /// otherwise closing the socket sends the FIN, or an RST if input
+    /// arrived in between: the kernel decides that at the close itself
+    /// (tcp_close), so no FIN can go out over unread bytes.
+    pub fn close_now(&mut self, key: usize, reason: CloseReason, bufs: &mut Buffers) {
+        let next = match self.state {
+            State::Closed(_) => return,
+            // The FIN is out and nothing was read since (a byte read would
+            // have closed it, abortively): the close adds nothing.
+            State::Draining(reason) => State::Closed(reason),
+            State::Open | State::Flushing => {
+                let pending = self.pending(bufs);
+                self.release(bufs);
+                let unread = self.state == State::Open
+                    && matches!(self.read(key, &mut bufs.scratch), Ok(Some(1..)));
+                if pending > 0 || unread {
+                    log::trace!(
+                        "connection {key}: closing at once with {} bytes not echoed",
+                        self.unechoed()
+                    );
+                    self.abort(key);
+                }
+                State::Closed(reason)
+            }
+        };
+        self.set_state(key, next);
+    }
+
     /// `begin_close` with nothing pending: one nonblocking read first,
     /// because the kernel may still hold input that no turn has read yet
     /// (the turn's read budget ran out with `readable` set, or the loop

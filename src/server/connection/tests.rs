@@ -440,6 +440,32 @@ mod discarding {
         assert!(!c.reset_by_server());
     }
 
+    /// A stop at once sends no FIN of its own (the socket is closed right
+    /// after): clean when nothing is left, a reset when input is unread.
+    #[test]
+    fn a_close_at_once_resets_only_over_unread_input() {
+        let mut bufs = Buffers::new(8);
+        let mut clean = conn(vec![data(b"echoed")], vec![]);
+        clean.on_ready(1, BOTH, &mut bufs);
+        clean.close_now(1, CloseReason::Shutdown, &mut bufs);
+        assert_eq!(clean.state(), State::Closed(CloseReason::Shutdown));
+        assert!(!clean.stream().shut_down.get(), "no FIN dance");
+        assert!(!clean.stream().reset_on_close.get());
+        assert!(!clean.reset_by_server());
+
+        let mut unread = conn(vec![OnRead::WouldBlock, data(b"late")], vec![]);
+        unread.on_ready(1, READABLE, &mut bufs);
+        unread.close_now(1, CloseReason::Shutdown, &mut bufs);
+        assert_eq!(unread.state(), State::Closed(CloseReason::Shutdown));
+        assert!(!unread.stream().shut_down.get());
+        assert!(
+            unread.stream().reset_on_close.get(),
+            "an RST over unread input"
+        );
+        assert!(unread.reset_by_server());
+        assert_eq!(unread.unechoed(), 4);
+    }
+
     #[test]
     fn a_server_close_with_nothing_pending_is_clean() {
         let mut bufs = Buffers::new(8);
