@@ -504,13 +504,18 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 /// usually holds a whole /64 and may pick any address in it (privacy
 /// addresses, RFC 8981), so a per-address key would hand one host 2^64
 /// sources. An IPv4 client seen through a dual-stack socket
-/// (`::ffff:a.b.c.d`) is keyed as the IPv4 address it is.
+/// (`::ffff:a.b.c.d`) is keyed as the IPv4 address it is. An IPv6
+/// link-local client (`fe80::/10`) is keyed by its whole address: every
+/// host on a link has an address in the same `fe80::/64` (RFC 4291, 2.5.6),
+/// so by prefix one host would take every other's share.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum SourceKey {
     /// An IPv4 address.
     V4(u32),
     /// The first 64 bits of an IPv6 address.
     V6Prefix(u64),
+    /// A link-local IPv6 address, whole.
+    V6LinkLocal(u128),
 }
 
 impl SourceKey {
@@ -518,6 +523,7 @@ impl SourceKey {
     pub fn of(ip: IpAddr) -> SourceKey {
         match ip.to_canonical() {
             IpAddr::V4(v4) => SourceKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) if v6.is_unicast_link_local() => SourceKey::V6LinkLocal(u128::from(v6)),
             IpAddr::V6(v6) => SourceKey::V6Prefix((u128::from(v6) >> 64) as u64),
         }
     }
@@ -531,6 +537,7 @@ impl fmt::Display for SourceKey {
             SourceKey::V6Prefix(prefix) => {
                 write!(f, "{}/64", Ipv6Addr::from(u128::from(prefix) << 64))
             }
+            SourceKey::V6LinkLocal(address) => Ipv6Addr::from(address).fmt(f),
         }
     }
 }
@@ -556,6 +563,21 @@ mod tests {
         assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
         assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    /// Every host on a link has an address in `fe80::/64`: keyed by
+    /// prefix, one of them would lock the others out.
+    #[test]
+    fn link_local_sources_are_keyed_by_the_whole_address() {
+        let key = |text: &str| SourceKey::of(text.parse().unwrap());
+        assert_ne!(key("fe80::1"), key("fe80::2"));
+        assert_ne!(key("fe80::a:b:c:d"), key("fe80::a:b:c:e"));
+        assert_eq!(key("fe80::1"), key("fe80::1"));
+        // All of fe80::/10, not only the /64 in use.
+        assert_ne!(key("febf::1"), key("febf::2"));
+        assert_eq!(key("fe80::1").to_string(), "fe80::1");
+        // Outside it, still by /64.
+        assert_eq!(key("fec0::1"), key("fec0::2"));
         assert_eq!(key("::ffff:192.0.2.1").to_string(), "192.0.2.1");
         assert_eq!(key("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
     }

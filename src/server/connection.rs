@@ -29,6 +29,7 @@
 
 use super::clock::Millis;
 use super::pipe::{Pipes, Splicing};
+use super::sources::SourceId;
 use crate::ring::Ring;
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -80,10 +81,11 @@ impl Stream for mio::net::TcpStream {
 ///  Open ──read()==0──► Flushing ──ring empty──► Closed
 ///    │                     │
 ///    ├── server closes ──► Draining ──peer EOF──► Closed
-///    │   (nothing pending)     │
-///    │                         └──bytes read──► Closed, reset
-///    ├── server closes, bytes pending ─────────► Closed, reset
+///    │   (nothing pending,     │
+///    │    nothing unread)      └──bytes read──► Closed, reset
+///    ├── server closes, bytes pending or unread ► Closed, reset
 ///    └──── error / RST ────┴───────────────────► Closed
+///          (an error of ours with bytes unechoed: reset)
 /// ```
 ///
 /// "Reset": the server throws echo bytes away, so it closes with an RST
@@ -336,6 +338,11 @@ pub struct Connection<S> {
     pub active: Millis,
     /// On the loop's ready queue now (so it is not queued twice).
     pub queued: bool,
+    /// The source it is counted against (`--max-connections-per-source`),
+    /// told at its close; `None` for an exempt (loopback) source. Four
+    /// bytes, in what was padding: a connection from a remote client
+    /// costs no more than one from loopback.
+    pub source: Option<SourceId>,
 }
 
 impl<S: Stream> Connection<S> {
@@ -353,6 +360,7 @@ impl<S: Stream> Connection<S> {
             opened: Millis::ZERO,
             active: Millis::ZERO,
             queued: false,
+            source: None,
         }
     }
 
@@ -388,14 +396,15 @@ impl<S: Stream> Connection<S> {
 
     /// Whether the server closed it abortively (RST), having thrown away
     /// [`Connection::unechoed`] bytes. Not a field: a close the server
-    /// began (idle, shutdown) that ends with bytes unechoed is always made
-    /// abortive (`begin_close`, `discard`), and no other close is, so the
+    /// began (idle, shutdown), or an error on the server's side, that ends
+    /// with bytes unechoed is always made abortive (`begin_close`,
+    /// `discard`, `on_ready`), and no other close is, so the
     /// state and the counters tell it (the fuzz test checks that the two
     /// agree with the `SO_LINGER` calls made).
     pub fn reset_by_server(&self) -> bool {
         matches!(
             self.state,
-            State::Closed(CloseReason::Idle | CloseReason::Shutdown)
+            State::Closed(CloseReason::Idle | CloseReason::Shutdown | CloseReason::Error(_))
         ) && self.unechoed() > 0
     }
 
@@ -444,6 +453,18 @@ impl<S: Stream> Connection<S> {
                         State::Draining(reason) => reason,
                         _ => CloseReason::from_error(&err),
                     };
+                    // An error of our own side (ENOMEM or ENOBUFS from a
+                    // write or splice, WriteZero, Unsupported) leaves the
+                    // peer connected, and the bytes just released are lost:
+                    // closing normally would send a FIN after a short echo.
+                    // A peer that reset or went away needs no telling.
+                    if matches!(reason, CloseReason::Error(_)) && self.unechoed() > 0 {
+                        log::trace!(
+                            "connection {key}: closing on an error with {} bytes not echoed",
+                            self.unechoed()
+                        );
+                        self.abort(key);
+                    }
                     self.set_state(key, State::Closed(reason));
                 }
             }
@@ -460,10 +481,11 @@ impl<S: Stream> Connection<S> {
     }
 
     /// Closes on the server's initiative (idle, shutdown). With nothing
-    /// pending, without an RST: shut down the sending side, then wait for
-    /// the peer's EOF (`Draining`). With bytes pending (the caller decided
-    /// they will not be sent), abortively: they are dropped, and an RST
-    /// tells the peer so (see `Connection::abort`).
+    /// pending and nothing left unread, without an RST: shut down the
+    /// sending side, then wait for the peer's EOF (`Draining`). With bytes
+    /// pending (the caller decided they will not be sent), or bytes still
+    /// unread in the kernel, abortively: they are dropped, and an RST tells
+    /// the peer so (see `Connection::abort`).
     pub fn begin_close(&mut self, key: usize, reason: CloseReason, bufs: &mut Buffers) {
         if let State::Closed(_) | State::Draining(_) = self.state {
             return;
@@ -479,13 +501,88 @@ impl<S: Stream> Connection<S> {
             // so closing now cannot turn into an RST.
             State::Closed(reason)
         } else {
-            match self.stream.shutdown_write() {
-                Ok(()) => State::Draining(reason),
-                // Not connected any more: nothing left to protect.
-                Err(_) => State::Closed(reason),
+            self.close_unless_unread(key, reason, bufs)
+        };
+        self.set_state(key, next);
+    }
+
+    /// Closes at once (a stop without grace): as `begin_close`, but no FIN
+    /// and no waiting for the peer's EOF, since the server drops the socket
+    /// right after. Bytes pending, or found by one read, make it abortive;
+    /// otherwise closing the socket sends the FIN, or an RST if input
+    /// arrived in between: the kernel decides that at the close itself
+    /// (tcp_close), so no FIN can go out over unread bytes.
+    pub fn close_now(&mut self, key: usize, reason: CloseReason, bufs: &mut Buffers) {
+        let next = match self.state {
+            State::Closed(_) => return,
+            // The FIN is out and nothing was read since (a byte read would
+            // have closed it, abortively): the close adds nothing.
+            State::Draining(reason) => State::Closed(reason),
+            State::Open | State::Flushing => {
+                let pending = self.pending(bufs);
+                self.release(bufs);
+                let unread = self.state == State::Open
+                    && matches!(self.read(key, &mut bufs.scratch), Ok(Some(1..)));
+                if pending > 0 || unread {
+                    log::trace!(
+                        "connection {key}: closing at once with {} bytes not echoed",
+                        self.unechoed()
+                    );
+                    self.abort(key);
+                }
+                State::Closed(reason)
             }
         };
         self.set_state(key, next);
+    }
+
+    /// `begin_close` with nothing pending: one nonblocking read first,
+    /// because the kernel may still hold input that no turn has read yet
+    /// (the turn's read budget ran out with `readable` set, or the loop
+    /// had not yet taken the event). A FIN sent over it would reach the
+    /// client before the reset that discarding it causes, and a client that
+    /// half-closed would read a clean EOF after a short echo. So: bytes ->
+    /// discarded and counted, RST; EOF -> every byte was echoed, close;
+    /// WouldBlock -> FIN and `Draining`. One more system call, only on a
+    /// close the server starts (idle timeout, shutdown): none on the echo
+    /// path.
+    fn close_unless_unread(
+        &mut self,
+        key: usize,
+        reason: CloseReason,
+        bufs: &mut Buffers,
+    ) -> State {
+        // A signal may cut the read short before it took anything; a few
+        // tries, not a loop without end.
+        let mut tries = 3;
+        let read = loop {
+            match self.read(key, &mut bufs.scratch) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted && tries > 1 => tries -= 1,
+                other => break other,
+            }
+        };
+        match read {
+            Ok(None) => match self.stream.shutdown_write() {
+                Ok(()) => State::Draining(reason),
+                // Not connected any more: nothing left to protect.
+                Err(_) => State::Closed(reason),
+            },
+            // The peer finished and had every byte back.
+            Ok(Some(0)) => State::Closed(reason),
+            Ok(Some(n)) => {
+                log::trace!("connection {key}: {n} bytes unread at the server's close, discarded");
+                self.abort(key);
+                State::Closed(reason)
+            }
+            // Broken (reset), or still interrupted: no FIN now. Closing a
+            // socket with input unread makes Linux send an RST by itself
+            // (tcp_close, RFC 2525 2.17), so none goes out over bytes
+            // nobody read.
+            Err(err) => {
+                log::trace!("connection {key}: read at the server's close: {err}");
+                State::Closed(reason)
+            }
+        }
     }
 
     /// `Open`: echo whatever can be echoed.

@@ -845,17 +845,16 @@ impl Server {
             self.stats.refused += 1;
             log::warn!("could not register the connection from {peer}: {err}; dropping it");
             if let Some(source) = source {
-                self.per_source.forget(source);
+                self.per_source.closed(source);
             }
             return;
         }
         log::debug!("connection {key}: accepted from {}", display_addr(peer));
         self.stats.accepted += 1;
         self.stats.active += 1;
-        if let Some(source) = source {
-            self.per_source.serving(key, source);
-        }
-        entry.insert(Connection::new(stream).accepted_at(self.clock.now()));
+        let mut conn = Connection::new(stream).accepted_at(self.clock.now());
+        conn.source = source;
+        entry.insert(conn);
     }
 
     /// Resets a connection whose source has the most connections
@@ -895,8 +894,10 @@ impl Server {
     fn close(&mut self, key: usize, reason: CloseReason) {
         let mut conn = self.connections.remove(key);
         // Uncounts it from its source if it was counted (not loopback, or
-        // --limit-loopback); with no source counted this is one test.
-        self.per_source.closed(key);
+        // --limit-loopback); an exempt one has none: one test.
+        if let Some(source) = conn.source {
+            self.per_source.closed(source);
+        }
         // Its pipe goes back to the pool (or is closed, if bytes are left
         // in it) rather than staying attached to a connection now gone.
         conn.release(&mut self.buffers);
@@ -1087,8 +1088,8 @@ impl Server {
 
     /// Stopping at once (a second signal, or the [`StopHandle`]): every
     /// connection still open is closed now and counted, with an RST if it
-    /// holds echo bytes (see `Connection::begin_close`), so that none ends
-    /// with a FIN claiming every byte came back. Listeners go first, so
+    /// holds echo bytes or input unread (see `Connection::close_now`), so
+    /// that none ends with a FIN claiming every byte came back. Listeners go first, so
     /// that a close does not accept anyone new.
     fn close_all(&mut self) {
         self.listeners.clear();
@@ -1097,7 +1098,7 @@ impl Server {
             let Some(conn) = self.connections.get_mut(key) else {
                 continue;
             };
-            conn.begin_close(key, CloseReason::Shutdown, &mut self.buffers);
+            conn.close_now(key, CloseReason::Shutdown, &mut self.buffers);
             let reason = match conn.state() {
                 State::Draining(reason) | State::Closed(reason) => reason,
                 State::Open | State::Flushing => CloseReason::Shutdown,
@@ -1314,7 +1315,7 @@ fn serve_inherited(
     let connections = net::ConnectionOptions {
         socket_buffer: config.socket_buffer,
     };
-    let listeners: Vec<Listener> = served
+    let mut listeners: Vec<Listener> = served
         .tcp
         .into_iter()
         .map(|(socket, local)| Listener::new(socket, local))
@@ -1324,7 +1325,12 @@ fn serve_inherited(
     // `net::set_connection_options`). A service manager can set the same
     // on the socket unit (NoDelay=, ReceiveBuffer=, SendBuffer=) so that
     // the connection that started echod has them too.
-    for listener in &listeners {
+    for listener in &mut listeners {
+        // Without it (systemd has no setting for it), the connections
+        // queued already lack it too: they get it at accept.
+        listener.backlog_without_oobinline = !socket2::SockRef::from(&listener.socket)
+            .out_of_band_inline()
+            .unwrap_or(false);
         if let Err(err) = net::set_connection_options(&listener.socket, connections) {
             log::warn!(
                 "could not set TCP_NODELAY, SO_OOBINLINE and the socket buffer sizes on the tcp socket \

@@ -36,11 +36,15 @@ pub use linux::Pipes;
 pub use other::Pipes;
 
 /// A connection's part in splicing: copying, bulk between bursts, or
-/// holding one of the pool's pipes. Two bytes, so that it fits in padding
-/// of `Connection` and idle connections stay as small as before (an enum
-/// with a key would take four).
+/// holding one of the pool's pipes. One byte ([`MAX_PIPES`] keys fit), so
+/// that it fits in padding of `Connection` beside the source it is counted
+/// against, and idle connections stay as small as before (an enum with a
+/// key would take four or more).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Splicing(u16);
+pub struct Splicing(u8);
+
+// Every pipe key, plus COPYING and BULK, fits in the byte.
+const _: () = assert!(MAX_PIPES < u8::MAX as usize);
 
 impl Splicing {
     /// Echoing by copying (scratch buffer, ring): not bulk, or no pipe was
@@ -48,13 +52,13 @@ impl Splicing {
     pub const COPYING: Splicing = Splicing(0);
     /// Bulk, between bursts: it holds no pipe, but its next read takes one
     /// if the pool has one free.
-    pub const BULK: Splicing = Splicing(u16::MAX);
+    pub const BULK: Splicing = Splicing(u8::MAX);
 
     /// Holding the pool's pipe `key`; `None` for a key that does not fit,
     /// which [`MAX_PIPES`] rules out.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     fn holding(key: usize) -> Option<Splicing> {
-        u16::try_from(key + 1)
+        u8::try_from(key + 1)
             .ok()
             .filter(|&n| n != Splicing::BULK.0)
             .map(Splicing)
@@ -274,7 +278,7 @@ mod linux {
                 }
             };
             let key = self.attached.insert(pipe);
-            // Keys stay below `max`, far below u16::MAX, so this holds; a
+            // Keys stay below `max`, below u8::MAX, so this holds; a
             // key that did not fit would close the pipe, not panic.
             let held = Splicing::holding(key);
             if held.is_none() {
