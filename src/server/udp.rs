@@ -10,7 +10,10 @@
 //!
 //! Before a datagram is echoed, the [`UdpGuard`] may refuse it: sources
 //! that could start or feed a loop between two services (CERT CA-1996-01)
-//! or use echod as a reflector, and senders over their rate. Each drop is
+//! or use echod as a reflector, and senders over their rate. The server
+//! has one guard for all its UDP sockets, lent to each socket's turn, so
+//! that `--udp-rate` and `--udp-rate-total` bound what the server answers,
+//! however many addresses it is bound to. Each drop is
 //! counted by reason and logged at debug level; a warning sums them up at
 //! most once per reason every few seconds.
 //!
@@ -26,7 +29,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::connection::{Readiness, Turn};
-use super::udp_guard::{DropReason, DropWarnings, GuardConfig, UdpGuard, Verdict, WARN_INTERVAL};
+use super::udp_guard::{DropReason, DropWarnings, UdpGuard, Verdict, WARN_INTERVAL};
 use crate::net::display_addr;
 pub use socket::{EchoSocket, Received, ReplyFrom};
 
@@ -148,8 +151,6 @@ pub struct UdpEcho<S = EchoSocket> {
     ready: Readiness,
     queue: VecDeque<Reply>,
     queued_bytes: usize,
-    /// Decides which datagrams are not answered.
-    guard: UdpGuard,
     /// When to warn about drops (at most once per reason per interval).
     warnings: DropWarnings,
     /// The kernel's drop count in the last datagram that carried one
@@ -169,15 +170,14 @@ impl UdpEcho<EchoSocket> {
 }
 
 impl<S: Datagrams> UdpEcho<S> {
-    /// Wraps a bound socket; `guard` says which datagrams to refuse.
-    pub fn new(socket: S, local: SocketAddr, guard: &GuardConfig) -> UdpEcho<S> {
+    /// Wraps a bound socket.
+    pub fn new(socket: S, local: SocketAddr) -> UdpEcho<S> {
         UdpEcho {
             socket,
             local,
             ready: Readiness::default(),
             queue: VecDeque::new(),
             queued_bytes: 0,
-            guard: UdpGuard::new(guard, Instant::now()),
             warnings: DropWarnings::default(),
             kernel_drops_seen: 0,
             counters: UdpCounters::default(),
@@ -209,8 +209,10 @@ impl<S: Datagrams> UdpEcho<S> {
 
     /// Serves an event: sends queued replies, then receives and echoes
     /// until WouldBlock or the turn's budget is spent. `buf` is the loop's
-    /// datagram buffer, [`MAX_DATAGRAM`] bytes.
-    pub fn on_ready(&mut self, new: Readiness, buf: &mut [u8]) -> Turn {
+    /// datagram buffer, [`MAX_DATAGRAM`] bytes; `guard` is the server's,
+    /// shared by all its UDP sockets, and decides which datagrams are not
+    /// answered.
+    pub fn on_ready(&mut self, new: Readiness, buf: &mut [u8], guard: &mut UdpGuard) -> Turn {
         self.ready.readable |= new.readable;
         self.ready.writable |= new.writable;
         self.send_queued();
@@ -237,7 +239,7 @@ impl<S: Datagrams> UdpEcho<S> {
                     if let Some(drops) = kernel_drops {
                         self.count_kernel_drops(drops);
                     }
-                    match self.guard.check(peer, now) {
+                    match guard.check(peer, now) {
                         Verdict::Answer => self.echo(&buf[..len], peer, reply_from),
                         Verdict::Drop(reason) => self.refuse(reason, peer, now),
                     }

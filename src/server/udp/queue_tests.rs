@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use super::*;
 use crate::server::connection::test_readiness::{BOTH, WRITABLE};
+use crate::server::udp_guard::GuardConfig;
 
 /// A datagram the fake socket will receive, with what the kernel says of it.
 struct Incoming {
@@ -74,7 +75,7 @@ fn peer(n: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 40_000 + n))
 }
 
-/// A UDP echo over the fake, rate limit off, with `datagrams` waiting.
+/// A UDP echo over the fake with `datagrams` waiting.
 fn echo(datagrams: Vec<Vec<u8>>) -> UdpEcho<Fake> {
     let fake = Fake::default();
     for (i, payload) in datagrams.into_iter().enumerate() {
@@ -85,21 +86,23 @@ fn echo(datagrams: Vec<Vec<u8>>) -> UdpEcho<Fake> {
             kernel_drops: None,
         });
     }
-    let guard = GuardConfig {
+    UdpEcho::new(fake, peer(9999))
+}
+
+/// Serves an event, then turns from the ready queue (which bring no new
+/// readiness) until the socket has nothing more to read (bounded), with
+/// the rate limits off.
+fn serve(echo: &mut UdpEcho<Fake>, event: Readiness) {
+    let config = GuardConfig {
         rate: 0,
         rate_total: 0,
         ..GuardConfig::default()
     };
-    UdpEcho::new(fake, peer(9999), &guard)
-}
-
-/// Serves an event, then turns from the ready queue (which bring no new
-/// readiness) until the socket has nothing more to read (bounded).
-fn serve(echo: &mut UdpEcho<Fake>, event: Readiness) {
+    let mut guard = UdpGuard::new(&config, Instant::now());
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut readiness = event;
     for _ in 0..100 {
-        if echo.on_ready(readiness, &mut buf) == Turn::Wait {
+        if echo.on_ready(readiness, &mut buf, &mut guard) == Turn::Wait {
             return;
         }
         readiness = Readiness::NONE;
