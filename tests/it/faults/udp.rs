@@ -343,13 +343,16 @@ fn limit_loopback_holds_loopback_to_udp_rate() {
     let server = server(&["--udp-rate", "10", "--limit-loopback"]);
     let addr = server.udp.unwrap();
     let client = client_on(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let start = Instant::now();
     send_numbered(&client, addr, SENT);
     let line = counters_once_received(&server, u64::from(SENT));
+    let most = most_answered(RATE, start);
     let out = number_after(&line, "out ");
     let rate = number_after(&line, ", rate ");
     assert_eq!(out + rate, u64::from(SENT), "{line}");
-    // One burst (10) at once, then 10 more per second the server takes.
-    assert!((RATE..=4 * RATE).contains(&out), "{line}");
+    // One burst (10) at once, then 10 more per second it took.
+    assert!(out >= RATE, "{line}");
+    assert!(out <= most, "more than {most} answered: {line}");
 }
 
 /// A flood from many sources, each far within its own rate, is bounded
@@ -361,6 +364,7 @@ fn udp_rate_total_bounds_replies_over_many_sources() {
     const TOTAL: u64 = 30;
     let server = server(&["--udp-rate-total", "30", "--limit-loopback"]);
     let addr = server.udp.unwrap();
+    let start = Instant::now();
     let mut sent = 0;
     for n in 0..SOURCES {
         let socket = client_on(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 10 + n)));
@@ -375,12 +379,14 @@ fn udp_rate_total_bounds_replies_over_many_sources() {
         "{warning}"
     );
     let line = counters_once_received(&server, sent);
+    let most = most_answered(TOTAL, start);
     let out = number_after(&line, "out ");
     let total = number_after(&line, "total rate ");
     assert_eq!(number_after(&line, ", rate "), 0, "{line}");
     assert_eq!(out + total, sent, "{line}");
-    // One budget's burst (30), then 30 more per second the server takes.
-    assert!((TOTAL..=4 * TOTAL).contains(&out), "{line}");
+    // One budget's burst (30), then 30 more per second it took.
+    assert!(out >= TOTAL, "{line}");
+    assert!(out <= most, "more than {most} answered: {line}");
 }
 
 /// The total budget is the server's, not each socket's: bound to two or
