@@ -153,9 +153,11 @@ pub struct UdpEcho<S = EchoSocket> {
     queued_bytes: usize,
     /// When to warn about drops (at most once per reason per interval).
     warnings: DropWarnings,
-    /// The kernel's drop count in the last datagram that carried one
-    /// (it wraps at `u32::MAX`; the counter adds the differences).
-    kernel_drops_seen: u32,
+    /// The kernel's drop count as of the last datagram received (it wraps
+    /// at `u32::MAX`; the counter adds the differences); `None` until the
+    /// first datagram, whose count is the baseline (see
+    /// [`UdpEcho::count_kernel_drops`]).
+    kernel_drops_seen: Option<u32>,
     /// What happened on this socket so far.
     pub counters: UdpCounters,
     /// On the loop's ready queue now (so it is not queued twice).
@@ -179,7 +181,7 @@ impl<S: Datagrams> UdpEcho<S> {
             queue: VecDeque::new(),
             queued_bytes: 0,
             warnings: DropWarnings::default(),
-            kernel_drops_seen: 0,
+            kernel_drops_seen: None,
             counters: UdpCounters::default(),
             queued: false,
         }
@@ -236,9 +238,7 @@ impl<S: Datagrams> UdpEcho<S> {
                         self.local,
                         display_addr(peer)
                     );
-                    if let Some(drops) = kernel_drops {
-                        self.count_kernel_drops(drops);
-                    }
+                    self.count_kernel_drops(kernel_drops);
                     match guard.check(peer, now) {
                         Verdict::Answer => self.echo(&buf[..len], peer, reply_from),
                         Verdict::Drop(reason) => self.refuse(reason, peer, now),
@@ -262,14 +262,31 @@ impl<S: Datagrams> UdpEcho<S> {
         }
     }
 
-    /// Takes the kernel's drop count carried by a datagram: what it grew
-    /// by since the last one is added to the counter.
-    fn count_kernel_drops(&mut self, drops: u32) {
-        let new = drops.wrapping_sub(self.kernel_drops_seen);
+    /// Takes the kernel's drop count carried by a datagram (`None`: Linux
+    /// leaves it out while it is 0): what it grew by since the last one is
+    /// added to the counter.
+    ///
+    /// The count is the socket's since its creation, not echod's: a socket
+    /// inherited from a service manager (which keeps it open across
+    /// restarts) carries the drops of earlier runs. So the first datagram's
+    /// count is only the baseline. On a socket echod bound itself that
+    /// baseline is 0, since the first datagram queued found the queue
+    /// empty, so nothing is lost by it.
+    fn count_kernel_drops(&mut self, drops: Option<u32>) {
+        let Some(seen) = self.kernel_drops_seen else {
+            self.kernel_drops_seen = Some(drops.unwrap_or(0));
+            return;
+        };
+        // Later, a datagram without the count changes nothing (the count
+        // only grows; it is left out again only if it wraps to 0 exactly).
+        let Some(drops) = drops else {
+            return;
+        };
+        let new = drops.wrapping_sub(seen);
         if new == 0 {
             return;
         }
-        self.kernel_drops_seen = drops;
+        self.kernel_drops_seen = Some(drops);
         self.counters.dropped_by_kernel += u64::from(new);
         log::debug!(
             "udp {}: the kernel dropped {new} more datagrams (its receive buffer was full)",

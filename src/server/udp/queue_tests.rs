@@ -191,7 +191,8 @@ fn a_failed_send_drops_only_that_reply() {
 
 /// The kernel's count comes with datagrams, from the socket's creation:
 /// the counter adds what it grew by, across the wrap at u32::MAX, and a
-/// datagram without it (Linux leaves it out while it is 0) changes nothing.
+/// datagram without it (Linux leaves it out while it is 0) changes nothing
+/// but, the first, sets the baseline at 0.
 #[test]
 fn the_kernel_drop_count_is_added_up_across_datagrams_and_its_wrap() {
     let mut udp = echo(Vec::new());
@@ -216,6 +217,25 @@ fn the_kernel_drop_count_is_added_up_across_datagrams_and_its_wrap() {
     assert_eq!(udp.counters.dropped_by_kernel, u64::from(u32::MAX) + 3);
     assert_eq!(udp.counters.received, 7);
     assert_eq!(udp.counters.dropped(), 0, "not among the received");
+}
+
+/// A socket a service manager kept open across restarts carries the drops
+/// of earlier runs in its count: the first datagram's count is the
+/// baseline, and only what the count grows by after it is this run's.
+#[test]
+fn the_first_kernel_drop_count_is_the_baseline() {
+    let mut udp = echo(Vec::new());
+    for drops in [Some(1_000), None, Some(1_000), Some(1_003)] {
+        udp.socket.incoming.borrow_mut().push_back(Incoming {
+            payload: b"x".to_vec(),
+            from: peer(1),
+            reply_from: None,
+            kernel_drops: drops,
+        });
+    }
+    serve(&mut udp, BOTH);
+    assert_eq!(udp.counters.dropped_by_kernel, 3);
+    assert_eq!(udp.counters.received, 4);
 }
 
 /// Each reply names the source its datagram said, queued or not.
