@@ -63,10 +63,10 @@ pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
 /// (systemd's default `TimeoutStopSec=` is 90 s).
 pub const MAX_GRACE: Duration = Duration::from_secs(86_400);
 
-/// The largest `--udp-rate` accepted: ten million datagrams per second per
-/// source, some ten times what one core can echo (each datagram is a
-/// `recvfrom` and a `sendto`); above it the limit never bites, so 0 says
-/// "no limit" more plainly.
+/// The largest `--udp-rate` and `--udp-rate-total` accepted: ten million
+/// datagrams per second, some ten times what one core can echo (each
+/// datagram is a `recvfrom` and a `sendto`); above it neither limit ever
+/// bites, so 0 says "no limit" more plainly.
 pub const MAX_UDP_RATE: u32 = 10_000_000;
 
 const EXAMPLES: &str = "\
@@ -243,10 +243,10 @@ pub struct ServeArgs {
     pub udp_rate: u32,
 
     /// UDP datagrams answered per second from all non-loopback sources
-    /// together, in bursts of as many, so that a flood forged from many
-    /// addresses, each within --udp-rate, is bounded too; the rest are
-    /// dropped and counted as "total rate". 0 turns the budget off; at
-    /// most 4294967295.
+    /// together, on all the addresses echod serves, in bursts of as many,
+    /// so that a flood forged from many addresses, each within --udp-rate,
+    /// is bounded too; the rest are dropped and counted as "total rate"
+    /// (0 to 10000000). 0 turns the budget off.
     #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE_TOTAL,
           value_parser = parse_udp_rate)]
     pub udp_rate_total: u32,
@@ -832,7 +832,7 @@ mod tests {
     }
 
     /// The documented range of --udp-rate and --udp-rate-total: 0 to
-    /// u32::MAX, checked at parse time with the range in the message.
+    /// MAX_UDP_RATE, checked at parse time with the range in the message.
     #[test]
     fn udp_rates_have_a_range() {
         for flag in ["--udp-rate", "--udp-rate-total"] {

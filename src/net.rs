@@ -376,7 +376,9 @@ pub fn enlarge_udp_buffers(socket: SockRef<'_>, local: SocketAddr) {
 
 /// Sets one buffer to `asked`, privileged first: `SO_RCVBUFFORCE` and
 /// `SO_SNDBUFFORCE` (CAP_NET_ADMIN) pass the sysctl caps; without the
-/// privilege they fail with EPERM and the ordinary option, capped, is used.
+/// privilege they fail with EPERM and the ordinary option, capped, is used,
+/// unless the capped size would be smaller than what the socket has (see
+/// [`plain_set_would_shrink`]): then the buffer is left as it is.
 fn enlarge(socket: &Socket, direction: Direction, asked: usize) -> io::Result<BufferSize> {
     let current = || match direction {
         Direction::Receive => socket.recv_buffer_size(),
@@ -401,6 +403,14 @@ fn enlarge(socket: &Socket, direction: Direction, asked: usize) -> io::Result<Bu
     };
     #[cfg(not(target_os = "linux"))]
     let forced = false;
+    #[cfg(target_os = "linux")]
+    if !forced && plain_set_would_shrink(before, asked, unprivileged_cap(direction)) {
+        return Ok(BufferSize {
+            direction,
+            asked,
+            granted: before,
+        });
+    }
     if !forced {
         match direction {
             Direction::Receive => socket.set_recv_buffer_size(asked)?,
@@ -412,6 +422,32 @@ fn enlarge(socket: &Socket, direction: Direction, asked: usize) -> io::Result<Bu
         asked,
         granted: current()?,
     })
+}
+
+/// Whether setting a buffer to `asked` without privilege would leave it
+/// smaller than the `before` the kernel reports now, given the sysctl's
+/// `cap` (`None`: it could not be read, so any size might shrink it).
+///
+/// Linux grants `min(asked, cap)` for `SO_RCVBUF` and `SO_SNDBUF` and
+/// reports twice that (socket(7)), whatever the buffer was. A socket
+/// inherited from a service manager may hold more than that already: the
+/// manager is privileged and forces its `ReceiveBuffer=` past the cap
+/// (systemd.socket(5)). Setting it would then shrink it.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn plain_set_would_shrink(before: usize, asked: usize, cap: Option<usize>) -> bool {
+    match cap {
+        Some(cap) => asked.min(cap).saturating_mul(KERNEL_DOUBLES) < before,
+        None => true,
+    }
+}
+
+/// The cap on the size an unprivileged process may set, from the sysctl
+/// ([`Direction::sysctl`], read in /proc/sys, proc(5)); `None` if it
+/// cannot be read.
+#[cfg(target_os = "linux")]
+fn unprivileged_cap(direction: Direction) -> Option<usize> {
+    let path = format!("/proc/sys/{}", direction.sysctl().replace('.', "/"));
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// The log line for one buffer: info when granted, a warning naming the
@@ -782,6 +818,31 @@ mod tests {
         assert_eq!(level, log::Level::Info);
         assert!(line.contains("asked for 4194304"), "{line}");
         assert!(!line.contains("rmem_max"), "{line}");
+    }
+
+    /// Unprivileged, a buffer a service manager forced past the cap (here
+    /// systemd's ReceiveBuffer=256K, which Linux reports as 512 KiB) is
+    /// left alone: set, it would fall to the cap. One below what the cap
+    /// grants is still set.
+    #[test]
+    fn an_unprivileged_set_never_shrinks_a_buffer() {
+        const RMEM_MAX: usize = 212_992;
+        let asked = UDP_SOCKET_BUFFER;
+        let forced = 2 * 256 * 1024;
+        assert!(plain_set_would_shrink(forced, asked, Some(RMEM_MAX)));
+        let default = RMEM_MAX * KERNEL_DOUBLES;
+        assert!(!plain_set_would_shrink(default, asked, Some(RMEM_MAX)));
+        assert!(!plain_set_would_shrink(4_608, asked, Some(RMEM_MAX)));
+        // A cap above what is asked for: the size asked for is granted.
+        let roomy = 16 * 1024 * 1024;
+        assert!(!plain_set_would_shrink(forced, asked, Some(roomy)));
+        assert!(plain_set_would_shrink(
+            asked * KERNEL_DOUBLES + 1,
+            asked,
+            Some(roomy)
+        ));
+        // A cap that cannot be read: nothing is set.
+        assert!(plain_set_would_shrink(4_608, asked, None));
     }
 
     /// Privileged, the size asked for is granted whatever rmem_max says;

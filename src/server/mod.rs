@@ -50,6 +50,7 @@ use listener::{Accepted, Listener};
 use signals::{Request, Signals};
 use sources::{Admission, SourceLimit};
 use udp::{EchoSocket, UdpEcho};
+use udp_guard::UdpGuard;
 
 /// What the server is asked to do; built from the command line by
 /// [`crate::cli`], or directly by tests.
@@ -364,6 +365,9 @@ pub struct Server {
     /// failed is `None`, so the others keep their tokens.
     listeners: Vec<Option<Listener>>,
     udp: Vec<UdpEcho>,
+    /// Which datagrams go unanswered: one for all the UDP sockets, so its
+    /// rates bound the server's replies, not each socket's.
+    udp_guard: UdpGuard,
     /// Connections by token; a slab reuses keys of closed connections.
     connections: Slab<Connection<TcpStream>>,
     buffers: Buffers,
@@ -441,7 +445,7 @@ impl Server {
         let poll = Poll::new().map_err(StartError::Poll)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(StartError::Poll)?);
         let guard = udp_guard_config(config, Path::new(net::IPV4_CONF));
-        let (listeners, udp) = bind_all(config, &guard)?;
+        let (listeners, udp) = bind_all(config)?;
         // Raise the open-files limit whether or not --max-connections was
         // given: a limit set by hand needs the descriptors just as much.
         let derived = default_max_connections();
@@ -458,6 +462,7 @@ impl Server {
             poll,
             listeners: listeners.into_iter().map(Some).collect(),
             udp,
+            udp_guard: UdpGuard::new(&guard, Instant::now()),
             connections: Slab::new(),
             buffers: Buffers::new(config.buffer).splicing(config.splice),
             datagram: vec![0; MAX_DATAGRAM].into_boxed_slice(),
@@ -636,7 +641,8 @@ impl Server {
                 let Some(udp) = self.udp.get_mut(i) else {
                     return;
                 };
-                if udp.on_ready(readiness, &mut self.datagram) == Turn::Yield && !udp.queued {
+                let turn = udp.on_ready(readiness, &mut self.datagram, &mut self.udp_guard);
+                if turn == Turn::Yield && !udp.queued {
                     udp.queued = true;
                     self.ready.push(token);
                 }
@@ -1255,14 +1261,11 @@ fn udp_guard_config(config: &ServerConfig, ipv4_conf: &Path) -> GuardConfig {
 
 /// Binds the listeners and UDP sockets for every configured address, or
 /// takes them from the service manager when it passed some.
-fn bind_all(
-    config: &ServerConfig,
-    guard: &GuardConfig,
-) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
+fn bind_all(config: &ServerConfig) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
     if config.socket_activation
         && let Some(sockets) = activation::take().map_err(StartError::Activation)?
     {
-        return serve_inherited(sockets, config, guard);
+        return serve_inherited(sockets, config);
     }
     let explicit = !config.bind.is_empty();
     let addrs = if explicit {
@@ -1282,11 +1285,11 @@ fn bind_all(
     }
     let mut attempt = 1;
     loop {
-        match bind_addrs(&addrs, config, guard) {
+        match bind_addrs(&addrs, config) {
             // The machine has no IPv6: serve IPv4 on all addresses instead.
             Err(StartError::Bind(err)) if !explicit && net::is_ipv6_unavailable(&err.source) => {
                 log::debug!("IPv6 is unavailable ({}), serving IPv4 only", err.source);
-                return bind_addrs(&[net::IPV4_ANY], config, guard);
+                return bind_addrs(&[net::IPV4_ANY], config);
             }
             // With port 0, the port the kernel picked for TCP may be taken
             // for UDP (or on another address): pick again.
@@ -1308,7 +1311,6 @@ fn bind_all(
 fn serve_inherited(
     sockets: Vec<activation::Socket>,
     config: &ServerConfig,
-    guard: &GuardConfig,
 ) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
     let served = activation::sort(sockets, config.tcp, config.udp, MAX_BINDS)
         .map_err(StartError::Activation)?;
@@ -1349,7 +1351,7 @@ fn serve_inherited(
             // The manager bound it with its own buffer sizes: made larger
             // here if they are smaller, as a bound socket's are.
             net::enlarge_udp_buffers(socket2::SockRef::from(&socket), local);
-            echo_socket(socket, local, guard)
+            echo_socket(socket, local)
         })
         .collect::<Result<_, _>>()?;
     Ok((listeners, udp))
@@ -1361,23 +1363,18 @@ const PORT_ZERO_ATTEMPTS: usize = 20;
 
 /// Wraps a bound UDP socket for the loop, with the options its control
 /// messages need.
-fn echo_socket(
-    socket: mio::net::UdpSocket,
-    local: SocketAddr,
-    guard: &GuardConfig,
-) -> Result<UdpEcho, StartError> {
+fn echo_socket(socket: mio::net::UdpSocket, local: SocketAddr) -> Result<UdpEcho, StartError> {
     let socket = EchoSocket::new(socket, local).map_err(|source| BindError {
         transport: Transport::Udp,
         addr: local,
         source,
     })?;
-    Ok(UdpEcho::new(socket, local, guard))
+    Ok(UdpEcho::new(socket, local))
 }
 
 fn bind_addrs(
     addrs: &[IpAddr],
     config: &ServerConfig,
-    guard: &GuardConfig,
 ) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
     // With port 0 the kernel picks a port for the first socket; every other
     // socket uses that same port, so one number serves TCP and UDP.
@@ -1402,7 +1399,7 @@ fn bind_addrs(
             let socket = net::bind_udp(SocketAddr::new(ip, port), options)?;
             let local = socket.local_addr().map_err(StartError::Poll)?;
             port = local.port();
-            udp.push(echo_socket(socket, local, guard)?);
+            udp.push(echo_socket(socket, local)?);
         }
     }
     report_socket_buffers(&listeners, config.socket_buffer);
