@@ -202,8 +202,8 @@ pub struct ServeArgs {
     pub max_connections: Option<u64>,
 
     /// Most connections open at once from one client: one IPv4 address
-    /// (also when seen as ::ffff:a.b.c.d) or one IPv6 /64. A connection
-    /// over it is reset at once, so one host cannot take every slot.
+    /// (also when seen as ::ffff:a.b.c.d), one IPv6 /64, or one whole
+    /// link-local (fe80::/10) address. A connection over it is reset at once, so one host cannot take every slot.
     /// Default: a quarter of --max-connections (at least 1); 1 to
     /// 4294967295 (at --max-connections or above it never bites).
     /// Loopback clients are exempt unless --limit-loopback.
@@ -234,7 +234,7 @@ pub struct ServeArgs {
     pub udp_allow_ports: Vec<PortRange>,
 
     /// UDP datagrams answered per second per source address (per /64 for
-    /// IPv6), in bursts of as many; the rest are dropped, so echod makes a
+    /// IPv6, per address for link-local), in bursts of as many; the rest are dropped, so echod makes a
     /// poor reflector (0 to 10000000). Loopback sources are exempt (see
     /// --limit-loopback). 0 turns the limit off (for load tests from
     /// another host).
