@@ -16,7 +16,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use echod::server::{MAX_PIPES, SPARE_PIPES};
+use echod_server::server::{MAX_PIPES, SPARE_PIPES};
 use socket2::SockRef;
 
 use crate::util::{Binary, IO_TIMEOUT, connect, echo_tcp, random_bytes, send_then_shut};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use socket2::SockRef;
 
-use super::super::pipe::MAX_PIPES;
+use super::super::extras::splice::MAX_PIPES;
 use super::test_readiness::{BOTH, WRITABLE};
 use super::*;
 

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::server::{CloseReason, UdpCounters};
+use super::{CloseReason, UdpCounters};
 
 /// What happened to TCP connections so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

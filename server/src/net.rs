@@ -11,6 +11,10 @@ use std::os::fd::AsFd;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
+/// RFC 862: "A server listens for TCP connections on TCP port 7" (and for
+/// UDP datagrams on UDP port 7).
+pub const RFC862_PORT: u16 = 7;
+
 /// How many connections may wait in the kernel's accept queue. The kernel
 /// caps it at `net.core.somaxconn` (4096 on current Linux).
 const LISTEN_BACKLOG: i32 = 1024;

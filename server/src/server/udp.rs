@@ -26,7 +26,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::connection::{Readiness, Turn};
-use super::udp_guard::{DropReason, DropWarnings, GuardConfig, UdpGuard, Verdict, WARN_INTERVAL};
+use super::extras::udp_guard::{
+    DropReason, DropWarnings, GuardConfig, UdpGuard, Verdict, WARN_INTERVAL,
+};
 use crate::net::display_addr;
 pub use socket::{EchoSocket, Received, ReplyFrom};
 

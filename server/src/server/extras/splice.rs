@@ -91,7 +91,7 @@ pub const MAX_PIPES: usize = 64;
 /// is left to connections (a limit of 64 gets 2 pipes, 1,024 gets 62).
 /// The connection limit leaves these descriptors free.
 pub fn pipes_for(limit: u64) -> usize {
-    let share = limit.saturating_sub(super::RESERVED_DESCRIPTORS) / 16;
+    let share = limit.saturating_sub(crate::server::RESERVED_DESCRIPTORS) / 16;
     usize::try_from(share).map_or(MAX_PIPES, |share| share.min(MAX_PIPES))
 }
 

@@ -28,7 +28,7 @@
 //! flow control slows the client down.
 
 use super::clock::Millis;
-use super::pipe::{Pipes, Splicing};
+use super::extras::splice::{Pipes, Splicing};
 use crate::ring::Ring;
 use std::fmt;
 use std::io::{self, Read, Write};
