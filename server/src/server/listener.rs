@@ -19,6 +19,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
 
@@ -36,8 +37,36 @@ pub struct Listener {
     /// Unknown errors since the last accept that was not one, see
     /// [`FAILURES_BEFORE_BROKEN`].
     failures_in_a_row: u8,
-    /// On the loop's ready queue already (its accept budget ran out).
-    pub queued: bool,
+}
+
+/// Whether the listeners are accepted from, and if not, why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepting {
+    /// Accepting.
+    Yes,
+    /// `--max-connections` are open: clients wait in the kernel's backlog
+    /// until one closes.
+    AtLimit,
+    /// The process or system ran out of descriptors: paused until
+    /// `retry_at`, so as not to spin on EMFILE.
+    OutOfDescriptors { retry_at: Instant },
+    /// Accepting again after running out of descriptors, and not yet
+    /// successfully: running out again is the same episode, so it is not
+    /// warned about again, and the first accept that works says so.
+    Retrying,
+}
+
+impl Accepting {
+    /// Whether an accept may be tried now.
+    pub fn may_accept(self) -> bool {
+        match self {
+            Accepting::Yes | Accepting::Retrying => true,
+            // A close accepts again.
+            Accepting::AtLimit => false,
+            // The retry timer accepts again.
+            Accepting::OutOfDescriptors { .. } => false,
+        }
+    }
 }
 
 /// What one `accept` call came to.
@@ -67,7 +96,6 @@ impl Listener {
             socket,
             local,
             failures_in_a_row: 0,
-            queued: false,
         }
     }
 

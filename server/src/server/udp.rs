@@ -25,18 +25,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::connection::{Readiness, Turn};
+use super::Turn;
 use super::extras::udp_guard::{
     DropReason, DropWarnings, GuardConfig, UdpGuard, Verdict, WARN_INTERVAL,
 };
-use crate::net::display_addr;
+use crate::net::{Readiness, display_addr};
 pub use socket::{EchoSocket, Received, ReplyFrom};
 
 mod socket;
-
-/// Large enough for any UDP payload: 65,535 minus the 8-byte UDP header is
-/// 65,527 (IPv6 over loopback); IPv4 carries at most 65,507.
-pub const MAX_DATAGRAM: usize = 65_536;
 
 /// Replies waiting for the socket to become writable, at most.
 const QUEUE_DATAGRAMS: usize = 64;
@@ -159,8 +155,6 @@ pub struct UdpEcho<S = EchoSocket> {
     kernel_drops_seen: u32,
     /// What happened on this socket so far.
     pub counters: UdpCounters,
-    /// On the loop's ready queue now (so it is not queued twice).
-    pub queued: bool,
 }
 
 impl UdpEcho<EchoSocket> {
@@ -183,7 +177,6 @@ impl<S: Datagrams> UdpEcho<S> {
             warnings: DropWarnings::default(),
             kernel_drops_seen: 0,
             counters: UdpCounters::default(),
-            queued: false,
         }
     }
 
@@ -211,7 +204,7 @@ impl<S: Datagrams> UdpEcho<S> {
 
     /// Serves an event: sends queued replies, then receives and echoes
     /// until WouldBlock or the turn's budget is spent. `buf` is the loop's
-    /// datagram buffer, [`MAX_DATAGRAM`] bytes.
+    /// datagram buffer, [`MAX_DATAGRAM`](crate::net::MAX_DATAGRAM) bytes.
     pub fn on_ready(&mut self, new: Readiness, buf: &mut [u8]) -> Turn {
         self.ready.readable |= new.readable;
         self.ready.writable |= new.writable;

@@ -760,7 +760,7 @@ impl Run {
             conn.pending(&self.bufs),
             self.capacity
         );
-        if let Some(ring) = &conn.ring {
+        if let Some(ring) = conn.pending.ring() {
             prop_assert_eq!(ring.capacity(), self.capacity);
             prop_assert!(!ring.is_empty(), "an empty ring is held, not given back");
         }
@@ -791,7 +791,10 @@ impl Run {
                 "bytes read must be echoed or pending"
             ),
             State::Draining(_) | State::Closed(_) => {
-                prop_assert!(conn.ring.is_none(), "a closing connection holds its ring")
+                prop_assert!(
+                    conn.pending.ring().is_none(),
+                    "a closing connection holds its ring"
+                )
             }
         }
         match conn.state() {

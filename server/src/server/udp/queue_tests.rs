@@ -9,6 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use super::*;
+use crate::net::MAX_DATAGRAM;
 use crate::server::connection::test_readiness::{BOTH, WRITABLE};
 
 /// A datagram the fake socket will receive, with what the kernel says of it.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use std::net::{IpAddr, SocketAddr};
 
 use super::*;
+use crate::net::MAX_DATAGRAM;
 use crate::server::extras::udp_guard::REFLECTOR_PORTS;
 
 /// The longest any wait here may take: a hung test is a failed test.
