@@ -516,6 +516,49 @@ mod draining_reason {
     }
 }
 
+/// What the loop's sweep and timers ask of a connection, by state.
+mod timers {
+    use super::*;
+
+    fn at(ms: u64) -> Millis {
+        Millis::ZERO.after(Duration::from_millis(ms))
+    }
+
+    /// Open: only the idle timeout ends it, counted from its last
+    /// progress; bytes moved postpone it.
+    #[test]
+    fn an_open_connection_is_due_when_idle_past_the_timeout() {
+        let mut bufs = Buffers::new(16);
+        let idle = Some(Duration::from_secs(5));
+        let mut c = conn(vec![data(b"hi")], vec![]).accepted_at(at(0));
+        assert_eq!(c.due(at(4_999), idle), Due::Nothing);
+        assert_eq!(c.serve(1, BOTH, &mut bufs, at(3_000)), Turn::Wait);
+        assert_eq!(
+            c.due(at(7_999), idle),
+            Due::Nothing,
+            "progress postpones it"
+        );
+        assert_eq!(c.due(at(8_000), idle), Due::Idle(Duration::from_secs(5)));
+        assert_eq!(c.due(at(60_000), None), Due::Nothing, "no idle timeout");
+    }
+
+    /// Draining: the drain limit counts from the server's close, and bytes
+    /// the peer still sends do not postpone it; the idle timeout no longer
+    /// applies.
+    #[test]
+    fn a_draining_connection_is_removed_past_the_drain_limit() {
+        let mut bufs = Buffers::new(16);
+        let mut c = conn(vec![OnRead::WouldBlock], vec![]).accepted_at(at(0));
+        c.close_from_server(1, CloseReason::Idle, &mut bufs, at(1_000));
+        assert_eq!(c.state(), State::Draining(CloseReason::Idle));
+        assert!(!c.state().in_session());
+        assert_eq!(c.state().close_reason(), Some(CloseReason::Idle));
+        let limit = 1_000 + DRAIN_LIMIT.as_millis() as u64;
+        assert_eq!(c.due(at(limit - 1), Some(Duration::ZERO)), Due::Nothing);
+        assert_eq!(c.due(at(limit), None), Due::Remove(CloseReason::Idle));
+    }
+}
+
 /// Idle connections are the many: each costs its slab entry and nothing
 /// else (no ring, no peer address). 56 bytes plus the slab's tag keeps the
 /// idle cost within the 64 bytes per connection benches/run.sh measures.
