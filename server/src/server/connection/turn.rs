@@ -192,20 +192,7 @@ impl<'a, S: Stream> Serving<'a, S> {
     /// Bulk: the pending bytes are in a pipe; see [`crate::server::extras::splice`].
     /// The one place the core hands over to it.
     fn echo_through_pipe(&mut self, pipe: PipeKey) -> io::Result<Step> {
-        let conn = &mut *self.conn;
-        let Some(socket) = conn.stream.splice_fd() else {
-            // Cannot happen: `attach_pipe` checked. Were it to, the
-            // connection ends with an error rather than losing bytes.
-            return Err(io::ErrorKind::Unsupported.into());
-        };
-        let ends = Ends {
-            key: self.key,
-            socket,
-            ready: &mut conn.ready,
-            bytes_in: &mut conn.bytes_in,
-            bytes_out: &mut conn.bytes_out,
-            reads_left: &mut self.reads_left,
-        };
+        let ends = ends(self.conn, self.key, &mut self.reads_left)?;
         let step = match self.bufs.pipes.echo(pipe, ends)? {
             PipeStep::Progress => Step::Progress,
             PipeStep::Blocked => Step::Blocked,
@@ -236,18 +223,7 @@ impl<'a, S: Stream> Serving<'a, S> {
     /// One splice out of everything in the pipe, if writable; true if
     /// bytes moved.
     fn splice_out(&mut self, pipe: PipeKey) -> io::Result<bool> {
-        let conn = &mut *self.conn;
-        let Some(socket) = conn.stream.splice_fd() else {
-            return Err(io::ErrorKind::Unsupported.into());
-        };
-        let mut ends = Ends {
-            key: self.key,
-            socket,
-            ready: &mut conn.ready,
-            bytes_in: &mut conn.bytes_in,
-            bytes_out: &mut conn.bytes_out,
-            reads_left: &mut self.reads_left,
-        };
+        let mut ends = ends(self.conn, self.key, &mut self.reads_left)?;
         self.bufs.pipes.splice_out(pipe, &mut ends)
     }
 
@@ -459,4 +435,25 @@ impl<'a, S: Stream> Serving<'a, S> {
         }
         Ok(wrote.is_some())
     }
+}
+
+/// The connection's side of a splice step (see [`Ends`]), lent for it.
+fn ends<'a, S: Stream>(
+    conn: &'a mut Connection<S>,
+    key: usize,
+    reads_left: &'a mut usize,
+) -> io::Result<Ends<'a>> {
+    let Some(socket) = conn.stream.splice_fd() else {
+        // Cannot happen: `attach_pipe` checked. Were it to, the
+        // connection ends with an error rather than losing bytes.
+        return Err(io::ErrorKind::Unsupported.into());
+    };
+    Ok(Ends {
+        key,
+        socket,
+        ready: &mut conn.ready,
+        bytes_in: &mut conn.bytes_in,
+        bytes_out: &mut conn.bytes_out,
+        reads_left,
+    })
 }
