@@ -5,7 +5,7 @@
 //! echoed as exactly, and resets leave no pipe behind. The moments these
 //! cannot force on loopback TCP (EOF with bytes in the pipe, an empty
 //! pool) are forced in the unit tests over a socket pair
-//! (`src/server/connection/splice_tests.rs`).
+//! (`server/src/server/connection/splice_tests.rs`).
 
 #![cfg(target_os = "linux")]
 
