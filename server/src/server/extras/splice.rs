@@ -460,7 +460,9 @@ mod other {
     /// A pool that never has a pipe: `attach` always says no, so no
     /// connection ever holds a [`PipeKey`] here.
     pub struct Pipes {
+        /// Bytes echoed through pipes: none here.
         pub spliced: u64,
+        /// Bulk connections that found no pipe: none are counted here.
         pub fallbacks: u64,
     }
 
