@@ -23,6 +23,8 @@ use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
 
+use crate::net::would_block;
+
 /// How many unknown accept errors in a row mark a listener as broken. One
 /// could be a client's doing; three in a row, with no connection taken in
 /// between, are not going to stop.
@@ -131,7 +133,7 @@ impl Listener {
 /// Sorts an accept error by what the loop must do about it (see the module
 /// docs).
 fn sort(err: io::Error) -> Accepted {
-    if err.kind() == io::ErrorKind::WouldBlock {
+    if would_block(&err) {
         return Accepted::Empty;
     }
     match err.raw_os_error() {

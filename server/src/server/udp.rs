@@ -29,7 +29,7 @@ use super::Turn;
 use super::extras::udp_guard::{
     DropReason, DropWarnings, GuardConfig, UdpGuard, Verdict, WARN_INTERVAL,
 };
-use crate::net::{Readiness, display_addr};
+use crate::net::{Readiness, display_addr, interrupted, would_block};
 pub use socket::{EchoSocket, Received, ReplyFrom};
 
 mod socket;
@@ -237,10 +237,10 @@ impl<S: Datagrams> UdpEcho<S> {
                         Verdict::Drop(reason) => self.refuse(reason, peer, now),
                     }
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if would_block(&err) => {
                     self.ready.readable = false;
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if interrupted(&err) => {}
                 Err(err) => {
                     // An ICMP error from an earlier reply (port unreachable)
                     // can surface here; it concerns that peer, not us.
@@ -316,7 +316,7 @@ impl<S: Datagrams> UdpEcho<S> {
                     self.counters.sent += 1;
                     return;
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if would_block(&err) => {
                     self.ready.writable = false;
                 }
                 Err(err) => {
@@ -350,11 +350,11 @@ impl<S: Datagrams> UdpEcho<S> {
             };
             match self.socket.send(&reply.payload, reply.to, reply.from) {
                 Ok(_) => self.counters.sent += 1,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if would_block(&err) => {
                     self.ready.writable = false;
                     return;
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if interrupted(&err) => continue,
                 Err(err) => {
                     let to = reply.to;
                     self.send_failed(to, &err);

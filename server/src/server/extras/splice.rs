@@ -131,6 +131,7 @@ fn wrote(
 #[cfg(target_os = "linux")]
 mod linux {
     use super::{Ends, PipeKey, PipeStep, SPARE_PIPES, wrote};
+    use crate::net::{interrupted, would_block};
     use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
     use nix::unistd::pipe2;
     use slab::Slab;
@@ -200,7 +201,7 @@ mod linux {
                 }
                 Err(errno) => {
                     let err = io::Error::from(errno);
-                    if err.kind() == io::ErrorKind::WouldBlock && self.len > 0 {
+                    if would_block(&err) && self.len > 0 {
                         self.maybe_full = true;
                     }
                     Err(err)
@@ -379,8 +380,8 @@ mod linux {
                         moved = true;
                         false
                     }
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => true,
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {
+                    Err(err) if would_block(&err) => true,
+                    Err(err) if interrupted(&err) => {
                         moved = true;
                         false
                     }
