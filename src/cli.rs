@@ -33,10 +33,10 @@ pub const MAX_BUFFER: usize = 16 * 1024 * 1024;
 /// connections; a larger number is a typo, not a limit.
 pub const MAX_CONNECTIONS: u64 = 2_147_483_584;
 
-/// The largest `--udp-rate` accepted: ten million datagrams per second per
-/// source, some ten times what one core can echo (each datagram is a
-/// `recvfrom` and a `sendto`); above it the limit never bites, so 0 says
-/// "no limit" more plainly.
+/// The largest `--udp-rate` and `--udp-rate-total` accepted: ten million
+/// datagrams per second, some ten times what one core can echo (each
+/// datagram is a `recvfrom` and a `sendto`); above it neither limit ever
+/// bites, so 0 says "no limit" more plainly.
 pub const MAX_UDP_RATE: u32 = 10_000_000;
 
 const EXAMPLES: &str = "\
@@ -172,8 +172,8 @@ pub struct ServeArgs {
     pub max_connections: Option<u64>,
 
     /// Most connections open at once from one client: one IPv4 address
-    /// (also when seen as ::ffff:a.b.c.d) or one IPv6 /64. A connection
-    /// over it is reset at once, so one host cannot take every slot.
+    /// (also when seen as ::ffff:a.b.c.d), one IPv6 /64, or one whole
+    /// link-local (fe80::/10) address. A connection over it is reset at once, so one host cannot take every slot.
     /// Default: a quarter of --max-connections (at least 1); 1 to
     /// 4294967295 (at --max-connections or above it never bites).
     /// Loopback clients are exempt unless --limit-loopback.
@@ -204,7 +204,7 @@ pub struct ServeArgs {
     pub udp_allow_ports: Vec<PortRange>,
 
     /// UDP datagrams answered per second per source address (per /64 for
-    /// IPv6), in bursts of as many; the rest are dropped, so echod makes a
+    /// IPv6, per address for link-local), in bursts of as many; the rest are dropped, so echod makes a
     /// poor reflector (0 to 10000000). Loopback sources are exempt (see
     /// --limit-loopback). 0 turns the limit off (for load tests from
     /// another host).
@@ -213,10 +213,10 @@ pub struct ServeArgs {
     pub udp_rate: u32,
 
     /// UDP datagrams answered per second from all non-loopback sources
-    /// together, in bursts of as many, so that a flood forged from many
-    /// addresses, each within --udp-rate, is bounded too; the rest are
-    /// dropped and counted as "total rate". 0 turns the budget off; at
-    /// most 4294967295.
+    /// together, on all the addresses echod serves, in bursts of as many,
+    /// so that a flood forged from many addresses, each within --udp-rate,
+    /// is bounded too; the rest are dropped and counted as "total rate"
+    /// (0 to 10000000). 0 turns the budget off.
     #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE_TOTAL,
           value_parser = parse_udp_rate)]
     pub udp_rate_total: u32,
@@ -802,7 +802,7 @@ mod tests {
     }
 
     /// The documented range of --udp-rate and --udp-rate-total: 0 to
-    /// u32::MAX, checked at parse time with the range in the message.
+    /// MAX_UDP_RATE, checked at parse time with the range in the message.
     #[test]
     fn udp_rates_have_a_range() {
         for flag in ["--udp-rate", "--udp-rate-total"] {

@@ -7,6 +7,8 @@ use clap::Parser;
 
 use echod::cli::{Cli, Command};
 
+mod logger;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level());
@@ -21,12 +23,9 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(level: log::LevelFilter) {
-    // Logging to stderr is all this program does with the logger; if it
-    // cannot be set up there is nobody to tell, so carry on without it.
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(level)
-        .with_utc_timestamps()
-        .init();
+    // Logging to stderr is all this program does with the logger, and a
+    // line that cannot be written is dropped, never a panic (see logger).
+    logger::init(level);
 }
 
 fn serve(cli: &Cli) -> ExitCode {

@@ -379,7 +379,9 @@ pub fn enlarge_udp_buffers(socket: SockRef<'_>, local: SocketAddr) {
 
 /// Sets one buffer to `asked`, privileged first: `SO_RCVBUFFORCE` and
 /// `SO_SNDBUFFORCE` (CAP_NET_ADMIN) pass the sysctl caps; without the
-/// privilege they fail with EPERM and the ordinary option, capped, is used.
+/// privilege they fail with EPERM and the ordinary option, capped, is used,
+/// unless the capped size would be smaller than what the socket has (see
+/// [`plain_set_would_shrink`]): then the buffer is left as it is.
 fn enlarge(socket: &Socket, direction: Direction, asked: usize) -> io::Result<BufferSize> {
     let current = || match direction {
         Direction::Receive => socket.recv_buffer_size(),
@@ -404,6 +406,14 @@ fn enlarge(socket: &Socket, direction: Direction, asked: usize) -> io::Result<Bu
     };
     #[cfg(not(target_os = "linux"))]
     let forced = false;
+    #[cfg(target_os = "linux")]
+    if !forced && plain_set_would_shrink(before, asked, unprivileged_cap(direction)) {
+        return Ok(BufferSize {
+            direction,
+            asked,
+            granted: before,
+        });
+    }
     if !forced {
         match direction {
             Direction::Receive => socket.set_recv_buffer_size(asked)?,
@@ -415,6 +425,32 @@ fn enlarge(socket: &Socket, direction: Direction, asked: usize) -> io::Result<Bu
         asked,
         granted: current()?,
     })
+}
+
+/// Whether setting a buffer to `asked` without privilege would leave it
+/// smaller than the `before` the kernel reports now, given the sysctl's
+/// `cap` (`None`: it could not be read, so any size might shrink it).
+///
+/// Linux grants `min(asked, cap)` for `SO_RCVBUF` and `SO_SNDBUF` and
+/// reports twice that (socket(7)), whatever the buffer was. A socket
+/// inherited from a service manager may hold more than that already: the
+/// manager is privileged and forces its `ReceiveBuffer=` past the cap
+/// (systemd.socket(5)). Setting it would then shrink it.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn plain_set_would_shrink(before: usize, asked: usize, cap: Option<usize>) -> bool {
+    match cap {
+        Some(cap) => asked.min(cap).saturating_mul(KERNEL_DOUBLES) < before,
+        None => true,
+    }
+}
+
+/// The cap on the size an unprivileged process may set, from the sysctl
+/// ([`Direction::sysctl`], read in /proc/sys, proc(5)); `None` if it
+/// cannot be read.
+#[cfg(target_os = "linux")]
+fn unprivileged_cap(direction: Direction) -> Option<usize> {
+    let path = format!("/proc/sys/{}", direction.sysctl().replace('.', "/"));
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// The log line for one buffer: info when granted, a warning naming the
@@ -481,13 +517,18 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 /// usually holds a whole /64 and may pick any address in it (privacy
 /// addresses, RFC 8981), so a per-address key would hand one host 2^64
 /// sources. An IPv4 client seen through a dual-stack socket
-/// (`::ffff:a.b.c.d`) is keyed as the IPv4 address it is.
+/// (`::ffff:a.b.c.d`) is keyed as the IPv4 address it is. An IPv6
+/// link-local client (`fe80::/10`) is keyed by its whole address: every
+/// host on a link has an address in the same `fe80::/64` (RFC 4291, 2.5.6),
+/// so by prefix one host would take every other's share.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum SourceKey {
     /// An IPv4 address.
     V4(u32),
     /// The first 64 bits of an IPv6 address.
     V6Prefix(u64),
+    /// A link-local IPv6 address, whole.
+    V6LinkLocal(u128),
 }
 
 impl SourceKey {
@@ -495,6 +536,7 @@ impl SourceKey {
     pub fn of(ip: IpAddr) -> SourceKey {
         match ip.to_canonical() {
             IpAddr::V4(v4) => SourceKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) if v6.is_unicast_link_local() => SourceKey::V6LinkLocal(u128::from(v6)),
             IpAddr::V6(v6) => SourceKey::V6Prefix((u128::from(v6) >> 64) as u64),
         }
     }
@@ -508,6 +550,7 @@ impl fmt::Display for SourceKey {
             SourceKey::V6Prefix(prefix) => {
                 write!(f, "{}/64", Ipv6Addr::from(u128::from(prefix) << 64))
             }
+            SourceKey::V6LinkLocal(address) => Ipv6Addr::from(address).fmt(f),
         }
     }
 }
@@ -657,6 +700,21 @@ mod tests {
         assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
         assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    /// Every host on a link has an address in `fe80::/64`: keyed by
+    /// prefix, one of them would lock the others out.
+    #[test]
+    fn link_local_sources_are_keyed_by_the_whole_address() {
+        let key = |text: &str| SourceKey::of(text.parse().unwrap());
+        assert_ne!(key("fe80::1"), key("fe80::2"));
+        assert_ne!(key("fe80::a:b:c:d"), key("fe80::a:b:c:e"));
+        assert_eq!(key("fe80::1"), key("fe80::1"));
+        // All of fe80::/10, not only the /64 in use.
+        assert_ne!(key("febf::1"), key("febf::2"));
+        assert_eq!(key("fe80::1").to_string(), "fe80::1");
+        // Outside it, still by /64.
+        assert_eq!(key("fec0::1"), key("fec0::2"));
         assert_eq!(key("::ffff:192.0.2.1").to_string(), "192.0.2.1");
         assert_eq!(key("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
     }
@@ -861,6 +919,31 @@ mod tests {
         assert_eq!(level, log::Level::Info);
         assert!(line.contains("asked for 4194304"), "{line}");
         assert!(!line.contains("rmem_max"), "{line}");
+    }
+
+    /// Unprivileged, a buffer a service manager forced past the cap (here
+    /// systemd's ReceiveBuffer=256K, which Linux reports as 512 KiB) is
+    /// left alone: set, it would fall to the cap. One below what the cap
+    /// grants is still set.
+    #[test]
+    fn an_unprivileged_set_never_shrinks_a_buffer() {
+        const RMEM_MAX: usize = 212_992;
+        let asked = UDP_SOCKET_BUFFER;
+        let forced = 2 * 256 * 1024;
+        assert!(plain_set_would_shrink(forced, asked, Some(RMEM_MAX)));
+        let default = RMEM_MAX * KERNEL_DOUBLES;
+        assert!(!plain_set_would_shrink(default, asked, Some(RMEM_MAX)));
+        assert!(!plain_set_would_shrink(4_608, asked, Some(RMEM_MAX)));
+        // A cap above what is asked for: the size asked for is granted.
+        let roomy = 16 * 1024 * 1024;
+        assert!(!plain_set_would_shrink(forced, asked, Some(roomy)));
+        assert!(plain_set_would_shrink(
+            asked * KERNEL_DOUBLES + 1,
+            asked,
+            Some(roomy)
+        ));
+        // A cap that cannot be read: nothing is set.
+        assert!(plain_set_would_shrink(4_608, asked, None));
     }
 
     /// Privileged, the size asked for is granted whatever rmem_max says;

@@ -6,11 +6,12 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::time::Instant;
 
 use super::MAX_BINDS;
 use super::config::{ServerConfig, StartError};
 use super::extras::activation;
-use super::extras::udp_guard::GuardConfig;
+use super::extras::udp_guard::{GuardConfig, UdpGuard};
 use super::listener::Listener;
 use super::udp::{EchoSocket, UdpEcho};
 use crate::net::{self, BindError, BindOptions, Transport};
@@ -88,6 +89,15 @@ pub fn route_localnet(conf: &Path) -> Vec<String> {
     on
 }
 
+/// The server's UDP guard, one for all its UDP sockets, so that its rates
+/// bound the server's replies, not each socket's.
+pub(super) fn udp_guard(config: &ServerConfig) -> UdpGuard {
+    UdpGuard::new(
+        &udp_guard_config(config, Path::new(IPV4_CONF)),
+        Instant::now(),
+    )
+}
+
 /// The UDP guard's settings as served: `--limit-loopback` holds loopback
 /// sources to the rates, and so does `route_localnet` found on at start in
 /// `ipv4_conf` (normally [`IPV4_CONF`]; then loopback sources may
@@ -113,11 +123,10 @@ fn udp_guard_config(config: &ServerConfig, ipv4_conf: &Path) -> GuardConfig {
 /// Binds the listeners and UDP sockets for every configured address, or
 /// takes them from the service manager when it passed some.
 pub(super) fn bind_all(config: &ServerConfig) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
-    let guard = &udp_guard_config(config, Path::new(IPV4_CONF));
     if config.socket_activation
         && let Some(sockets) = activation::take().map_err(StartError::Activation)?
     {
-        return serve_inherited(sockets, config, guard);
+        return serve_inherited(sockets, config);
     }
     let explicit = !config.bind.is_empty();
     let addrs = if explicit {
@@ -137,11 +146,11 @@ pub(super) fn bind_all(config: &ServerConfig) -> Result<(Vec<Listener>, Vec<UdpE
     }
     let mut attempt = 1;
     loop {
-        match bind_addrs(&addrs, config, guard) {
+        match bind_addrs(&addrs, config) {
             // The machine has no IPv6: serve IPv4 on all addresses instead.
             Err(StartError::Bind(err)) if !explicit && net::is_ipv6_unavailable(&err.source) => {
                 log::debug!("IPv6 is unavailable ({}), serving IPv4 only", err.source);
-                return bind_addrs(&[net::IPV4_ANY], config, guard);
+                return bind_addrs(&[net::IPV4_ANY], config);
             }
             // With port 0, the port the kernel picked for TCP may be taken
             // for UDP (or on another address): pick again.
@@ -163,14 +172,13 @@ pub(super) fn bind_all(config: &ServerConfig) -> Result<(Vec<Listener>, Vec<UdpE
 fn serve_inherited(
     sockets: Vec<activation::Socket>,
     config: &ServerConfig,
-    guard: &GuardConfig,
 ) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
     let served = activation::sort(sockets, config.tcp, config.udp, MAX_BINDS)
         .map_err(StartError::Activation)?;
     let connections = net::ConnectionOptions {
         socket_buffer: config.socket_buffer,
     };
-    let listeners: Vec<Listener> = served
+    let mut listeners: Vec<Listener> = served
         .tcp
         .into_iter()
         .map(|(socket, local)| Listener::new(socket, local))
@@ -180,7 +188,12 @@ fn serve_inherited(
     // `net::set_connection_options`). A service manager can set the same
     // on the socket unit (NoDelay=, ReceiveBuffer=, SendBuffer=) so that
     // the connection that started echod has them too.
-    for listener in &listeners {
+    for listener in &mut listeners {
+        // Without it (systemd has no setting for it), the connections
+        // queued already lack it too: they get it at accept.
+        listener.backlog_without_oobinline = !socket2::SockRef::from(&listener.socket)
+            .out_of_band_inline()
+            .unwrap_or(false);
         if let Err(err) = net::set_connection_options(&listener.socket, connections) {
             log::warn!(
                 "could not set TCP_NODELAY, SO_OOBINLINE and the socket buffer sizes on the tcp socket \
@@ -199,7 +212,7 @@ fn serve_inherited(
             // The manager bound it with its own buffer sizes: made larger
             // here if they are smaller, as a bound socket's are.
             net::enlarge_udp_buffers(socket2::SockRef::from(&socket), local);
-            echo_socket(socket, local, guard)
+            echo_socket(socket, local)
         })
         .collect::<Result<_, _>>()?;
     Ok((listeners, udp))
@@ -211,23 +224,18 @@ const PORT_ZERO_ATTEMPTS: usize = 20;
 
 /// Wraps a bound UDP socket for the loop, with the options its control
 /// messages need.
-fn echo_socket(
-    socket: mio::net::UdpSocket,
-    local: SocketAddr,
-    guard: &GuardConfig,
-) -> Result<UdpEcho, StartError> {
+fn echo_socket(socket: mio::net::UdpSocket, local: SocketAddr) -> Result<UdpEcho, StartError> {
     let socket = EchoSocket::new(socket, local).map_err(|source| BindError {
         transport: Transport::Udp,
         addr: local,
         source,
     })?;
-    Ok(UdpEcho::new(socket, local, guard))
+    Ok(UdpEcho::new(socket, local))
 }
 
 fn bind_addrs(
     addrs: &[IpAddr],
     config: &ServerConfig,
-    guard: &GuardConfig,
 ) -> Result<(Vec<Listener>, Vec<UdpEcho>), StartError> {
     // With port 0 the kernel picks a port for the first socket; every other
     // socket uses that same port, so one number serves TCP and UDP.
@@ -252,7 +260,7 @@ fn bind_addrs(
             let socket = net::bind_udp(SocketAddr::new(ip, port), options)?;
             let local = socket.local_addr().map_err(StartError::Poll)?;
             port = local.port();
-            udp.push(echo_socket(socket, local, guard)?);
+            udp.push(echo_socket(socket, local)?);
         }
     }
     report_socket_buffers(&listeners, config.socket_buffer);

@@ -3,10 +3,23 @@
 //! and straight back out. Only bytes a socket refused need keeping, in a
 //! ring taken from the spares (or, for bulk streams on Linux, in a pipe of
 //! the pool), and given back as soon as it drains.
+//!
+//! A connection holds a key to its ring, as it holds one to its pipe, not
+//! the ring itself: four bytes where a pointer takes eight, so that its
+//! `Pending` fits in eight bytes, tag included, and an idle connection in
+//! 48.
+
+use std::ops::Range;
+
+use slab::Slab;
 
 use super::bind::pipes_for;
 use super::extras::splice::Pipes;
 use crate::ring::Ring;
+
+/// Which of the loop's rings holds a connection's pending bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingKey(u32);
 
 /// The buffers one event loop shares among its connections.
 pub struct Buffers {
@@ -14,11 +27,11 @@ pub struct Buffers {
     /// ring capacity, so whatever the socket refuses of an echo always fits
     /// in a fresh ring.
     pub(super) scratch: Box<[u8]>,
-    /// Rings given back by drained connections, kept for the next one.
-    /// Kept boxed as connections hold them, so reuse moves a pointer and
-    /// allocates nothing.
-    #[allow(clippy::vec_box)]
-    pub(super) spare: Vec<Box<Ring>>,
+    /// The rings connections hold, by [`RingKey`].
+    rings: Slab<Ring>,
+    /// Rings given back by drained connections, kept for the next one, so
+    /// that reuse allocates nothing.
+    pub(super) spare: Vec<Ring>,
     /// How many spare rings are kept: [`SPARE_RINGS`], fewer for rings so
     /// big that they would hold more than [`SPARE_RING_BYTES`].
     spares_kept: usize,
@@ -45,6 +58,7 @@ impl Buffers {
     pub fn new(capacity: usize) -> Buffers {
         Buffers {
             scratch: vec![0; capacity].into_boxed_slice(),
+            rings: Slab::new(),
             spare: Vec::new(),
             spares_kept: (SPARE_RING_BYTES / capacity.max(1)).min(SPARE_RINGS),
             pipes: Pipes::with_max(capacity, false, 0),
@@ -66,19 +80,53 @@ impl Buffers {
         self.scratch.len()
     }
 
-    /// A ring for a connection's pending bytes: a spare if there is one.
-    pub(super) fn take_ring(&mut self) -> Box<Ring> {
-        self.spare
+    /// A ring for a connection's pending bytes (a spare if there is one),
+    /// holding the scratch buffer's bytes `keep`: what the socket refused
+    /// of an echo. `None` only for a key past `u32::MAX`, which the
+    /// connection limit (below `i32::MAX`, as open files are) rules out.
+    pub(super) fn take_ring(&mut self, keep: Range<usize>) -> Option<RingKey> {
+        let mut ring = self
+            .spare
             .pop()
-            .unwrap_or_else(|| Box::new(Ring::with_capacity(self.scratch.len())))
+            .unwrap_or_else(|| Ring::with_capacity(self.scratch.len()));
+        ring.push(&self.scratch[keep]);
+        let slot = self.rings.insert(ring);
+        match u32::try_from(slot) {
+            Ok(key) => Some(RingKey(key)),
+            Err(_) => {
+                self.rings.try_remove(slot);
+                None
+            }
+        }
     }
 
-    /// A drained connection's ring, kept as a spare if there is room.
-    pub(super) fn give_back(&mut self, mut ring: Box<Ring>) {
+    /// The ring `key`.
+    pub(super) fn ring(&self, key: RingKey) -> Option<&Ring> {
+        self.rings.get(key.slot())
+    }
+
+    /// The ring `key`, to read into or write from.
+    pub(super) fn ring_mut(&mut self, key: RingKey) -> Option<&mut Ring> {
+        self.rings.get_mut(key.slot())
+    }
+
+    /// A drained (or abandoned) connection's ring, kept as a spare if
+    /// there is room.
+    pub(super) fn give_back(&mut self, key: RingKey) {
+        let Some(mut ring) = self.rings.try_remove(key.slot()) else {
+            return;
+        };
         if self.spare.len() < self.spares_kept {
             ring.clear();
             self.spare.push(ring);
         }
+    }
+}
+
+impl RingKey {
+    fn slot(self) -> usize {
+        // Lossless: usize has at least 32 bits wherever mio runs.
+        self.0 as usize
     }
 }
 
@@ -93,7 +141,8 @@ mod tests {
     fn spare_rings_are_bounded_in_bytes() {
         let keep = |capacity: usize, rings: usize| {
             let mut bufs = Buffers::new(capacity);
-            let taken: Vec<_> = (0..rings).map(|_| bufs.take_ring()).collect();
+            let taken: Vec<_> = (0..rings).filter_map(|_| bufs.take_ring(0..1)).collect();
+            assert_eq!(taken.len(), rings);
             for ring in taken {
                 bufs.give_back(ring);
             }

@@ -33,9 +33,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use super::Turn;
-use super::buffers::Buffers;
+use super::buffers::{Buffers, RingKey};
 use super::clock::Millis;
 use super::extras::splice::PipeKey;
+use super::sources::SourceId;
 use crate::net::Readiness;
 use crate::ring::Ring;
 #[cfg(test)]
@@ -87,10 +88,11 @@ impl Stream for mio::net::TcpStream {
 ///  Open ──read()==0──► Flushing ──ring empty──► Closed
 ///    │                     │
 ///    ├── server closes ──► Draining ──peer EOF──► Closed
-///    │   (nothing pending)     │
-///    │                         └──bytes read──► Closed, reset
-///    ├── server closes, bytes pending ─────────► Closed, reset
+///    │   (nothing pending,     │
+///    │    nothing unread)      └──bytes read──► Closed, reset
+///    ├── server closes, bytes pending or unread ► Closed, reset
 ///    └──── error / RST ────┴───────────────────► Closed
+///          (an error of ours with bytes unechoed: reset)
 /// ```
 ///
 /// "Reset": the server throws echo bytes away, so it closes with an RST
@@ -211,40 +213,29 @@ pub(super) mod test_readiness {
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Where the bytes read and not yet written back are: one place at a time,
-/// so they go out in the order they came.
+/// so they go out in the order they came. Both buffers are the loop's,
+/// lent by key: eight bytes with the tag, so "ring or pipe, never both"
+/// costs an idle connection nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pending {
     /// None: reads go to the loop's scratch buffer and straight back out.
     Nothing,
     /// In a ring taken from the loop's spares (the socket refused part of
-    /// an echo). Boxed, so that the many idle connections pay a pointer
-    /// for it, not the ring.
-    Ring(Box<Ring>),
+    /// an echo).
+    Ring(RingKey),
     /// In a pipe of the loop's pool (a bulk stream echoed by `splice`).
     Pipe(PipeKey),
 }
 
 impl Pending {
-    /// The ring holding the bytes, if they are in one.
-    pub fn ring(&self) -> Option<&Ring> {
-        match self {
-            Pending::Ring(ring) => Some(ring),
-            Pending::Nothing | Pending::Pipe(_) => None,
-        }
+    /// Whether the bytes are in a ring.
+    pub fn holds_ring(self) -> bool {
+        matches!(self, Pending::Ring(_))
     }
 
     /// Whether the bytes are in a pipe.
-    pub fn holds_pipe(&self) -> bool {
+    pub fn holds_pipe(self) -> bool {
         matches!(self, Pending::Pipe(_))
-    }
-}
-
-impl fmt::Debug for Pending {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Pending::Nothing => f.write_str("nothing pending"),
-            Pending::Ring(ring) => write!(f, "{} bytes in a ring", ring.len()),
-            Pending::Pipe(key) => write!(f, "in {key:?}"),
-        }
     }
 }
 
@@ -253,10 +244,7 @@ pub struct Connection<S> {
     stream: S,
     state: State,
     ready: Readiness,
-    /// Where the bytes read and not yet echoed are. Sixteen bytes where a
-    /// ring pointer and a pipe key took ten: the tag is what "ring or pipe,
-    /// never both" costs, and it takes the connection from 48 bytes to 56,
-    /// the most `a_connection_stays_small` allows.
+    /// Where the bytes read and not yet echoed are.
     pending: Pending,
     /// A bulk stream between bursts: its pipe went back to the pool after
     /// it moved a buffer's worth, and its next read takes one again rather
@@ -271,6 +259,11 @@ pub struct Connection<S> {
     /// When bytes last moved, or when the server began closing it: what
     /// the idle timeout and the drain limit count from.
     active: Millis,
+    /// The source it is counted against (`--max-connections-per-source`),
+    /// told at its close; `None` for an exempt (loopback) source. Four
+    /// bytes, in what was padding: a connection from a remote client
+    /// costs no more than one from loopback.
+    pub source: Option<SourceId>,
 }
 
 /// What the loop's sweep should do with a connection now.
@@ -298,6 +291,7 @@ impl<S: Stream> Connection<S> {
             bytes_out: 0,
             opened: Millis::ZERO,
             active: Millis::ZERO,
+            source: None,
         }
     }
 
@@ -333,23 +327,24 @@ impl<S: Stream> Connection<S> {
 
     /// Whether the server closed it abortively (RST), having thrown away
     /// [`Connection::unechoed`] bytes. Not a field: a close the server
-    /// began (idle, shutdown) that ends with bytes unechoed is always made
-    /// abortive (`begin_close`, `discard`), and no other close is, so the
-    /// state and the counters tell it (the fuzz test checks that the two
-    /// agree with the `SO_LINGER` calls made).
+    /// began (idle, shutdown), or an error on the server's side, that ends
+    /// with bytes unechoed is always made abortive (`begin_close`,
+    /// `discard`, a turn's error), and no other close is, so the state and
+    /// the counters tell it (the fuzz test checks that the two agree with
+    /// the `SO_LINGER` calls made).
     pub fn reset_by_server(&self) -> bool {
         matches!(
             self.state,
-            State::Closed(CloseReason::Idle | CloseReason::Shutdown)
+            State::Closed(CloseReason::Idle | CloseReason::Shutdown | CloseReason::Error(_))
         ) && self.unechoed() > 0
     }
 
     /// Bytes received and not yet echoed, in its ring or its pipe.
     pub fn pending(&self, bufs: &Buffers) -> usize {
-        match &self.pending {
+        match self.pending {
             Pending::Nothing => 0,
-            Pending::Ring(ring) => ring.len(),
-            Pending::Pipe(key) => bufs.pipes.len(*key),
+            Pending::Ring(key) => bufs.ring(key).map_or(0, Ring::len),
+            Pending::Pipe(key) => bufs.pipes.len(key),
         }
     }
 
@@ -373,12 +368,23 @@ impl<S: Stream> Connection<S> {
     }
 
     /// Closes on the server's initiative (idle, shutdown). With nothing
-    /// pending, without an RST: shut down the sending side, then wait for
-    /// the peer's EOF (`Draining`). With bytes pending (the caller decided
-    /// they will not be sent), abortively: they are dropped, and an RST
-    /// tells the peer so (see `Serving::abort`).
+    /// pending and nothing left unread, without an RST: shut down the
+    /// sending side, then wait for the peer's EOF (`Draining`). With bytes
+    /// pending (the caller decided they will not be sent), or bytes still
+    /// unread in the kernel, abortively: they are dropped, and an RST tells
+    /// the peer so (see `Serving::abort`).
     pub fn begin_close(&mut self, key: usize, reason: CloseReason, bufs: &mut Buffers) {
         self.serving(key, bufs).begin_close(reason);
+    }
+
+    /// Closes at once (a stop without grace): as `begin_close`, but no FIN
+    /// and no waiting for the peer's EOF, since the server drops the socket
+    /// right after. Bytes pending, or found by one read, make it abortive;
+    /// otherwise closing the socket sends the FIN, or an RST if input
+    /// arrived in between: the kernel decides that at the close itself
+    /// (tcp_close), so no FIN can go out over unread bytes.
+    pub fn close_now(&mut self, key: usize, reason: CloseReason, bufs: &mut Buffers) {
+        self.serving(key, bufs).close_now(reason);
     }
 
     /// [`Connection::begin_close`] on the loop's clock: the drain limit
@@ -421,7 +427,7 @@ impl<S: Stream> Connection<S> {
     pub fn release(&mut self, bufs: &mut Buffers) {
         match std::mem::replace(&mut self.pending, Pending::Nothing) {
             Pending::Nothing => {}
-            Pending::Ring(ring) => bufs.give_back(ring),
+            Pending::Ring(key) => bufs.give_back(key),
             Pending::Pipe(key) => {
                 bufs.pipes.detach(key);
             }

@@ -39,6 +39,14 @@ pub struct Listener {
     /// Unknown errors since the last accept that was not one, see
     /// [`FAILURES_BEFORE_BROKEN`].
     failures_in_a_row: u8,
+    /// A socket passed by a service manager without `SO_OOBINLINE`: the
+    /// connections already in its backlog when echod set it were created
+    /// without it (Linux copies the listener's options at the handshake),
+    /// among them the one that started echod. Each is given it at accept,
+    /// until the backlog is first found empty; later connections inherit
+    /// it. Without it their urgent byte would be lost (see
+    /// `net::set_connection_options`).
+    pub backlog_without_oobinline: bool,
 }
 
 /// Whether the listeners are accepted from, and if not, why.
@@ -98,15 +106,31 @@ impl Listener {
             socket,
             local,
             failures_in_a_row: 0,
+            backlog_without_oobinline: false,
         }
     }
 
     /// Accepts one connection.
     pub fn accept(&mut self) -> Accepted {
         let accepted = match self.socket.accept() {
-            Ok((stream, peer)) => Accepted::Connection(stream, peer),
+            Ok((stream, peer)) => {
+                if self.backlog_without_oobinline {
+                    // Before its first read, so the urgent byte is read in
+                    // place: Linux keeps it in the receive queue and decides
+                    // inline or not when reading (tcp_recvmsg).
+                    if let Err(err) = socket2::SockRef::from(&stream).set_out_of_band_inline(true) {
+                        log::debug!(
+                            "could not set SO_OOBINLINE on a connection from {peer}: {err}"
+                        );
+                    }
+                }
+                Accepted::Connection(stream, peer)
+            }
             Err(err) => sort(err),
         };
+        if let Accepted::Empty = accepted {
+            self.backlog_without_oobinline = false;
+        }
         self.count(accepted)
     }
 

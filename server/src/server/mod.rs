@@ -62,6 +62,7 @@ use slab::Slab;
 
 use crate::net::{MAX_DATAGRAM, Readiness, display_addr, interrupted};
 use clock::Clock;
+use extras::udp_guard::UdpGuard;
 use listener::{Accepted, Accepting, Listener};
 use ready::ReadyQueue;
 use shutdown::Phase;
@@ -154,6 +155,9 @@ pub struct Server {
     /// failed is `None`, so the others keep their tokens.
     listeners: Vec<Option<Listener>>,
     udp: Vec<UdpEcho>,
+    /// Which datagrams go unanswered: one for all the UDP sockets, so its
+    /// rates bound the server's replies, not each socket's.
+    udp_guard: UdpGuard,
     /// Connections by token; a slab reuses keys of closed connections.
     connections: Slab<Connection<TcpStream>>,
     buffers: Buffers,
@@ -214,6 +218,7 @@ impl Server {
             poll,
             listeners: listeners.into_iter().map(Some).collect(),
             udp,
+            udp_guard: bind::udp_guard(config),
             connections: Slab::new(),
             buffers: Buffers::new(config.buffer).splicing(config.splice),
             datagram: vec![0; MAX_DATAGRAM].into_boxed_slice(),
@@ -372,7 +377,8 @@ impl Server {
                 let Some(udp) = self.udp.get_mut(i) else {
                     return;
                 };
-                if udp.on_ready(readiness, &mut self.datagram) == Turn::Yield {
+                let turn = udp.on_ready(readiness, &mut self.datagram, &mut self.udp_guard);
+                if turn == Turn::Yield {
                     self.ready.push(token);
                 }
             }
@@ -512,24 +518,25 @@ impl Server {
             self.stats.refused += 1;
             log::warn!("could not register the connection from {peer}: {err}; dropping it");
             if let Some(source) = source {
-                self.per_source.forget(source);
+                self.per_source.closed(source);
             }
             return;
         }
         log::debug!("connection {key}: accepted from {}", display_addr(peer));
         self.stats.accepted += 1;
         self.stats.active += 1;
-        if let Some(source) = source {
-            self.per_source.serving(key, source);
-        }
-        entry.insert(Connection::new(stream).accepted_at(self.clock.now()));
+        let mut conn = Connection::new(stream).accepted_at(self.clock.now());
+        conn.source = source;
+        entry.insert(conn);
     }
 
     fn close(&mut self, key: usize, reason: CloseReason) {
         let mut conn = self.connections.remove(key);
         // Uncounts it from its source if it was counted (not loopback, or
-        // --limit-loopback); with no source counted this is one test.
-        self.per_source.closed(key);
+        // --limit-loopback); an exempt one has none: one test.
+        if let Some(source) = conn.source {
+            self.per_source.closed(source);
+        }
         // Its pipe goes back to the pool (or is closed, if bytes are left
         // in it) rather than staying attached to a connection now gone.
         conn.release(&mut self.buffers);

@@ -200,8 +200,8 @@ impl Server {
 
     /// Stopping at once (a second signal, or the [`StopHandle`]): every
     /// connection still open is closed now and counted, with an RST if it
-    /// holds echo bytes (see `Connection::begin_close`), so that none ends
-    /// with a FIN claiming every byte came back. Listeners go first, so
+    /// holds echo bytes or input unread (see `Connection::close_now`), so
+    /// that none ends with a FIN claiming every byte came back. Listeners go first, so
     /// that a close does not accept anyone new.
     pub(super) fn close_all(&mut self) {
         self.listeners.clear();
@@ -210,7 +210,7 @@ impl Server {
             let Some(conn) = self.connections.get_mut(key) else {
                 continue;
             };
-            conn.begin_close(key, CloseReason::Shutdown, &mut self.buffers);
+            conn.close_now(key, CloseReason::Shutdown, &mut self.buffers);
             // Closing or closed now, with the reason it had if it was
             // closing already.
             let reason = conn.state().close_reason().unwrap_or(CloseReason::Shutdown);

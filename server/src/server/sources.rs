@@ -7,18 +7,29 @@
 //! open thousands of connections from 127.0.0.1, and Linux drops packets
 //! with a loopback source that arrive from another interface.
 //!
-//! Unlike the UDP rate limiter's fixed table, this one is a map: it needs
-//! exact counts (a collision would refuse an innocent host), and it cannot
-//! be grown by forged addresses, because every entry is an accepted TCP
-//! connection, whose handshake proves its address. An entry is removed when
-//! its source's last connection closes, so the memory is bounded by the
-//! connections open, and the loop's `--max-connections` bounds those.
+//! Unlike the UDP rate limiter's fixed table, this one is exact: a
+//! collision would refuse an innocent host. It cannot be grown by forged
+//! addresses, because every source in it has an accepted TCP connection,
+//! whose handshake proves its address. A source is removed when its last
+//! connection closes, so the memory is bounded by the connections open,
+//! and the loop's `--max-connections` bounds those.
+//!
+//! Memory is per source, not per connection: a source's count lives in a
+//! table slot, found by a map from its key at accept, and each counted
+//! connection keeps only the slot's number ([`SourceId`], four bytes in
+//! what was padding of `Connection`). A map from connection to source
+//! cost an idle remote client some 45 bytes on top of its 56, and a
+//! connection cannot find its source again at close: a socket the peer
+//! has reset no longer tells its peer's address.
 //!
 //! No I/O here: the server asks [`SourceLimit::admit`] after each accept
-//! and tells [`SourceLimit::closed`] at each close.
+//! and tells [`SourceLimit::closed`] at each close of a counted connection.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
+
+use slab::Slab;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,11 +42,36 @@ use crate::net::{SourceKey, display_addr, is_loopback};
 /// The connections open from one source.
 #[derive(Clone, Copy, Debug)]
 struct Open {
+    /// The source, to remove it from the map when its count reaches 0.
+    source: SourceKey,
     /// How many.
     count: u32,
     /// A connection from it was refused since its count last left 0: the
     /// episode was logged, further refusals are only counted.
     refusing: bool,
+}
+
+/// The table slot of a source with counted connections, which each of
+/// them keeps until it closes. Non-zero, so that `Option<SourceId>` (an
+/// exempt connection has none) takes four bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceId(NonZeroU32);
+
+impl SourceId {
+    /// The id of table slot `slot`; `None` beyond four billion slots,
+    /// which `--max-connections` rules out (every slot has a connection).
+    fn of(slot: usize) -> Option<SourceId> {
+        u32::try_from(slot + 1)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .map(SourceId)
+    }
+
+    fn slot(self) -> usize {
+        // u32 fits in usize on the platforms echod builds for (64-bit
+        // Linux and the BSDs); the conversion cannot lose bits there.
+        self.0.get() as usize - 1
+    }
 }
 
 /// What to do with a connection just accepted.
@@ -44,9 +80,10 @@ pub enum Admission {
     /// A loopback source, not limited: nothing was counted, nothing needs
     /// telling at close.
     Exempt,
-    /// Counted against its source: say [`SourceLimit::serving`] once it
-    /// has a key (or [`SourceLimit::forget`] if it is never served).
-    Counted(SourceKey),
+    /// Counted against its source: the connection keeps the id and gives
+    /// it to [`SourceLimit::closed`] when it closes (or at once if it is
+    /// never served).
+    Counted(SourceId),
     /// Its source has the most connections allowed: reset it.
     Refused {
         /// The source.
@@ -64,14 +101,11 @@ pub struct SourceLimit {
     limit: u32,
     /// Count loopback sources too (`--limit-loopback`).
     limit_loopback: bool,
-    /// Sources with at least one counted connection open; removed at 0.
-    open: HashMap<SourceKey, Open>,
-    /// The source of each counted connection, by slab key. A connection
-    /// does not carry it itself: every idle connection would grow by 16
-    /// bytes, and a socket the peer has reset no longer tells its peer's
-    /// address. Exempt connections have no entry, so with only loopback
-    /// clients this stays empty and a close never hashes.
-    sources: HashMap<usize, SourceKey>,
+    /// Sources with at least one counted connection open, by table slot;
+    /// removed at 0.
+    table: Slab<Open>,
+    /// The table slot of each source in it.
+    slots: HashMap<SourceKey, SourceId>,
 }
 
 impl SourceLimit {
@@ -80,8 +114,8 @@ impl SourceLimit {
         SourceLimit {
             limit: u32::try_from(limit.max(1)).unwrap_or(u32::MAX),
             limit_loopback,
-            open: HashMap::new(),
-            sources: HashMap::new(),
+            table: Slab::new(),
+            slots: HashMap::new(),
         }
     }
 
@@ -97,61 +131,66 @@ impl SourceLimit {
             return Admission::Exempt;
         }
         let source = SourceKey::of(ip);
-        let open = self.open.entry(source).or_insert(Open {
-            count: 0,
-            refusing: false,
-        });
+        let id = match self.slots.get(&source) {
+            Some(&id) => id,
+            None => {
+                let entry = self.table.vacant_entry();
+                let Some(id) = SourceId::of(entry.key()) else {
+                    // Cannot happen (see `SourceId::of`); were it to, the
+                    // connection goes uncounted rather than refused.
+                    return Admission::Exempt;
+                };
+                entry.insert(Open {
+                    source,
+                    count: 0,
+                    refusing: false,
+                });
+                self.slots.insert(source, id);
+                id
+            }
+        };
+        let Some(open) = self.table.get_mut(id.slot()) else {
+            return Admission::Exempt;
+        };
         if open.count >= self.limit {
             let first = !open.refusing;
             open.refusing = true;
             return Admission::Refused { source, first };
         }
         open.count += 1;
-        Admission::Counted(source)
+        Admission::Counted(id)
     }
 
-    /// Records that connection `key`, admitted as [`Admission::Counted`]
-    /// for `source`, is being served.
-    pub fn serving(&mut self, key: usize, source: SourceKey) {
-        self.sources.insert(key, source);
-    }
-
-    /// Connection `key` closed: uncounts it if it was counted. While no
-    /// connection is counted (only loopback clients, exempt) this is one
-    /// test of an empty map, no hashing.
-    #[inline]
-    pub fn closed(&mut self, key: usize) {
-        if self.sources.is_empty() {
+    /// A connection admitted as [`Admission::Counted`] with `id` closed,
+    /// or could not be served: uncounts it, and forgets its source once
+    /// none of its connections is left. A table lookup; it hashes only to
+    /// forget a source.
+    pub fn closed(&mut self, id: SourceId) {
+        let Some(open) = self.table.get_mut(id.slot()) else {
             return;
-        }
-        if let Some(source) = self.sources.remove(&key) {
-            self.forget(source);
-        }
-    }
-
-    /// Uncounts one connection from `source`: it closed, or it was admitted
-    /// but could not be served.
-    pub fn forget(&mut self, source: SourceKey) {
-        if let Some(open) = self.open.get_mut(&source) {
-            open.count = open.count.saturating_sub(1);
-            if open.count == 0 {
-                self.open.remove(&source);
-            }
+        };
+        open.count = open.count.saturating_sub(1);
+        if open.count == 0 {
+            let source = open.source;
+            self.table.remove(id.slot());
+            self.slots.remove(&source);
         }
     }
 
     /// Connections counted from `ip` now (0 for an exempt source).
     #[cfg(test)]
     fn count(&self, ip: IpAddr) -> u32 {
-        self.open
+        self.slots
             .get(&SourceKey::of(ip))
+            .and_then(|id| self.table.get(id.slot()))
             .map_or(0, |open| open.count)
     }
 
-    /// Sources with connections counted now.
+    /// Sources with connections counted now (the map and the table agree).
     #[cfg(test)]
     fn sources(&self) -> usize {
-        self.open.len()
+        assert_eq!(self.slots.len(), self.table.len());
+        self.slots.len()
     }
 }
 
@@ -199,29 +238,29 @@ mod tests {
         text.parse().unwrap()
     }
 
-    /// Admits a connection from `from` as slab key `key`, as the server does.
-    fn open(limit: &mut SourceLimit, key: usize, from: &str) -> Admission {
-        let admission = limit.admit(ip(from));
-        if let Admission::Counted(source) = admission {
-            limit.serving(key, source);
+    /// Admits a connection from `from`, as the server does.
+    fn open(limit: &mut SourceLimit, from: &str) -> Admission {
+        limit.admit(ip(from))
+    }
+
+    /// Admits a connection from `from` that must be counted; its id.
+    #[track_caller]
+    fn counted(limit: &mut SourceLimit, from: &str) -> SourceId {
+        match open(limit, from) {
+            Admission::Counted(id) => id,
+            other => panic!("{from}: {other:?}"),
         }
-        admission
     }
 
     #[test]
     fn the_connection_over_the_limit_is_refused_and_a_close_makes_room() {
         let mut limit = SourceLimit::new(2, false);
-        assert!(matches!(
-            open(&mut limit, 0, "192.0.2.1"),
-            Admission::Counted(_)
-        ));
-        assert!(matches!(
-            open(&mut limit, 1, "192.0.2.1"),
-            Admission::Counted(_)
-        ));
+        let first = counted(&mut limit, "192.0.2.1");
+        let second = counted(&mut limit, "192.0.2.1");
+        assert_eq!(first, second, "one source, one slot");
         let source = SourceKey::of(ip("192.0.2.1"));
         assert_eq!(
-            open(&mut limit, 2, "192.0.2.1"),
+            open(&mut limit, "192.0.2.1"),
             Admission::Refused {
                 source,
                 first: true
@@ -229,101 +268,95 @@ mod tests {
         );
         // The episode goes on: counted, not logged again.
         assert_eq!(
-            open(&mut limit, 2, "192.0.2.1"),
+            open(&mut limit, "192.0.2.1"),
             Admission::Refused {
                 source,
                 first: false
             }
         );
         // Another host is not affected.
-        assert!(matches!(
-            open(&mut limit, 2, "192.0.2.2"),
-            Admission::Counted(_)
-        ));
-        limit.closed(1);
+        let other = counted(&mut limit, "192.0.2.2");
+        assert_ne!(other, first);
+        limit.closed(second);
         assert_eq!(limit.count(ip("192.0.2.1")), 1);
-        assert!(matches!(
-            open(&mut limit, 1, "192.0.2.1"),
-            Admission::Counted(_)
-        ));
+        counted(&mut limit, "192.0.2.1");
     }
 
     #[test]
     fn a_source_is_forgotten_when_its_last_connection_closes() {
         let mut limit = SourceLimit::new(1, false);
-        open(&mut limit, 0, "192.0.2.1");
-        open(&mut limit, 1, "192.0.2.1"); // refused: starts an episode
-        open(&mut limit, 2, "2001:db8::1");
+        let first = counted(&mut limit, "192.0.2.1");
+        open(&mut limit, "192.0.2.1"); // refused: starts an episode
+        let v6 = counted(&mut limit, "2001:db8::1");
         assert_eq!(limit.sources(), 2);
-        limit.closed(0);
-        limit.closed(2);
-        assert_eq!((limit.sources(), limit.sources.len()), (0, 0));
+        limit.closed(first);
+        limit.closed(v6);
+        assert_eq!(limit.sources(), 0);
         // A new episode is logged again.
-        open(&mut limit, 0, "192.0.2.1");
+        counted(&mut limit, "192.0.2.1");
         assert!(matches!(
-            open(&mut limit, 1, "192.0.2.1"),
+            open(&mut limit, "192.0.2.1"),
             Admission::Refused { first: true, .. }
         ));
     }
 
+    /// A close given an id whose source is gone (which the server never
+    /// does: each counted connection closes once) changes nothing.
     #[test]
-    fn closing_an_uncounted_key_changes_nothing() {
-        let mut limit = SourceLimit::new(1, false);
-        open(&mut limit, 0, "192.0.2.1");
-        limit.closed(7);
-        assert_eq!(limit.count(ip("192.0.2.1")), 1);
+    fn closing_a_source_that_is_gone_changes_nothing() {
+        let mut limit = SourceLimit::new(2, false);
+        let gone = counted(&mut limit, "192.0.2.1");
+        limit.closed(gone);
+        limit.closed(gone);
+        assert_eq!(limit.sources(), 0);
+        counted(&mut limit, "192.0.2.2");
+        assert_eq!(limit.count(ip("192.0.2.2")), 1);
     }
 
     #[test]
     fn mapped_ipv4_and_one_ipv6_prefix_are_one_source_each() {
         let mut limit = SourceLimit::new(1, false);
-        open(&mut limit, 0, "192.0.2.1");
+        counted(&mut limit, "192.0.2.1");
         assert!(matches!(
-            open(&mut limit, 1, "::ffff:192.0.2.1"),
+            open(&mut limit, "::ffff:192.0.2.1"),
             Admission::Refused { .. }
         ));
-        open(&mut limit, 1, "2001:db8:1:2::1");
+        counted(&mut limit, "2001:db8:1:2::1");
         assert!(matches!(
-            open(&mut limit, 2, "2001:db8:1:2::99"),
+            open(&mut limit, "2001:db8:1:2::99"),
             Admission::Refused { .. }
         ));
-        assert!(matches!(
-            open(&mut limit, 2, "2001:db8:1:3::1"),
-            Admission::Counted(_)
-        ));
+        counted(&mut limit, "2001:db8:1:3::1");
     }
 
     #[test]
     fn loopback_is_exempt_unless_limited() {
         let mut limit = SourceLimit::new(1, false);
-        for key in 0..3 {
+        for _ in 0..3 {
             for from in ["127.0.0.1", "::1", "::ffff:127.0.0.2"] {
-                assert_eq!(open(&mut limit, key, from), Admission::Exempt);
+                assert_eq!(open(&mut limit, from), Admission::Exempt);
             }
         }
         assert_eq!(limit.sources(), 0);
         let mut limit = SourceLimit::new(1, true);
+        counted(&mut limit, "127.0.0.1");
         assert!(matches!(
-            open(&mut limit, 0, "127.0.0.1"),
-            Admission::Counted(_)
-        ));
-        assert!(matches!(
-            open(&mut limit, 1, "127.0.0.1"),
+            open(&mut limit, "127.0.0.1"),
             Admission::Refused { .. }
         ));
-        assert!(matches!(
-            open(&mut limit, 1, "127.0.0.2"),
-            Admission::Counted(_)
-        ));
+        counted(&mut limit, "127.0.0.2");
     }
 
+    /// Slots are reused: memory follows the sources open, not every
+    /// source ever seen.
     #[test]
-    fn a_connection_admitted_but_not_served_is_uncounted() {
-        let mut limit = SourceLimit::new(1, false);
-        let Admission::Counted(source) = limit.admit(ip("192.0.2.1")) else {
-            panic!("the first connection is admitted");
-        };
-        limit.forget(source);
+    fn the_table_holds_only_sources_with_connections_open() {
+        let mut limit = SourceLimit::new(4, false);
+        for round in 0..100u8 {
+            let id = counted(&mut limit, &format!("192.0.2.{round}"));
+            limit.closed(id);
+        }
         assert_eq!(limit.sources(), 0);
+        assert!(limit.table.capacity() <= 4, "{}", limit.table.capacity());
     }
 }

@@ -7,7 +7,6 @@ use std::io;
 
 use super::{Buffers, CloseReason, Connection, Pending, State, Stream, Turn};
 use crate::net::{Readiness, interrupted, would_block};
-use crate::ring::Ring;
 use crate::server::extras::splice::{Ends, PipeKey, PipeStep};
 
 /// How many reads one connection may do per turn before others are served.
@@ -84,6 +83,19 @@ impl<'a, S: Stream> Serving<'a, S> {
                         State::Draining(reason) => reason,
                         _ => CloseReason::from_error(&err),
                     };
+                    // An error of our own side (ENOMEM or ENOBUFS from a
+                    // write or splice, WriteZero, Unsupported) leaves the
+                    // peer connected, and the bytes just released are lost:
+                    // closing normally would send a FIN after a short echo.
+                    // A peer that reset or went away needs no telling.
+                    if matches!(reason, CloseReason::Error(_)) && self.conn.unechoed() > 0 {
+                        log::trace!(
+                            "connection {}: closing on an error with {} bytes not echoed",
+                            self.key,
+                            self.conn.unechoed()
+                        );
+                        self.abort();
+                    }
                     self.set_state(State::Closed(reason));
                 }
             }
@@ -118,13 +130,81 @@ impl<'a, S: Stream> Serving<'a, S> {
             // so closing now cannot turn into an RST.
             State::Closed(reason)
         } else {
-            match self.conn.stream.shutdown_write() {
-                Ok(()) => State::Draining(reason),
-                // Not connected any more: nothing left to protect.
-                Err(_) => State::Closed(reason),
+            self.close_unless_unread(reason)
+        };
+        self.set_state(next);
+    }
+
+    /// See [`Connection::close_now`].
+    pub(super) fn close_now(&mut self, reason: CloseReason) {
+        let next = match self.conn.state {
+            State::Closed(_) => return,
+            // The FIN is out and nothing was read since (a byte read would
+            // have closed it, abortively): the close adds nothing.
+            State::Draining(reason) => State::Closed(reason),
+            State::Open | State::Flushing => {
+                let pending = self.conn.pending(self.bufs);
+                self.conn.release(self.bufs);
+                let unread = self.conn.state == State::Open && matches!(self.read(), Ok(Some(1..)));
+                if pending > 0 || unread {
+                    log::trace!(
+                        "connection {}: closing at once with {} bytes not echoed",
+                        self.key,
+                        self.conn.unechoed()
+                    );
+                    self.abort();
+                }
+                State::Closed(reason)
             }
         };
         self.set_state(next);
+    }
+
+    /// `begin_close` with nothing pending: one nonblocking read first,
+    /// because the kernel may still hold input that no turn has read yet
+    /// (the turn's read budget ran out with `readable` set, or the loop
+    /// had not yet taken the event). A FIN sent over it would reach the
+    /// client before the reset that discarding it causes, and a client that
+    /// half-closed would read a clean EOF after a short echo. So: bytes ->
+    /// discarded and counted, RST; EOF -> every byte was echoed, close;
+    /// WouldBlock -> FIN and `Draining`. One more system call, only on a
+    /// close the server starts (idle timeout, shutdown): none on the echo
+    /// path.
+    fn close_unless_unread(&mut self, reason: CloseReason) -> State {
+        // A signal may cut the read short before it took anything; a few
+        // tries, not a loop without end.
+        let mut tries = 3;
+        let read = loop {
+            match self.read() {
+                Err(err) if interrupted(&err) && tries > 1 => tries -= 1,
+                other => break other,
+            }
+        };
+        match read {
+            Ok(None) => match self.conn.stream.shutdown_write() {
+                Ok(()) => State::Draining(reason),
+                // Not connected any more: nothing left to protect.
+                Err(_) => State::Closed(reason),
+            },
+            // The peer finished and had every byte back.
+            Ok(Some(0)) => State::Closed(reason),
+            Ok(Some(n)) => {
+                log::trace!(
+                    "connection {}: {n} bytes unread at the server's close, discarded",
+                    self.key
+                );
+                self.abort();
+                State::Closed(reason)
+            }
+            // Broken (reset), or still interrupted: no FIN now. Closing a
+            // socket with input unread makes Linux send an RST by itself
+            // (tcp_close, RFC 2525 2.17), so none goes out over bytes
+            // nobody read.
+            Err(err) => {
+                log::trace!("connection {}: read at the server's close: {err}", self.key);
+                State::Closed(reason)
+            }
+        }
     }
 
     /// `Open`: echo whatever can be echoed, by where the pending bytes are.
@@ -165,8 +245,9 @@ impl<'a, S: Stream> Serving<'a, S> {
             0
         };
         if written < n {
-            let mut ring = self.bufs.take_ring();
-            ring.push(&self.bufs.scratch[written..n]);
+            let Some(ring) = self.bufs.take_ring(written..n) else {
+                return Err(io::ErrorKind::OutOfMemory.into());
+            };
             self.conn.pending = Pending::Ring(ring);
         }
         // A read that filled the whole buffer and went straight back out
@@ -230,7 +311,10 @@ impl<'a, S: Stream> Serving<'a, S> {
     /// Bytes pending: write from the ring, read behind them into the ring.
     fn echo_through_ring(&mut self) -> io::Result<Step> {
         let mut moved = self.write_ring()?;
-        let Pending::Ring(ring) = &mut self.conn.pending else {
+        let Pending::Ring(key) = self.conn.pending else {
+            return Ok(Step::Progress);
+        };
+        let Some(ring) = self.bufs.ring_mut(key) else {
             return Ok(Step::Progress);
         };
         if ring.is_empty() {
@@ -344,7 +428,7 @@ impl<'a, S: Stream> Serving<'a, S> {
     fn peer_finished(&mut self) {
         // The pipe path never reads an EOF (see `echo_through_pipe`): only
         // the ring can hold bytes here.
-        let empty = self.conn.pending.ring().is_none_or(Ring::is_empty);
+        let empty = self.conn.pending(self.bufs) == 0;
         let next = if empty {
             State::Closed(CloseReason::Eof)
         } else {
@@ -414,7 +498,10 @@ impl<'a, S: Stream> Serving<'a, S> {
     /// One vectored write from the ring, if writable; true if bytes moved
     /// (or a signal cut the call short, and it is worth another try).
     fn write_ring(&mut self) -> io::Result<bool> {
-        let Pending::Ring(ring) = &mut self.conn.pending else {
+        let Pending::Ring(key) = self.conn.pending else {
+            return Ok(false);
+        };
+        let Some(ring) = self.bufs.ring_mut(key) else {
             return Ok(false);
         };
         if !self.conn.ready.writable || ring.is_empty() {
