@@ -13,30 +13,11 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::net;
-use crate::server::{
-    DEFAULT_UDP_RATE, DEFAULT_UDP_RATE_TOTAL, GuardConfig, PortRange, ServerConfig,
+use echod_server::net::{self, RFC862_PORT};
+use echod_server::server::{
+    DEFAULT_BUFFER, DEFAULT_GRACE, DEFAULT_IDLE_TIMEOUT, DEFAULT_UDP_RATE, DEFAULT_UDP_RATE_TOTAL,
+    GuardConfig, MAX_GRACE, MAX_IDLE_TIMEOUT, PortRange, ServerConfig,
 };
-
-/// RFC 862: "A server listens for TCP connections on TCP port 7" (and for
-/// UDP datagrams on UDP port 7).
-pub const RFC862_PORT: u16 = 7;
-
-/// Default capacity of a connection's ring buffer, in bytes. It bounds the
-/// memory one connection can hold (connections × capacity in all) and is
-/// also the most the server reads from a socket in one call. 64 KiB moved
-/// a one-connection stream with about 1.6× less server CPU per byte than
-/// 16 KiB (32 KiB: 1.5×, 128 KiB: 1.1×; see benches/run.sh), and an idle
-/// connection holds no ring, so only connections with bytes pending pay.
-pub const DEFAULT_BUFFER: usize = 64 * 1024;
-
-/// Default `--idle-timeout`: five minutes without a byte either way. Long
-/// enough for a person typing into `nc`, short enough that abandoned or
-/// hostile idle connections do not hold descriptors for long.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Default `--grace`: how long a shutdown lets sessions finish.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// The smallest `--buffer` accepted: below this, every echo costs more
 /// system calls than it moves bytes.
@@ -51,17 +32,6 @@ pub const MAX_BUFFER: usize = 16 * 1024 * 1024;
 /// to a multiple of 64), so no process can hold more descriptors, let alone
 /// connections; a larger number is a typo, not a limit.
 pub const MAX_CONNECTIONS: u64 = 2_147_483_584;
-
-/// The longest `--idle-timeout` accepted: a week. Longer than any pause a
-/// person or a keepalive makes, and far below the 49.7 days after which the
-/// loop's millisecond clock wraps (see `server::clock`), past which an idle
-/// timeout could never fire.
-pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
-
-/// The longest `--grace` accepted: a day. A shutdown exists to end; a drain
-/// longer than a day is a hang, and service managers kill long before it
-/// (systemd's default `TimeoutStopSec=` is 90 s).
-pub const MAX_GRACE: Duration = Duration::from_secs(86_400);
 
 /// The largest `--udp-rate` and `--udp-rate-total` accepted: ten million
 /// datagrams per second, some ten times what one core can echo (each

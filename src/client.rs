@@ -33,10 +33,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::cli::parse_within;
 use crate::exchange::{ExchangeError, MAX_UDP_PAYLOAD};
-use crate::net::Transport;
 use crate::target::{self, parse_timeout, seconds};
 use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 use crate::verify::InFlight;
+use echod_server::net::Transport;
 
 const EXAMPLES: &str = "\
 Examples:

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::net::Transport;
 use crate::payload::{Difference, first_difference};
 use crate::target::{self, ConnectError};
+use echod_server::net::Transport;
 
 const SOCKET: Token = Token(0);
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use crate::client::ClientArgs;
 use crate::exchange::{ExchangeError, MAX_UDP_PAYLOAD};
-use crate::net::Transport;
 use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
+use echod_server::net::Transport;
 
 /// The prompt, on stderr.
 const PROMPT: &str = "echod> ";

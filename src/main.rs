@@ -30,7 +30,7 @@ fn init_logging(level: log::LevelFilter) {
 
 fn serve(cli: &Cli) -> ExitCode {
     let config = cli.server_config();
-    let server = match echod::server::Server::bind(&config) {
+    let server = match echod_server::server::Server::bind(&config) {
         Ok(server) => server,
         Err(err) => {
             eprintln!("echod: {err}");
@@ -39,7 +39,7 @@ fn serve(cli: &Cli) -> ExitCode {
     };
     match server.run() {
         // How the run ended chooses the status: 0 only when every session
-        // finished (see echod::server::EXIT_STATUSES).
+        // finished (see echod_server::server::EXIT_STATUSES).
         Ok(outcome) => ExitCode::from(outcome.exit_status()),
         Err(err) => {
             log::error!("the server stopped on an error it cannot recover from: {err}");

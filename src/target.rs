@@ -10,7 +10,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::cli::RFC862_PORT;
+use echod_server::net::RFC862_PORT;
 
 /// The help text of the tools' `ADDR` argument.
 pub const ADDR_HELP: &str = "The echo server: HOST:PORT, [IPv6]:PORT, or HOST alone for port 7";

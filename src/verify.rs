@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use crate::ring::Ring;
+use echod_server::ring::Ring;
 
 /// Bytes sent and not yet echoed, and the position of the echo.
 #[derive(Debug)]

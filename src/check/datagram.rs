@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::probe::{Deadline, Payload, recv_datagram, udp_socket};
 use super::report::fmt_duration;
 use super::{Context, Defect, Unreachable, Verdict};
-use crate::net::display_addr;
+use echod_server::net::display_addr;
 
 /// RFC 862 datagrams to try: empty, one byte, the most that fits an
 /// Ethernet frame over IPv4 (1500 − 20 − 8), a size above a common 4 KiB

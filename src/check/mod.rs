@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::cli::parse_within;
-use crate::net::Transport;
+use echod_server::net::Transport;
 use probe::Deadline;
 use target::Target;
 

@@ -7,7 +7,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use crate::cli::RFC862_PORT;
+use echod_server::net::RFC862_PORT;
 
 /// `ADDR` split into host and port.
 #[derive(Clone, Debug, PartialEq, Eq)]

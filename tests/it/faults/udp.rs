@@ -18,7 +18,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use echod::server::{DEFAULT_UDP_RATE, ServerConfig};
+use echod_server::server::{DEFAULT_UDP_RATE, ServerConfig};
 
 use crate::tools::{Input, echod};
 use crate::util::{Binary, IO_TIMEOUT, InProcess, skip, wait_bounded};

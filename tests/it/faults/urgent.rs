@@ -17,7 +17,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use echod::server::ServerConfig;
+use echod_server::server::ServerConfig;
 use socket2::SockRef;
 
 use crate::util::{Binary, ECHOD, IO_TIMEOUT, InProcess, connect, free_port, need, random_bytes};

@@ -5,11 +5,14 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
 
 use std::os::fd::AsFd;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+/// RFC 862: "A server listens for TCP connections on TCP port 7" (and for
+/// UDP datagrams on UDP port 7).
+pub const RFC862_PORT: u16 = 7;
 
 /// How many connections may wait in the kernel's accept queue. The kernel
 /// caps it at `net.core.somaxconn` (4096 on current Linux).
@@ -488,32 +491,6 @@ pub fn describe_buffer(local: SocketAddr, size: &BufferSize) -> (log::Level, Str
     )
 }
 
-/// Where Linux keeps the IPv4 settings of each interface (proc(5)); the
-/// entries `all` and `default` sit beside the interfaces.
-pub const IPV4_CONF: &str = "/proc/sys/net/ipv4/conf";
-
-/// The entries under `conf` (normally [`IPV4_CONF`]) whose `route_localnet`
-/// is 1, sorted. With it on, Linux accepts packets with a loopback source
-/// or destination arriving on that interface instead of dropping them as
-/// martians (ip-sysctl.rst; some cluster proxies set it), so a loopback
-/// source no longer means "this host". Empty where there is no such
-/// directory (not Linux).
-pub fn route_localnet(conf: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(conf) else {
-        return Vec::new();
-    };
-    let mut on: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|entry| {
-            std::fs::read_to_string(entry.path().join("route_localnet"))
-                .is_ok_and(|value| value.trim() == "1")
-        })
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .collect();
-    on.sort();
-    on
-}
-
 /// Shows an address the way people type it: `[::]:7`, `127.0.0.1:7`, and a
 /// v4-mapped IPv6 peer (`[::ffff:1.2.3.4]:5`) as the IPv4 address it is.
 pub fn display_addr(addr: SocketAddr) -> SocketAddr {
@@ -574,6 +551,130 @@ impl fmt::Display for SourceKey {
                 write!(f, "{}/64", Ipv6Addr::from(u128::from(prefix) << 64))
             }
             SourceKey::V6LinkLocal(address) => Ipv6Addr::from(address).fmt(f),
+        }
+    }
+}
+
+/// The largest UDP payload IPv4 carries: 65,535 bytes of IP datagram less
+/// its 20-byte header and the 8-byte UDP header. The most one echo
+/// datagram can hold for a client that may be on IPv4.
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// A receive buffer large enough for any UDP payload: 65,535 minus the
+/// 8-byte UDP header is 65,527 (IPv6 over loopback); IPv4 carries at most
+/// [`MAX_UDP_PAYLOAD`].
+pub const MAX_DATAGRAM: usize = 65_536;
+
+/// Whether an I/O error is only "not now": the call would have blocked.
+/// Flow control, not a failure: wait for the next readiness edge.
+pub fn would_block(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Whether an I/O error is only a signal cutting the call short before it
+/// did anything: flow control, not a failure; call again.
+pub fn interrupted(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Interrupted
+}
+
+/// What a socket is known to be ready for. mio is edge-triggered: an
+/// event says readiness *changed*; it stays until a call returns
+/// WouldBlock (or a short read or write shows the kernel is drained), and
+/// no new event comes for readiness we did not use up. Remembering it is
+/// what lets a connection that stopped early (ring full, turn over) go on
+/// later without waiting for an edge that will never come.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// A read may return bytes, EOF or an error.
+    pub readable: bool,
+    /// A write may take bytes or return an error.
+    pub writable: bool,
+    /// The peer's FIN (or an error) has arrived: a read will return 0 or
+    /// the error after the bytes before it. Once seen it stays set, and a
+    /// short read no longer means "drained" (see [`Readiness::after_read`]).
+    pub read_closed: bool,
+    /// TCP urgent data has arrived (`EPOLLPRI`: a peer sent a byte with
+    /// `MSG_OOB`). Linux's `tcp_recvmsg` stops a read short at the urgent
+    /// mark, with the bytes behind it already queued, so a short read does
+    /// not mean "drained" until a read has said WouldBlock, which clears
+    /// it. (`SO_OOBINLINE`, set on the listener, keeps the urgent byte in
+    /// the stream, so the read after the mark returns it in its place.)
+    pub priority: bool,
+}
+
+impl Readiness {
+    /// Nothing new: used when serving a connection from the ready queue.
+    pub const NONE: Readiness = Readiness {
+        readable: false,
+        writable: false,
+        read_closed: false,
+        priority: false,
+    };
+
+    /// What a mio event says. Errors and hang-ups count as both, because
+    /// the next read or write is what reports them.
+    pub fn of(event: &mio::event::Event) -> Readiness {
+        Readiness {
+            readable: event.is_readable() || event.is_read_closed() || event.is_error(),
+            writable: event.is_writable() || event.is_write_closed() || event.is_error(),
+            read_closed: event.is_read_closed() || event.is_error(),
+            priority: event.is_priority(),
+        }
+    }
+
+    /// Adds what a new event says to what is remembered: readiness stays
+    /// until a call uses it up.
+    pub fn add(&mut self, new: Readiness) {
+        self.readable |= new.readable;
+        self.writable |= new.writable;
+        self.read_closed |= new.read_closed;
+        self.priority |= new.priority;
+    }
+
+    /// After a read of `n` bytes (`n > 0`) into `room` bytes: readable
+    /// stays set only while more may be waiting. A short read means the
+    /// kernel had no more: the socket is drained, and bytes arriving later
+    /// bring a new edge, so the read that would only say WouldBlock is
+    /// skipped. Not so when the FIN arrived with the bytes (its edge is the
+    /// one being served, so only another read reports the EOF), nor after
+    /// urgent data (the read stopped at its mark, and the bytes behind it
+    /// came with the same edge).
+    pub fn after_read(&mut self, n: usize, room: usize) {
+        self.readable = n == room || self.read_closed || self.priority;
+    }
+
+    /// A read said WouldBlock: nothing is waiting, past any urgent mark.
+    pub fn read_would_block(&mut self) {
+        self.readable = false;
+        self.priority = false;
+    }
+
+    /// What a write that offered every byte pending (both halves of a
+    /// ring, a whole pipe) tells: one rule for every buffer. `emptied`:
+    /// nothing is pending after it; if something is, the send buffer is
+    /// full and `writable` is cleared until the next edge. `Some(n)`: `n`
+    /// bytes went out (0: a signal cut the call short, and the socket is
+    /// still writable, so the step is worth trying again); `None`: the
+    /// write would block.
+    pub fn after_write_of_all(
+        &mut self,
+        result: io::Result<usize>,
+        emptied: bool,
+    ) -> io::Result<Option<usize>> {
+        match result {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                if !emptied {
+                    self.writable = false;
+                }
+                Ok(Some(n))
+            }
+            Err(err) if would_block(&err) => {
+                self.writable = false;
+                Ok(None)
+            }
+            Err(err) if interrupted(&err) => Ok(Some(0)),
+            Err(err) => Err(err),
         }
     }
 }
@@ -863,25 +964,6 @@ mod tests {
         assert!(received > 212_992, "{received}");
         let sent = socket.send_buffer_size().unwrap();
         assert!(sent >= at_least(cap("wmem_max")), "{sent}");
-    }
-
-    #[test]
-    fn route_localnet_lists_the_interfaces_that_have_it_on() {
-        let dir = std::env::temp_dir().join(format!("echod-conf-{}", std::process::id()));
-        for (name, value) in [
-            ("all", "0\n"),
-            ("eth0", "1\n"),
-            ("lo", "0\n"),
-            ("cni0", "1\n"),
-        ] {
-            std::fs::create_dir_all(dir.join(name)).unwrap();
-            std::fs::write(dir.join(name).join("route_localnet"), value).unwrap();
-        }
-        std::fs::create_dir_all(dir.join("odd")).unwrap(); // no file: off
-        let on = route_localnet(&dir);
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(on, ["cni0", "eth0"]);
-        assert!(route_localnet(Path::new("/nonexistent/echod")).is_empty());
     }
 
     #[test]

@@ -768,7 +768,9 @@ impl Run {
             conn.pending(&self.bufs),
             self.capacity
         );
-        if let Some(ring) = &conn.ring {
+        if let Pending::Ring(key) = conn.pending
+            && let Some(ring) = self.bufs.ring(key)
+        {
             prop_assert_eq!(ring.capacity(), self.capacity);
             prop_assert!(!ring.is_empty(), "an empty ring is held, not given back");
         }
@@ -799,7 +801,10 @@ impl Run {
                 "bytes read must be echoed or pending"
             ),
             State::Draining(_) | State::Closed(_) => {
-                prop_assert!(conn.ring.is_none(), "a closing connection holds its ring")
+                prop_assert!(
+                    !conn.pending.holds_ring(),
+                    "a closing connection holds its ring"
+                )
             }
         }
         match conn.state() {

@@ -117,7 +117,10 @@ mod open {
         let mut c = conn(vec![data(b"hello")], vec![]);
         assert_eq!(c.on_ready(1, BOTH, &mut bufs), Turn::Wait);
         assert_eq!(c.stream().sent, b"hello");
-        assert!(c.ring.is_none(), "nothing pending, so no buffer is held");
+        assert!(
+            !c.pending.holds_ring(),
+            "nothing pending, so no buffer is held"
+        );
         assert_eq!((c.bytes_in, c.bytes_out), (5, 5));
         // A short read means "drained": no extra read just to see WouldBlock.
         assert_eq!(c.stream().read_calls, 1);
@@ -132,7 +135,7 @@ mod open {
         assert_eq!(c.pending(&bufs), 3);
         assert_eq!(c.on_ready(1, WRITABLE, &mut bufs), Turn::Wait);
         assert_eq!(c.stream().sent, b"hello");
-        assert!(c.ring.is_none(), "a drained ring is given back");
+        assert!(!c.pending.holds_ring(), "a drained ring is given back");
         assert_eq!(bufs.spare.len(), 1);
     }
 
@@ -302,7 +305,10 @@ mod flushing {
             c.on_ready(1, WRITABLE, &mut bufs),
             Turn::Closed(CloseReason::Reset)
         );
-        assert!(c.ring.is_none(), "the ring is given back on error too");
+        assert!(
+            !c.pending.holds_ring(),
+            "the ring is given back on error too"
+        );
     }
 }
 
@@ -628,6 +634,49 @@ mod draining_reason {
     }
 }
 
+/// What the loop's sweep and timers ask of a connection, by state.
+mod timers {
+    use super::*;
+
+    fn at(ms: u64) -> Millis {
+        Millis::ZERO.after(Duration::from_millis(ms))
+    }
+
+    /// Open: only the idle timeout ends it, counted from its last
+    /// progress; bytes moved postpone it.
+    #[test]
+    fn an_open_connection_is_due_when_idle_past_the_timeout() {
+        let mut bufs = Buffers::new(16);
+        let idle = Some(Duration::from_secs(5));
+        let mut c = conn(vec![data(b"hi")], vec![]).accepted_at(at(0));
+        assert_eq!(c.due(at(4_999), idle), Due::Nothing);
+        assert_eq!(c.serve(1, BOTH, &mut bufs, at(3_000)), Turn::Wait);
+        assert_eq!(
+            c.due(at(7_999), idle),
+            Due::Nothing,
+            "progress postpones it"
+        );
+        assert_eq!(c.due(at(8_000), idle), Due::Idle(Duration::from_secs(5)));
+        assert_eq!(c.due(at(60_000), None), Due::Nothing, "no idle timeout");
+    }
+
+    /// Draining: the drain limit counts from the server's close, and bytes
+    /// the peer still sends do not postpone it; the idle timeout no longer
+    /// applies.
+    #[test]
+    fn a_draining_connection_is_removed_past_the_drain_limit() {
+        let mut bufs = Buffers::new(16);
+        let mut c = conn(vec![OnRead::WouldBlock], vec![]).accepted_at(at(0));
+        c.close_from_server(1, CloseReason::Idle, &mut bufs, at(1_000));
+        assert_eq!(c.state(), State::Draining(CloseReason::Idle));
+        assert!(!c.state().in_session());
+        assert_eq!(c.state().close_reason(), Some(CloseReason::Idle));
+        let limit = 1_000 + DRAIN_LIMIT.as_millis() as u64;
+        assert_eq!(c.due(at(limit - 1), Some(Duration::ZERO)), Due::Nothing);
+        assert_eq!(c.due(at(limit), None), Due::Remove(CloseReason::Idle));
+    }
+}
+
 /// Idle connections are the many: each costs its slab entry and nothing
 /// else (no ring, no peer address, no entry in a map of sources: the
 /// source a remote one is counted against is a four-byte id in what was
@@ -644,26 +693,4 @@ fn a_connection_stays_small() {
     );
     let size = std::mem::size_of::<Connection<std::net::TcpStream>>();
     assert!(size <= 48, "Connection grew to {size} bytes");
-}
-
-/// Spare rings are bounded in bytes, not only in number: big rings
-/// (`--buffer 16M`) left behind by a burst of slow readers are freed, not
-/// kept by the dozen.
-#[test]
-fn spare_rings_are_bounded_in_bytes() {
-    let keep = |capacity: usize, rings: usize| {
-        let mut bufs = Buffers::new(capacity);
-        let taken: Vec<_> = (0..rings).map(|_| bufs.take_ring()).collect();
-        for ring in taken {
-            bufs.give_back(ring);
-        }
-        bufs.spare.len()
-    };
-    // The default 64 KiB: 64 rings, as many as the count allows.
-    assert_eq!(keep(64 * 1024, 70), 64);
-    assert_eq!(64 * 64 * 1024, SPARE_RING_BYTES);
-    // Half the byte budget each: two are kept.
-    assert_eq!(keep(SPARE_RING_BYTES / 2, 3), 2);
-    // Bigger than the budget: none.
-    assert_eq!(keep(SPARE_RING_BYTES + 1, 2), 0);
 }

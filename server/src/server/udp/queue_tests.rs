@@ -9,8 +9,9 @@ use std::io;
 use std::net::SocketAddr;
 
 use super::*;
+use crate::net::MAX_DATAGRAM;
 use crate::server::connection::test_readiness::{BOTH, WRITABLE};
-use crate::server::udp_guard::GuardConfig;
+use crate::server::extras::udp_guard::GuardConfig;
 
 /// A datagram the fake socket will receive, with what the kernel says of it.
 struct Incoming {

@@ -28,16 +28,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::connection::{Readiness, Turn};
-use super::udp_guard::{DropReason, DropWarnings, UdpGuard, Verdict, WARN_INTERVAL};
-use crate::net::display_addr;
+use super::Turn;
+use super::extras::udp_guard::{DropReason, DropWarnings, UdpGuard, Verdict, WARN_INTERVAL};
+use crate::net::{Readiness, display_addr, interrupted, would_block};
 pub use socket::{EchoSocket, Received, ReplyFrom};
 
 mod socket;
-
-/// Large enough for any UDP payload: 65,535 minus the 8-byte UDP header is
-/// 65,527 (IPv6 over loopback); IPv4 carries at most 65,507.
-pub const MAX_DATAGRAM: usize = 65_536;
 
 /// Replies waiting for the socket to become writable, at most.
 const QUEUE_DATAGRAMS: usize = 64;
@@ -160,8 +156,6 @@ pub struct UdpEcho<S = EchoSocket> {
     kernel_drops_seen: Option<u32>,
     /// What happened on this socket so far.
     pub counters: UdpCounters,
-    /// On the loop's ready queue now (so it is not queued twice).
-    pub queued: bool,
 }
 
 impl UdpEcho<EchoSocket> {
@@ -183,7 +177,6 @@ impl<S: Datagrams> UdpEcho<S> {
             warnings: DropWarnings::default(),
             kernel_drops_seen: None,
             counters: UdpCounters::default(),
-            queued: false,
         }
     }
 
@@ -211,9 +204,9 @@ impl<S: Datagrams> UdpEcho<S> {
 
     /// Serves an event: sends queued replies, then receives and echoes
     /// until WouldBlock or the turn's budget is spent. `buf` is the loop's
-    /// datagram buffer, [`MAX_DATAGRAM`] bytes; `guard` is the server's,
-    /// shared by all its UDP sockets, and decides which datagrams are not
-    /// answered.
+    /// datagram buffer, [`MAX_DATAGRAM`](crate::net::MAX_DATAGRAM) bytes;
+    /// `guard` is the server's, shared by all its UDP sockets, and decides
+    /// which datagrams are not answered.
     pub fn on_ready(&mut self, new: Readiness, buf: &mut [u8], guard: &mut UdpGuard) -> Turn {
         self.ready.readable |= new.readable;
         self.ready.writable |= new.writable;
@@ -244,10 +237,10 @@ impl<S: Datagrams> UdpEcho<S> {
                         Verdict::Drop(reason) => self.refuse(reason, peer, now),
                     }
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if would_block(&err) => {
                     self.ready.readable = false;
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if interrupted(&err) => {}
                 Err(err) => {
                     // An ICMP error from an earlier reply (port unreachable)
                     // can surface here; it concerns that peer, not us.
@@ -340,7 +333,7 @@ impl<S: Datagrams> UdpEcho<S> {
                     self.counters.sent += 1;
                     return;
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if would_block(&err) => {
                     self.ready.writable = false;
                 }
                 Err(err) => {
@@ -374,11 +367,11 @@ impl<S: Datagrams> UdpEcho<S> {
             };
             match self.socket.send(&reply.payload, reply.to, reply.from) {
                 Ok(_) => self.counters.sent += 1,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if would_block(&err) => {
                     self.ready.writable = false;
                     return;
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if interrupted(&err) => continue,
                 Err(err) => {
                     let to = reply.to;
                     self.send_failed(to, &err);

@@ -31,7 +31,13 @@ use std::num::NonZeroU32;
 
 use slab::Slab;
 
-use crate::net::{SourceKey, is_loopback};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mio::net::TcpStream;
+
+use super::{Server, count};
+use crate::net::{SourceKey, display_addr, is_loopback};
 
 /// The connections open from one source.
 #[derive(Clone, Copy, Debug)]
@@ -185,6 +191,42 @@ impl SourceLimit {
     fn sources(&self) -> usize {
         assert_eq!(self.slots.len(), self.table.len());
         self.slots.len()
+    }
+}
+
+impl Server {
+    /// Resets a connection whose source has the most connections
+    /// `--max-connections-per-source` allows: `SO_LINGER` 0, then close,
+    /// makes the kernel send an RST (socket(7)), so the client learns at
+    /// once rather than after a timeout, and nothing lingers in TIME_WAIT.
+    /// The first refusal of an episode is a warning; the rest are counted.
+    pub(super) fn refuse_over_source_limit(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        source: SourceKey,
+        first: bool,
+    ) {
+        self.stats.source_limited += 1;
+        if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+            // Closed without it, the client gets a FIN instead: still told.
+            log::debug!("could not set SO_LINGER for {}: {err}", display_addr(peer));
+        }
+        drop(stream);
+        if first {
+            log::warn!(
+                "{source} has {} open, the most --max-connections-per-source allows: its \
+                 new connections are reset until all of its connections have closed \
+                 (counted as \"source limit\"). If it is one host of many behind a NAT or \
+                 proxy, raise --max-connections-per-source.",
+                count(u64::from(self.per_source.limit()), "connection")
+            );
+        } else {
+            log::debug!(
+                "connection from {} reset: over its source's limit",
+                display_addr(peer)
+            );
+        }
     }
 }
 

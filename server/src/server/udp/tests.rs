@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use std::net::{IpAddr, SocketAddr};
 
 use super::*;
-use crate::server::udp_guard::{GuardConfig, REFLECTOR_PORTS};
+use crate::net::MAX_DATAGRAM;
+use crate::server::extras::udp_guard::{GuardConfig, REFLECTOR_PORTS};
 
 /// The longest any wait here may take: a hung test is a failed test.
 const TIMEOUT: Duration = Duration::from_secs(10);
