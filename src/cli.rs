@@ -173,7 +173,8 @@ pub struct ServeArgs {
 
     /// Most connections open at once from one client: one IPv4 address
     /// (also when seen as ::ffff:a.b.c.d), one IPv6 /64, or one whole
-    /// link-local (fe80::/10) address. A connection over it is reset at once, so one host cannot take every slot.
+    /// link-local (fe80::/10) address. A connection over it is reset at
+    /// once, so one host cannot take every slot.
     /// Default: a quarter of --max-connections (at least 1); 1 to
     /// 4294967295 (at --max-connections or above it never bites).
     /// Loopback clients are exempt unless --limit-loopback.
@@ -204,8 +205,8 @@ pub struct ServeArgs {
     pub udp_allow_ports: Vec<PortRange>,
 
     /// UDP datagrams answered per second per source address (per /64 for
-    /// IPv6, per address for link-local), in bursts of as many; the rest are dropped, so echod makes a
-    /// poor reflector (0 to 10000000). Loopback sources are exempt (see
+    /// IPv6, per address for link-local), in bursts of as many; the rest
+    /// are dropped, so echod makes a poor reflector (0 to 10000000). Loopback sources are exempt (see
     /// --limit-loopback). 0 turns the limit off (for load tests from
     /// another host).
     #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE,
