@@ -15,32 +15,16 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::kit::number::parse_within;
-use crate::kit::target::RFC862_PORT;
-use crate::net;
-use crate::server::{
-    DEFAULT_UDP_RATE, DEFAULT_UDP_RATE_TOTAL, GuardConfig, PortRange, ServerConfig,
+use echod_server::net::{self, RFC862_PORT};
+use echod_server::server::{
+    DEFAULT_BUFFER, DEFAULT_GRACE, DEFAULT_IDLE_TIMEOUT, DEFAULT_UDP_RATE, DEFAULT_UDP_RATE_TOTAL,
+    GuardConfig, MAX_GRACE, MAX_IDLE_TIMEOUT, PortRange, ServerConfig,
 };
 
 pub mod bench;
 pub mod check;
 pub mod client;
 pub mod ping;
-
-/// Default capacity of a connection's ring buffer, in bytes. It bounds the
-/// memory one connection can hold (connections × capacity in all) and is
-/// also the most the server reads from a socket in one call. 64 KiB moved
-/// a one-connection stream with about 1.6× less server CPU per byte than
-/// 16 KiB (32 KiB: 1.5×, 128 KiB: 1.1×; see benches/run.sh), and an idle
-/// connection holds no ring, so only connections with bytes pending pay.
-pub const DEFAULT_BUFFER: usize = 64 * 1024;
-
-/// Default `--idle-timeout`: five minutes without a byte either way. Long
-/// enough for a person typing into `nc`, short enough that abandoned or
-/// hostile idle connections do not hold descriptors for long.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Default `--grace`: how long a shutdown lets sessions finish.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// The smallest `--buffer` accepted: below this, every echo costs more
 /// system calls than it moves bytes.
@@ -56,21 +40,10 @@ pub const MAX_BUFFER: usize = 16 * 1024 * 1024;
 /// connections; a larger number is a typo, not a limit.
 pub const MAX_CONNECTIONS: u64 = 2_147_483_584;
 
-/// The longest `--idle-timeout` accepted: a week. Longer than any pause a
-/// person or a keepalive makes, and far below the 49.7 days after which the
-/// loop's millisecond clock wraps (see `server::clock`), past which an idle
-/// timeout could never fire.
-pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
-
-/// The longest `--grace` accepted: a day. A shutdown exists to end; a drain
-/// longer than a day is a hang, and service managers kill long before it
-/// (systemd's default `TimeoutStopSec=` is 90 s).
-pub const MAX_GRACE: Duration = Duration::from_secs(86_400);
-
-/// The largest `--udp-rate` accepted: ten million datagrams per second per
-/// source, some ten times what one core can echo (each datagram is a
-/// `recvfrom` and a `sendto`); above it the limit never bites, so 0 says
-/// "no limit" more plainly.
+/// The largest `--udp-rate` and `--udp-rate-total` accepted: ten million
+/// datagrams per second, some ten times what one core can echo (each
+/// datagram is a `recvfrom` and a `sendto`); above it neither limit ever
+/// bites, so 0 says "no limit" more plainly.
 pub const MAX_UDP_RATE: u32 = 10_000_000;
 
 const EXAMPLES: &str = "\
@@ -206,8 +179,9 @@ pub struct ServeArgs {
     pub max_connections: Option<u64>,
 
     /// Most connections open at once from one client: one IPv4 address
-    /// (also when seen as ::ffff:a.b.c.d) or one IPv6 /64. A connection
-    /// over it is reset at once, so one host cannot take every slot.
+    /// (also when seen as ::ffff:a.b.c.d), one IPv6 /64, or one whole
+    /// link-local (fe80::/10) address. A connection over it is reset at
+    /// once, so one host cannot take every slot.
     /// Default: a quarter of --max-connections (at least 1); 1 to
     /// 4294967295 (at --max-connections or above it never bites).
     /// Loopback clients are exempt unless --limit-loopback.
@@ -238,8 +212,8 @@ pub struct ServeArgs {
     pub udp_allow_ports: Vec<PortRange>,
 
     /// UDP datagrams answered per second per source address (per /64 for
-    /// IPv6), in bursts of as many; the rest are dropped, so echod makes a
-    /// poor reflector (0 to 10000000). Loopback sources are exempt (see
+    /// IPv6, per address for link-local), in bursts of as many; the rest
+    /// are dropped, so echod makes a poor reflector (0 to 10000000). Loopback sources are exempt (see
     /// --limit-loopback). 0 turns the limit off (for load tests from
     /// another host).
     #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE,
@@ -247,10 +221,10 @@ pub struct ServeArgs {
     pub udp_rate: u32,
 
     /// UDP datagrams answered per second from all non-loopback sources
-    /// together, in bursts of as many, so that a flood forged from many
-    /// addresses, each within --udp-rate, is bounded too; the rest are
-    /// dropped and counted as "total rate". 0 turns the budget off; at
-    /// most 4294967295.
+    /// together, on all the addresses echod serves, in bursts of as many,
+    /// so that a flood forged from many addresses, each within --udp-rate,
+    /// is bounded too; the rest are dropped and counted as "total rate"
+    /// (0 to 10000000). 0 turns the budget off.
     #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE_TOTAL,
           value_parser = parse_udp_rate)]
     pub udp_rate_total: u32,
@@ -863,7 +837,7 @@ mod tests {
     }
 
     /// The documented range of --udp-rate and --udp-rate-total: 0 to
-    /// u32::MAX, checked at parse time with the range in the message.
+    /// MAX_UDP_RATE, checked at parse time with the range in the message.
     #[test]
     fn udp_rates_have_a_range() {
         for flag in ["--udp-rate", "--udp-rate-total"] {

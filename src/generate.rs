@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use clap_complete::Shell;
 
-use crate::server::EXIT_STATUSES;
+use echod_server::server::EXIT_STATUSES;
 
 const WHERE_TO_PUT_THEM: &str = "\
 With --dir, the files are written there under their usual names instead

@@ -14,7 +14,7 @@ use super::{Context, Defect, Unreachable, Verdict};
 use crate::kit::deadline::Deadline;
 use crate::kit::payload::Payload;
 use crate::kit::target::udp_socket_blocking as udp_socket;
-use crate::net::display_addr;
+use echod_server::net::display_addr;
 
 /// RFC 862 datagrams to try: empty, one byte, the most that fits an
 /// Ethernet frame over IPv4 (1500 − 20 − 8), a size above a common 4 KiB

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use crate::kit::deadline::Deadline;
 use crate::kit::target::{Target, connect_by, one_per_family};
-use crate::net::Transport;
+use echod_server::net::Transport;
 
 /// How many clients the concurrency check connects by default: more than
 /// a small thread pool or accept backlog handles at once, few enough for

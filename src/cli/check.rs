@@ -8,7 +8,7 @@ use crate::check::{CHECKS, CheckConfig, DEFAULT_CLIENTS, MAX_CLIENTS, Request, s
 use crate::kit::duration::{MAX_TOOL_WAIT, parse_duration_within};
 use crate::kit::number::parse_within;
 use crate::kit::target::Target;
-use crate::net::Transport;
+use echod_server::net::Transport;
 
 const CHECK_HELP: &str = "\
 Examples:

@@ -15,7 +15,7 @@ use super::ClientConfig;
 use crate::kit::duration::seconds;
 use crate::kit::exchange::{ExchangeError, MAX_UDP_PAYLOAD};
 use crate::kit::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
-use crate::net::Transport;
+use echod_server::net::Transport;
 
 /// The prompt, on stderr.
 const PROMPT: &str = "echod> ";

@@ -38,7 +38,7 @@ use crate::kit::readiness::Readiness;
 use crate::kit::target;
 use crate::kit::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 use crate::kit::verify::InFlight;
-use crate::net::Transport;
+use echod_server::net::Transport;
 
 /// What `echod client` is to do: its command line, validated (by `cli.rs`).
 #[derive(Clone, Debug)]

@@ -25,7 +25,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::payload::{Difference, first_difference};
 use super::target::{self, ConnectError};
-use crate::net::Transport;
+use echod_server::net::Transport;
 
 const SOCKET: Token = Token(0);
 
@@ -33,8 +33,7 @@ const SOCKET: Token = Token(0);
 /// answers. A few cover retries and a probe or two that timed out.
 const REMEMBERED: usize = 8;
 
-/// The largest UDP payload over IPv4 (65,535 − 8 UDP − 20 IP header bytes).
-pub const MAX_UDP_PAYLOAD: usize = 65_507;
+pub use echod_server::net::{MAX_UDP_PAYLOAD, interrupted, would_block};
 
 /// Why an exchange did not bring the message back.
 #[derive(Debug)]
@@ -363,18 +362,6 @@ fn wait(poll: &mut Poll, events: &mut Events, deadline: Instant) -> io::Result<b
         Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(true),
         Err(err) => Err(err),
     }
-}
-
-/// The socket has nothing (or no room) now: wait for its next edge.
-pub fn would_block(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::WouldBlock
-}
-
-/// A signal cut the call short: make it again at once. Waiting instead
-/// would wait for an edge that may not come, as the socket's readiness has
-/// not changed.
-pub fn interrupted(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::Interrupted
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! that they accept the same addresses and durations, send the same
 //! payloads, check echoes the same way and fail with the same statuses.
 //!
-//! The kit imports the server's [`net`](crate::net) and [`ring`](crate::ring)
+//! The kit imports the server's [`net`](echod_server::net) and [`ring`](echod_server::ring)
 //! only; each tool imports the kit (and `net`), never another tool, never
 //! `cli.rs`, never the server's loop.
 //!

@@ -14,9 +14,8 @@ use std::time::Duration;
 use super::deadline::{Deadline, out_of_time};
 use super::duration::seconds;
 
-/// RFC 862: "A server listens for TCP connections on TCP port 7" (and for
-/// UDP datagrams on UDP port 7): the port of an address given without one.
-pub const RFC862_PORT: u16 = 7;
+/// The port of an address given without one: RFC 862's.
+pub use echod_server::net::RFC862_PORT;
 
 /// The help text of the tools' `ADDR` argument.
 pub const ADDR_HELP: &str = "The echo server: HOST:PORT, [IPv6]:PORT, or HOST alone for port 7";

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::exchange::{Exchanger, MAX_UDP_PAYLOAD};
-use crate::net::Transport;
+use echod_server::net::Transport;
 
 /// Everything sent came back right.
 pub const EXIT_OK: u8 = 0;

@@ -20,7 +20,7 @@ use std::fmt;
 use std::io::Read;
 
 use super::payload::{Payload, PayloadReader};
-use crate::ring::Ring;
+use echod_server::ring::Ring;
 
 /// Bytes sent and not yet echoed, and the position of the echo.
 #[derive(Debug)]

@@ -18,8 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use echod::check::{self, CheckConfig, Defect, Outcome, Report};
-use echod::net::Transport;
-use echod::server::ServerConfig;
+use echod_server::net::Transport;
+use echod_server::server::ServerConfig;
 
 use crate::util::{Binary, ECHOD, IO_TIMEOUT, InProcess, free_port};
 use broken::Serve;

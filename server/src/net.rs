@@ -5,11 +5,14 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
 
 use std::os::fd::AsFd;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+/// RFC 862: "A server listens for TCP connections on TCP port 7" (and for
+/// UDP datagrams on UDP port 7).
+pub const RFC862_PORT: u16 = 7;
 
 /// How many connections may wait in the kernel's accept queue. The kernel
 /// caps it at `net.core.somaxconn` (4096 on current Linux).
@@ -376,7 +379,9 @@ pub fn enlarge_udp_buffers(socket: SockRef<'_>, local: SocketAddr) {
 
 /// Sets one buffer to `asked`, privileged first: `SO_RCVBUFFORCE` and
 /// `SO_SNDBUFFORCE` (CAP_NET_ADMIN) pass the sysctl caps; without the
-/// privilege they fail with EPERM and the ordinary option, capped, is used.
+/// privilege they fail with EPERM and the ordinary option, capped, is used,
+/// unless the capped size would be smaller than what the socket has (see
+/// [`plain_set_would_shrink`]): then the buffer is left as it is.
 fn enlarge(socket: &Socket, direction: Direction, asked: usize) -> io::Result<BufferSize> {
     let current = || match direction {
         Direction::Receive => socket.recv_buffer_size(),
@@ -401,6 +406,14 @@ fn enlarge(socket: &Socket, direction: Direction, asked: usize) -> io::Result<Bu
     };
     #[cfg(not(target_os = "linux"))]
     let forced = false;
+    #[cfg(target_os = "linux")]
+    if !forced && plain_set_would_shrink(before, asked, unprivileged_cap(direction)) {
+        return Ok(BufferSize {
+            direction,
+            asked,
+            granted: before,
+        });
+    }
     if !forced {
         match direction {
             Direction::Receive => socket.set_recv_buffer_size(asked)?,
@@ -412,6 +425,32 @@ fn enlarge(socket: &Socket, direction: Direction, asked: usize) -> io::Result<Bu
         asked,
         granted: current()?,
     })
+}
+
+/// Whether setting a buffer to `asked` without privilege would leave it
+/// smaller than the `before` the kernel reports now, given the sysctl's
+/// `cap` (`None`: it could not be read, so any size might shrink it).
+///
+/// Linux grants `min(asked, cap)` for `SO_RCVBUF` and `SO_SNDBUF` and
+/// reports twice that (socket(7)), whatever the buffer was. A socket
+/// inherited from a service manager may hold more than that already: the
+/// manager is privileged and forces its `ReceiveBuffer=` past the cap
+/// (systemd.socket(5)). Setting it would then shrink it.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn plain_set_would_shrink(before: usize, asked: usize, cap: Option<usize>) -> bool {
+    match cap {
+        Some(cap) => asked.min(cap).saturating_mul(KERNEL_DOUBLES) < before,
+        None => true,
+    }
+}
+
+/// The cap on the size an unprivileged process may set, from the sysctl
+/// ([`Direction::sysctl`], read in /proc/sys, proc(5)); `None` if it
+/// cannot be read.
+#[cfg(target_os = "linux")]
+fn unprivileged_cap(direction: Direction) -> Option<usize> {
+    let path = format!("/proc/sys/{}", direction.sysctl().replace('.', "/"));
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// The log line for one buffer: info when granted, a warning naming the
@@ -452,32 +491,6 @@ pub fn describe_buffer(local: SocketAddr, size: &BufferSize) -> (log::Level, Str
     )
 }
 
-/// Where Linux keeps the IPv4 settings of each interface (proc(5)); the
-/// entries `all` and `default` sit beside the interfaces.
-pub const IPV4_CONF: &str = "/proc/sys/net/ipv4/conf";
-
-/// The entries under `conf` (normally [`IPV4_CONF`]) whose `route_localnet`
-/// is 1, sorted. With it on, Linux accepts packets with a loopback source
-/// or destination arriving on that interface instead of dropping them as
-/// martians (ip-sysctl.rst; some cluster proxies set it), so a loopback
-/// source no longer means "this host". Empty where there is no such
-/// directory (not Linux).
-pub fn route_localnet(conf: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(conf) else {
-        return Vec::new();
-    };
-    let mut on: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|entry| {
-            std::fs::read_to_string(entry.path().join("route_localnet"))
-                .is_ok_and(|value| value.trim() == "1")
-        })
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .collect();
-    on.sort();
-    on
-}
-
 /// Shows an address the way people type it: `[::]:7`, `127.0.0.1:7`, and a
 /// v4-mapped IPv6 peer (`[::ffff:1.2.3.4]:5`) as the IPv4 address it is.
 pub fn display_addr(addr: SocketAddr) -> SocketAddr {
@@ -504,13 +517,18 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 /// usually holds a whole /64 and may pick any address in it (privacy
 /// addresses, RFC 8981), so a per-address key would hand one host 2^64
 /// sources. An IPv4 client seen through a dual-stack socket
-/// (`::ffff:a.b.c.d`) is keyed as the IPv4 address it is.
+/// (`::ffff:a.b.c.d`) is keyed as the IPv4 address it is. An IPv6
+/// link-local client (`fe80::/10`) is keyed by its whole address: every
+/// host on a link has an address in the same `fe80::/64` (RFC 4291, 2.5.6),
+/// so by prefix one host would take every other's share.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum SourceKey {
     /// An IPv4 address.
     V4(u32),
     /// The first 64 bits of an IPv6 address.
     V6Prefix(u64),
+    /// A link-local IPv6 address, whole.
+    V6LinkLocal(u128),
 }
 
 impl SourceKey {
@@ -518,6 +536,7 @@ impl SourceKey {
     pub fn of(ip: IpAddr) -> SourceKey {
         match ip.to_canonical() {
             IpAddr::V4(v4) => SourceKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) if v6.is_unicast_link_local() => SourceKey::V6LinkLocal(u128::from(v6)),
             IpAddr::V6(v6) => SourceKey::V6Prefix((u128::from(v6) >> 64) as u64),
         }
     }
@@ -531,6 +550,131 @@ impl fmt::Display for SourceKey {
             SourceKey::V6Prefix(prefix) => {
                 write!(f, "{}/64", Ipv6Addr::from(u128::from(prefix) << 64))
             }
+            SourceKey::V6LinkLocal(address) => Ipv6Addr::from(address).fmt(f),
+        }
+    }
+}
+
+/// The largest UDP payload IPv4 carries: 65,535 bytes of IP datagram less
+/// its 20-byte header and the 8-byte UDP header. The most one echo
+/// datagram can hold for a client that may be on IPv4.
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// A receive buffer large enough for any UDP payload: 65,535 minus the
+/// 8-byte UDP header is 65,527 (IPv6 over loopback); IPv4 carries at most
+/// [`MAX_UDP_PAYLOAD`].
+pub const MAX_DATAGRAM: usize = 65_536;
+
+/// Whether an I/O error is only "not now": the call would have blocked.
+/// Flow control, not a failure: wait for the next readiness edge.
+pub fn would_block(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Whether an I/O error is only a signal cutting the call short before it
+/// did anything: flow control, not a failure; call again.
+pub fn interrupted(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Interrupted
+}
+
+/// What a socket is known to be ready for. mio is edge-triggered: an
+/// event says readiness *changed*; it stays until a call returns
+/// WouldBlock (or a short read or write shows the kernel is drained), and
+/// no new event comes for readiness we did not use up. Remembering it is
+/// what lets a connection that stopped early (ring full, turn over) go on
+/// later without waiting for an edge that will never come.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// A read may return bytes, EOF or an error.
+    pub readable: bool,
+    /// A write may take bytes or return an error.
+    pub writable: bool,
+    /// The peer's FIN (or an error) has arrived: a read will return 0 or
+    /// the error after the bytes before it. Once seen it stays set, and a
+    /// short read no longer means "drained" (see [`Readiness::after_read`]).
+    pub read_closed: bool,
+    /// TCP urgent data has arrived (`EPOLLPRI`: a peer sent a byte with
+    /// `MSG_OOB`). Linux's `tcp_recvmsg` stops a read short at the urgent
+    /// mark, with the bytes behind it already queued, so a short read does
+    /// not mean "drained" until a read has said WouldBlock, which clears
+    /// it. (`SO_OOBINLINE`, set on the listener, keeps the urgent byte in
+    /// the stream, so the read after the mark returns it in its place.)
+    pub priority: bool,
+}
+
+impl Readiness {
+    /// Nothing new: used when serving a connection from the ready queue.
+    pub const NONE: Readiness = Readiness {
+        readable: false,
+        writable: false,
+        read_closed: false,
+        priority: false,
+    };
+
+    /// What a mio event says. Errors and hang-ups count as both, because
+    /// the next read or write is what reports them.
+    pub fn of(event: &mio::event::Event) -> Readiness {
+        Readiness {
+            readable: event.is_readable() || event.is_read_closed() || event.is_error(),
+            writable: event.is_writable() || event.is_write_closed() || event.is_error(),
+            read_closed: event.is_read_closed() || event.is_error(),
+            priority: event.is_priority(),
+        }
+    }
+
+    /// Adds what a new event says to what is remembered: readiness stays
+    /// until a call uses it up.
+    pub fn add(&mut self, new: Readiness) {
+        self.readable |= new.readable;
+        self.writable |= new.writable;
+        self.read_closed |= new.read_closed;
+        self.priority |= new.priority;
+    }
+
+    /// After a read of `n` bytes (`n > 0`) into `room` bytes: readable
+    /// stays set only while more may be waiting. A short read means the
+    /// kernel had no more: the socket is drained, and bytes arriving later
+    /// bring a new edge, so the read that would only say WouldBlock is
+    /// skipped. Not so when the FIN arrived with the bytes (its edge is the
+    /// one being served, so only another read reports the EOF), nor after
+    /// urgent data (the read stopped at its mark, and the bytes behind it
+    /// came with the same edge).
+    pub fn after_read(&mut self, n: usize, room: usize) {
+        self.readable = n == room || self.read_closed || self.priority;
+    }
+
+    /// A read said WouldBlock: nothing is waiting, past any urgent mark.
+    pub fn read_would_block(&mut self) {
+        self.readable = false;
+        self.priority = false;
+    }
+
+    /// What a write that offered every byte pending (both halves of a
+    /// ring, a whole pipe) tells: one rule for every buffer. `emptied`:
+    /// nothing is pending after it; if something is, the send buffer is
+    /// full and `writable` is cleared until the next edge. `Some(n)`: `n`
+    /// bytes went out (0: a signal cut the call short, and the socket is
+    /// still writable, so the step is worth trying again); `None`: the
+    /// write would block.
+    pub fn after_write_of_all(
+        &mut self,
+        result: io::Result<usize>,
+        emptied: bool,
+    ) -> io::Result<Option<usize>> {
+        match result {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                if !emptied {
+                    self.writable = false;
+                }
+                Ok(Some(n))
+            }
+            Err(err) if would_block(&err) => {
+                self.writable = false;
+                Ok(None)
+            }
+            Err(err) if interrupted(&err) => Ok(Some(0)),
+            Err(err) => Err(err),
         }
     }
 }
@@ -556,6 +700,21 @@ mod tests {
         assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
         assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    /// Every host on a link has an address in `fe80::/64`: keyed by
+    /// prefix, one of them would lock the others out.
+    #[test]
+    fn link_local_sources_are_keyed_by_the_whole_address() {
+        let key = |text: &str| SourceKey::of(text.parse().unwrap());
+        assert_ne!(key("fe80::1"), key("fe80::2"));
+        assert_ne!(key("fe80::a:b:c:d"), key("fe80::a:b:c:e"));
+        assert_eq!(key("fe80::1"), key("fe80::1"));
+        // All of fe80::/10, not only the /64 in use.
+        assert_ne!(key("febf::1"), key("febf::2"));
+        assert_eq!(key("fe80::1").to_string(), "fe80::1");
+        // Outside it, still by /64.
+        assert_eq!(key("fec0::1"), key("fec0::2"));
         assert_eq!(key("::ffff:192.0.2.1").to_string(), "192.0.2.1");
         assert_eq!(key("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
     }
@@ -762,6 +921,31 @@ mod tests {
         assert!(!line.contains("rmem_max"), "{line}");
     }
 
+    /// Unprivileged, a buffer a service manager forced past the cap (here
+    /// systemd's ReceiveBuffer=256K, which Linux reports as 512 KiB) is
+    /// left alone: set, it would fall to the cap. One below what the cap
+    /// grants is still set.
+    #[test]
+    fn an_unprivileged_set_never_shrinks_a_buffer() {
+        const RMEM_MAX: usize = 212_992;
+        let asked = UDP_SOCKET_BUFFER;
+        let forced = 2 * 256 * 1024;
+        assert!(plain_set_would_shrink(forced, asked, Some(RMEM_MAX)));
+        let default = RMEM_MAX * KERNEL_DOUBLES;
+        assert!(!plain_set_would_shrink(default, asked, Some(RMEM_MAX)));
+        assert!(!plain_set_would_shrink(4_608, asked, Some(RMEM_MAX)));
+        // A cap above what is asked for: the size asked for is granted.
+        let roomy = 16 * 1024 * 1024;
+        assert!(!plain_set_would_shrink(forced, asked, Some(roomy)));
+        assert!(plain_set_would_shrink(
+            asked * KERNEL_DOUBLES + 1,
+            asked,
+            Some(roomy)
+        ));
+        // A cap that cannot be read: nothing is set.
+        assert!(plain_set_would_shrink(4_608, asked, None));
+    }
+
     /// Privileged, the size asked for is granted whatever rmem_max says;
     /// without the privilege, as much as the cap allows.
     #[test]
@@ -780,25 +964,6 @@ mod tests {
         assert!(received > 212_992, "{received}");
         let sent = socket.send_buffer_size().unwrap();
         assert!(sent >= at_least(cap("wmem_max")), "{sent}");
-    }
-
-    #[test]
-    fn route_localnet_lists_the_interfaces_that_have_it_on() {
-        let dir = std::env::temp_dir().join(format!("echod-conf-{}", std::process::id()));
-        for (name, value) in [
-            ("all", "0\n"),
-            ("eth0", "1\n"),
-            ("lo", "0\n"),
-            ("cni0", "1\n"),
-        ] {
-            std::fs::create_dir_all(dir.join(name)).unwrap();
-            std::fs::write(dir.join(name).join("route_localnet"), value).unwrap();
-        }
-        std::fs::create_dir_all(dir.join("odd")).unwrap(); // no file: off
-        let on = route_localnet(&dir);
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(on, ["cni0", "eth0"]);
-        assert!(route_localnet(Path::new("/nonexistent/echod")).is_empty());
     }
 
     #[test]

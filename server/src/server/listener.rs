@@ -19,8 +19,11 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
+
+use crate::net::would_block;
 
 /// How many unknown accept errors in a row mark a listener as broken. One
 /// could be a client's doing; three in a row, with no connection taken in
@@ -36,8 +39,44 @@ pub struct Listener {
     /// Unknown errors since the last accept that was not one, see
     /// [`FAILURES_BEFORE_BROKEN`].
     failures_in_a_row: u8,
-    /// On the loop's ready queue already (its accept budget ran out).
-    pub queued: bool,
+    /// A socket passed by a service manager without `SO_OOBINLINE`: the
+    /// connections already in its backlog when echod set it were created
+    /// without it (Linux copies the listener's options at the handshake),
+    /// among them the one that started echod. Each is given it at accept,
+    /// until the backlog is first found empty; later connections inherit
+    /// it. Without it their urgent byte would be lost (see
+    /// `net::set_connection_options`).
+    pub backlog_without_oobinline: bool,
+}
+
+/// Whether the listeners are accepted from, and if not, why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepting {
+    /// Accepting.
+    Yes,
+    /// `--max-connections` are open: clients wait in the kernel's backlog
+    /// until one closes.
+    AtLimit,
+    /// The process or system ran out of descriptors: paused until
+    /// `retry_at`, so as not to spin on EMFILE.
+    OutOfDescriptors { retry_at: Instant },
+    /// Accepting again after running out of descriptors, and not yet
+    /// successfully: running out again is the same episode, so it is not
+    /// warned about again, and the first accept that works says so.
+    Retrying,
+}
+
+impl Accepting {
+    /// Whether an accept may be tried now.
+    pub fn may_accept(self) -> bool {
+        match self {
+            Accepting::Yes | Accepting::Retrying => true,
+            // A close accepts again.
+            Accepting::AtLimit => false,
+            // The retry timer accepts again.
+            Accepting::OutOfDescriptors { .. } => false,
+        }
+    }
 }
 
 /// What one `accept` call came to.
@@ -67,16 +106,31 @@ impl Listener {
             socket,
             local,
             failures_in_a_row: 0,
-            queued: false,
+            backlog_without_oobinline: false,
         }
     }
 
     /// Accepts one connection.
     pub fn accept(&mut self) -> Accepted {
         let accepted = match self.socket.accept() {
-            Ok((stream, peer)) => Accepted::Connection(stream, peer),
+            Ok((stream, peer)) => {
+                if self.backlog_without_oobinline {
+                    // Before its first read, so the urgent byte is read in
+                    // place: Linux keeps it in the receive queue and decides
+                    // inline or not when reading (tcp_recvmsg).
+                    if let Err(err) = socket2::SockRef::from(&stream).set_out_of_band_inline(true) {
+                        log::debug!(
+                            "could not set SO_OOBINLINE on a connection from {peer}: {err}"
+                        );
+                    }
+                }
+                Accepted::Connection(stream, peer)
+            }
             Err(err) => sort(err),
         };
+        if let Accepted::Empty = accepted {
+            self.backlog_without_oobinline = false;
+        }
         self.count(accepted)
     }
 
@@ -103,7 +157,7 @@ impl Listener {
 /// Sorts an accept error by what the loop must do about it (see the module
 /// docs).
 fn sort(err: io::Error) -> Accepted {
-    if err.kind() == io::ErrorKind::WouldBlock {
+    if would_block(&err) {
         return Accepted::Empty;
     }
     match err.raw_os_error() {

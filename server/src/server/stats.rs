@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::server::{CloseReason, UdpCounters};
+use super::{CloseReason, Server, UdpCounters};
 
 /// What happened to TCP connections so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -136,6 +136,25 @@ impl fmt::Display for Stats {
             u.dropped_shutdown,
             u.dropped_by_kernel,
         )
+    }
+}
+
+impl Server {
+    /// The counters, with the bytes of connections still open added in.
+    pub fn stats(&self) -> Stats {
+        let mut tcp = self.stats;
+        tcp.spliced = self.buffers.pipes.spliced;
+        tcp.splice_fallbacks = self.buffers.pipes.fallbacks;
+        for (_, conn) in &self.connections {
+            tcp.bytes_in += conn.bytes_in;
+            tcp.bytes_out += conn.bytes_out;
+        }
+        let mut udp = UdpCounters::default();
+        for socket in &self.udp {
+            udp.add(&socket.counters);
+        }
+        udp.add(&self.closed_udp);
+        Stats { tcp, udp }
     }
 }
 

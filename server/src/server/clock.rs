@@ -16,6 +16,12 @@ impl Millis {
     /// The server's start.
     pub const ZERO: Millis = Millis(0);
 
+    /// The point `span` after this one (wrapping, as the clock does).
+    #[cfg(test)]
+    pub fn after(self, span: Duration) -> Millis {
+        Millis(self.0.wrapping_add(span.as_millis() as u32))
+    }
+
     /// How long after `earlier` this is.
     pub fn since(self, earlier: Millis) -> Duration {
         Duration::from_millis(u64::from(self.0.wrapping_sub(earlier.0)))

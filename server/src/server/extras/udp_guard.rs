@@ -209,8 +209,9 @@ pub enum Verdict {
     Drop(DropReason),
 }
 
-/// The guard of one UDP socket: the port rule as a set, the per-source
-/// rate limiter and the total budget.
+/// The server's guard, one for all its UDP sockets (so a source's rate
+/// and the total budget hold however many addresses echod serves): the
+/// port rule as a set, the per-source rate limiter and the total budget.
 pub struct UdpGuard {
     refused: PortSet,
     limiter: Option<RateLimiter>,

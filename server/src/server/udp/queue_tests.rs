@@ -9,7 +9,9 @@ use std::io;
 use std::net::SocketAddr;
 
 use super::*;
+use crate::net::MAX_DATAGRAM;
 use crate::server::connection::test_readiness::{BOTH, WRITABLE};
+use crate::server::extras::udp_guard::GuardConfig;
 
 /// A datagram the fake socket will receive, with what the kernel says of it.
 struct Incoming {
@@ -74,7 +76,7 @@ fn peer(n: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 40_000 + n))
 }
 
-/// A UDP echo over the fake, rate limit off, with `datagrams` waiting.
+/// A UDP echo over the fake with `datagrams` waiting.
 fn echo(datagrams: Vec<Vec<u8>>) -> UdpEcho<Fake> {
     let fake = Fake::default();
     for (i, payload) in datagrams.into_iter().enumerate() {
@@ -85,21 +87,23 @@ fn echo(datagrams: Vec<Vec<u8>>) -> UdpEcho<Fake> {
             kernel_drops: None,
         });
     }
-    let guard = GuardConfig {
+    UdpEcho::new(fake, peer(9999))
+}
+
+/// Serves an event, then turns from the ready queue (which bring no new
+/// readiness) until the socket has nothing more to read (bounded), with
+/// the rate limits off.
+fn serve(echo: &mut UdpEcho<Fake>, event: Readiness) {
+    let config = GuardConfig {
         rate: 0,
         rate_total: 0,
         ..GuardConfig::default()
     };
-    UdpEcho::new(fake, peer(9999), &guard)
-}
-
-/// Serves an event, then turns from the ready queue (which bring no new
-/// readiness) until the socket has nothing more to read (bounded).
-fn serve(echo: &mut UdpEcho<Fake>, event: Readiness) {
+    let mut guard = UdpGuard::new(&config, Instant::now());
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut readiness = event;
     for _ in 0..100 {
-        if echo.on_ready(readiness, &mut buf) == Turn::Wait {
+        if echo.on_ready(readiness, &mut buf, &mut guard) == Turn::Wait {
             return;
         }
         readiness = Readiness::NONE;
@@ -188,7 +192,8 @@ fn a_failed_send_drops_only_that_reply() {
 
 /// The kernel's count comes with datagrams, from the socket's creation:
 /// the counter adds what it grew by, across the wrap at u32::MAX, and a
-/// datagram without it (Linux leaves it out while it is 0) changes nothing.
+/// datagram without it (Linux leaves it out while it is 0) changes nothing
+/// but, the first, sets the baseline at 0.
 #[test]
 fn the_kernel_drop_count_is_added_up_across_datagrams_and_its_wrap() {
     let mut udp = echo(Vec::new());
@@ -213,6 +218,25 @@ fn the_kernel_drop_count_is_added_up_across_datagrams_and_its_wrap() {
     assert_eq!(udp.counters.dropped_by_kernel, u64::from(u32::MAX) + 3);
     assert_eq!(udp.counters.received, 7);
     assert_eq!(udp.counters.dropped(), 0, "not among the received");
+}
+
+/// A socket a service manager kept open across restarts carries the drops
+/// of earlier runs in its count: the first datagram's count is the
+/// baseline, and only what the count grows by after it is this run's.
+#[test]
+fn the_first_kernel_drop_count_is_the_baseline() {
+    let mut udp = echo(Vec::new());
+    for drops in [Some(1_000), None, Some(1_000), Some(1_003)] {
+        udp.socket.incoming.borrow_mut().push_back(Incoming {
+            payload: b"x".to_vec(),
+            from: peer(1),
+            reply_from: None,
+            kernel_drops: drops,
+        });
+    }
+    serve(&mut udp, BOTH);
+    assert_eq!(udp.counters.dropped_by_kernel, 3);
+    assert_eq!(udp.counters.received, 4);
 }
 
 /// Each reply names the source its datagram said, queued or not.

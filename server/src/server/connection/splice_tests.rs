@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use socket2::SockRef;
 
-use super::super::pipe::MAX_PIPES;
+use super::super::MAX_PIPES;
 use super::test_readiness::{BOTH, WRITABLE};
 use super::*;
 
@@ -125,7 +125,7 @@ fn a_full_read_takes_a_pipe_and_the_bytes_go_through_it() {
     let mut bufs = Buffers::new(capacity).splicing(true);
     let payload = bytes(3 * capacity, 1);
     let (mut c, mut peer) = bulk_with_backlog(&mut bufs, &payload);
-    assert!(c.splicing.holds_pipe(), "{:?}", c.splicing);
+    assert!(c.pending.holds_pipe(), "{:?}", c.pending);
     let mut got = serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, |c| {
         matches!(c.state(), State::Closed(_))
     });
@@ -133,10 +133,7 @@ fn a_full_read_takes_a_pipe_and_the_bytes_go_through_it() {
     assert!(got == payload, "the echo differs");
     assert_eq!(c.state(), State::Closed(CloseReason::Eof));
     assert!(bufs.pipes.spliced > 0);
-    assert!(
-        !c.splicing.holds_pipe(),
-        "a closed connection holds no pipe"
-    );
+    assert!(!c.pending.holds_pipe(), "a closed connection holds no pipe");
 }
 
 /// Bytes the connection's socket holds, up to `max`, without taking them:
@@ -158,7 +155,7 @@ fn eof_with_bytes_in_the_pipe_flushes_them_then_closes() {
     let mut got = serve_until(&mut c, &mut peer, &mut bufs, 16 << 10, |c| {
         matches!(peek(c, 1), Ok(0)) || c.state() != State::Open
     });
-    assert!(c.splicing.holds_pipe(), "{:?}", c.splicing);
+    assert!(c.pending.holds_pipe(), "{:?}", c.pending);
     assert!(c.pending(&bufs) > 0, "the FIN came with the pipe empty");
     got.extend(serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, |c| {
         matches!(c.state(), State::Closed(_))
@@ -183,11 +180,11 @@ fn with_every_pipe_in_use_a_bulk_connection_copies() {
     let holders: Vec<_> = (0..bufs.pipes.limit())
         .map(|_| bulk_with_backlog(&mut bufs, &payload))
         .collect();
-    assert!(holders.iter().all(|(c, _)| c.splicing.holds_pipe()));
+    assert!(holders.iter().all(|(c, _)| c.pending.holds_pipe()));
     assert_eq!(bufs.pipes.fallbacks, 0);
 
     let (mut c, mut peer) = bulk_with_backlog(&mut bufs, &payload);
-    assert!(!c.splicing.holds_pipe(), "{:?}", c.splicing);
+    assert!(!c.pending.holds_pipe(), "{:?}", c.pending);
     assert!(bufs.pipes.fallbacks > 0, "the fallback is not counted");
     let mut got = serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, |c| {
         matches!(c.state(), State::Closed(_))
@@ -205,7 +202,7 @@ fn a_pipe_with_bytes_in_it_is_not_reused() {
     let (mut c, _peer) = bulk_with_backlog(&mut bufs, &bytes(3 * capacity, 4));
     assert!(c.pending(&bufs) > 0);
     c.begin_close(1, CloseReason::Shutdown, &mut bufs);
-    assert!(!c.splicing.holds_pipe());
+    assert!(!c.pending.holds_pipe());
 
     let payload = bytes(3 * capacity, 5);
     let (mut c, mut peer) = bulk_with_backlog(&mut bufs, &payload);
@@ -242,7 +239,7 @@ fn a_pipe_full_of_small_pieces_does_not_lose_readiness() {
     }
     peer.shutdown(Shutdown::Write).unwrap();
     c.on_ready(1, BOTH, &mut bufs);
-    assert!(c.splicing.holds_pipe(), "{:?}", c.splicing);
+    assert!(c.pending.holds_pipe(), "{:?}", c.pending);
     // The peer reads nothing yet: turns until the send buffer is full and
     // the pipe is full of slots.
     for _ in 0..100 {
@@ -365,7 +362,7 @@ fn urgent_data_does_not_stall_the_next_burst() {
     }
     c.on_ready(1, BOTH, &mut bufs);
     // Until the connection waits for the next edge, its pipe given back.
-    let idle = |c: &Connection<Pair<TcpStream>>| !c.ready.readable && !c.splicing.holds_pipe();
+    let idle = |c: &Connection<Pair<TcpStream>>| !c.ready.readable && !c.pending.holds_pipe();
     let mut got = serve_until(&mut c, &mut peer, &mut bufs, 1 << 20, idle);
     got.extend(take_all(&mut peer));
     let first = [&before[..], b"!"].concat();
@@ -416,7 +413,7 @@ fn urgent_data_reached_with_bytes_in_the_pipe_does_not_stall() {
     // 4 KiB a turn: far less than the pipe holds, so it is never empty
     // when the splice in gets to the mark.
     let mut got = serve_until(&mut c, &mut peer, &mut bufs, 4096, |c| {
-        !c.ready.readable && !c.splicing.holds_pipe()
+        !c.ready.readable && !c.pending.holds_pipe()
     });
     got.extend(take_all(&mut peer));
     assert!(bufs.pipes.spliced > 0, "no byte went through the pipe");

@@ -10,7 +10,10 @@
 //!
 //! Before a datagram is echoed, the [`UdpGuard`] may refuse it: sources
 //! that could start or feed a loop between two services (CERT CA-1996-01)
-//! or use echod as a reflector, and senders over their rate. Each drop is
+//! or use echod as a reflector, and senders over their rate. The server
+//! has one guard for all its UDP sockets, lent to each socket's turn, so
+//! that `--udp-rate` and `--udp-rate-total` bound what the server answers,
+//! however many addresses it is bound to. Each drop is
 //! counted by reason and logged at debug level; a warning sums them up at
 //! most once per reason every few seconds.
 //!
@@ -25,16 +28,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::connection::{Readiness, Turn};
-use super::udp_guard::{DropReason, DropWarnings, GuardConfig, UdpGuard, Verdict, WARN_INTERVAL};
-use crate::net::display_addr;
+use super::Turn;
+use super::extras::udp_guard::{DropReason, DropWarnings, UdpGuard, Verdict, WARN_INTERVAL};
+use crate::net::{Readiness, display_addr, interrupted, would_block};
 pub use socket::{EchoSocket, Received, ReplyFrom};
 
 mod socket;
-
-/// Large enough for any UDP payload: 65,535 minus the 8-byte UDP header is
-/// 65,527 (IPv6 over loopback); IPv4 carries at most 65,507.
-pub const MAX_DATAGRAM: usize = 65_536;
 
 /// Replies waiting for the socket to become writable, at most.
 const QUEUE_DATAGRAMS: usize = 64;
@@ -148,17 +147,15 @@ pub struct UdpEcho<S = EchoSocket> {
     ready: Readiness,
     queue: VecDeque<Reply>,
     queued_bytes: usize,
-    /// Decides which datagrams are not answered.
-    guard: UdpGuard,
     /// When to warn about drops (at most once per reason per interval).
     warnings: DropWarnings,
-    /// The kernel's drop count in the last datagram that carried one
-    /// (it wraps at `u32::MAX`; the counter adds the differences).
-    kernel_drops_seen: u32,
+    /// The kernel's drop count as of the last datagram received (it wraps
+    /// at `u32::MAX`; the counter adds the differences); `None` until the
+    /// first datagram, whose count is the baseline (see
+    /// [`UdpEcho::count_kernel_drops`]).
+    kernel_drops_seen: Option<u32>,
     /// What happened on this socket so far.
     pub counters: UdpCounters,
-    /// On the loop's ready queue now (so it is not queued twice).
-    pub queued: bool,
 }
 
 impl UdpEcho<EchoSocket> {
@@ -169,19 +166,17 @@ impl UdpEcho<EchoSocket> {
 }
 
 impl<S: Datagrams> UdpEcho<S> {
-    /// Wraps a bound socket; `guard` says which datagrams to refuse.
-    pub fn new(socket: S, local: SocketAddr, guard: &GuardConfig) -> UdpEcho<S> {
+    /// Wraps a bound socket.
+    pub fn new(socket: S, local: SocketAddr) -> UdpEcho<S> {
         UdpEcho {
             socket,
             local,
             ready: Readiness::default(),
             queue: VecDeque::new(),
             queued_bytes: 0,
-            guard: UdpGuard::new(guard, Instant::now()),
             warnings: DropWarnings::default(),
-            kernel_drops_seen: 0,
+            kernel_drops_seen: None,
             counters: UdpCounters::default(),
-            queued: false,
         }
     }
 
@@ -209,8 +204,10 @@ impl<S: Datagrams> UdpEcho<S> {
 
     /// Serves an event: sends queued replies, then receives and echoes
     /// until WouldBlock or the turn's budget is spent. `buf` is the loop's
-    /// datagram buffer, [`MAX_DATAGRAM`] bytes.
-    pub fn on_ready(&mut self, new: Readiness, buf: &mut [u8]) -> Turn {
+    /// datagram buffer, [`MAX_DATAGRAM`](crate::net::MAX_DATAGRAM) bytes;
+    /// `guard` is the server's, shared by all its UDP sockets, and decides
+    /// which datagrams are not answered.
+    pub fn on_ready(&mut self, new: Readiness, buf: &mut [u8], guard: &mut UdpGuard) -> Turn {
         self.ready.readable |= new.readable;
         self.ready.writable |= new.writable;
         self.send_queued();
@@ -234,18 +231,16 @@ impl<S: Datagrams> UdpEcho<S> {
                         self.local,
                         display_addr(peer)
                     );
-                    if let Some(drops) = kernel_drops {
-                        self.count_kernel_drops(drops);
-                    }
-                    match self.guard.check(peer, now) {
+                    self.count_kernel_drops(kernel_drops);
+                    match guard.check(peer, now) {
                         Verdict::Answer => self.echo(&buf[..len], peer, reply_from),
                         Verdict::Drop(reason) => self.refuse(reason, peer, now),
                     }
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if would_block(&err) => {
                     self.ready.readable = false;
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if interrupted(&err) => {}
                 Err(err) => {
                     // An ICMP error from an earlier reply (port unreachable)
                     // can surface here; it concerns that peer, not us.
@@ -260,14 +255,31 @@ impl<S: Datagrams> UdpEcho<S> {
         }
     }
 
-    /// Takes the kernel's drop count carried by a datagram: what it grew
-    /// by since the last one is added to the counter.
-    fn count_kernel_drops(&mut self, drops: u32) {
-        let new = drops.wrapping_sub(self.kernel_drops_seen);
+    /// Takes the kernel's drop count carried by a datagram (`None`: Linux
+    /// leaves it out while it is 0): what it grew by since the last one is
+    /// added to the counter.
+    ///
+    /// The count is the socket's since its creation, not echod's: a socket
+    /// inherited from a service manager (which keeps it open across
+    /// restarts) carries the drops of earlier runs. So the first datagram's
+    /// count is only the baseline. On a socket echod bound itself that
+    /// baseline is 0, since the first datagram queued found the queue
+    /// empty, so nothing is lost by it.
+    fn count_kernel_drops(&mut self, drops: Option<u32>) {
+        let Some(seen) = self.kernel_drops_seen else {
+            self.kernel_drops_seen = Some(drops.unwrap_or(0));
+            return;
+        };
+        // Later, a datagram without the count changes nothing (the count
+        // only grows; it is left out again only if it wraps to 0 exactly).
+        let Some(drops) = drops else {
+            return;
+        };
+        let new = drops.wrapping_sub(seen);
         if new == 0 {
             return;
         }
-        self.kernel_drops_seen = drops;
+        self.kernel_drops_seen = Some(drops);
         self.counters.dropped_by_kernel += u64::from(new);
         log::debug!(
             "udp {}: the kernel dropped {new} more datagrams (its receive buffer was full)",
@@ -321,7 +333,7 @@ impl<S: Datagrams> UdpEcho<S> {
                     self.counters.sent += 1;
                     return;
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if would_block(&err) => {
                     self.ready.writable = false;
                 }
                 Err(err) => {
@@ -355,11 +367,11 @@ impl<S: Datagrams> UdpEcho<S> {
             };
             match self.socket.send(&reply.payload, reply.to, reply.from) {
                 Ok(_) => self.counters.sent += 1,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if would_block(&err) => {
                     self.ready.writable = false;
                     return;
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if interrupted(&err) => continue,
                 Err(err) => {
                     let to = reply.to;
                     self.send_failed(to, &err);

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use std::net::{IpAddr, SocketAddr};
 
 use super::*;
-use crate::server::udp_guard::REFLECTOR_PORTS;
+use crate::net::MAX_DATAGRAM;
+use crate::server::extras::udp_guard::{GuardConfig, REFLECTOR_PORTS};
 
 /// The longest any wait here may take: a hung test is a failed test.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,15 +27,19 @@ fn echo_socket(addr: SocketAddr) -> (EchoSocket, SocketAddr) {
     (EchoSocket::new(socket, local).unwrap(), local)
 }
 
-fn echo_with(guard: GuardConfig) -> UdpEcho {
+/// An echo on 127.0.0.1 and the guard its turns are given.
+fn echo_with(guard: GuardConfig) -> (UdpEcho, UdpGuard) {
     let (socket, local) = echo_socket((LOOPBACK, 0).into());
-    UdpEcho::new(socket, local, &guard)
+    (
+        UdpEcho::new(socket, local),
+        UdpGuard::new(&guard, Instant::now()),
+    )
 }
 
 /// Serves the socket as the loop would until it has received `count`
 /// datagrams in all (bounded in time).
 #[track_caller]
-fn serve_until_received(echo: &mut UdpEcho, count: u64) {
+fn serve_until_received(echo: &mut UdpEcho, guard: &mut UdpGuard, count: u64) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let deadline = Instant::now() + TIMEOUT;
     let ready = Readiness {
@@ -48,10 +53,19 @@ fn serve_until_received(echo: &mut UdpEcho, count: u64) {
             "only {} of {count} datagrams arrived",
             echo.counters.received
         );
-        if echo.on_ready(ready, &mut buf) == Turn::Wait {
+        if echo.on_ready(ready, &mut buf, guard) == Turn::Wait {
             thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+/// The most datagrams a token bucket of `rate` per second, full at the
+/// start, lets through in `elapsed`: the burst and the refill, rounded up.
+/// A bound that holds whatever the time taken (a slow machine only makes
+/// it looser).
+fn most_answered(rate: u32, elapsed: Duration) -> u64 {
+    let refill = (u128::from(rate) * elapsed.as_nanos()).div_ceil(1_000_000_000);
+    u64::from(rate) + u64::try_from(refill).unwrap_or(u64::MAX)
 }
 
 /// A client socket on `ip` bound to `port`, or `None` (with the reason
@@ -84,7 +98,7 @@ fn assert_unanswered(socket: &StdUdpSocket) {
 
 #[test]
 fn datagrams_from_refused_ports_are_counted_and_not_answered() {
-    let mut echo = echo_with(GuardConfig::default());
+    let (mut echo, mut guard) = echo_with(GuardConfig::default());
     let server = echo.local_addr();
     // Ports 7 and 19 need root to bind; the reflector ports above 1023
     // do not, so this test always has at least one refused port to use.
@@ -98,7 +112,7 @@ fn datagrams_from_refused_ports_are_counted_and_not_answered() {
     }
     let ordinary = client_on(LOOPBACK, 0).unwrap();
     ordinary.send_to(b"hello", server).unwrap();
-    serve_until_received(&mut echo, refused.len() as u64 + 1);
+    serve_until_received(&mut echo, &mut guard, refused.len() as u64 + 1);
 
     let mut buf = [0u8; 64];
     let (n, from) = ordinary.recv_from(&mut buf).unwrap();
@@ -125,12 +139,12 @@ fn an_allowed_port_is_answered() {
     let Some(client) = client_on(Ipv4Addr::new(127, 0, 0, 2), port) else {
         return;
     };
-    let mut echo = echo_with(GuardConfig {
+    let (mut echo, mut guard) = echo_with(GuardConfig {
         allow_ports: vec![format!("{port}").parse().unwrap()],
         ..GuardConfig::default()
     });
     client.send_to(b"allowed", echo.local_addr()).unwrap();
-    serve_until_received(&mut echo, 1);
+    serve_until_received(&mut echo, &mut guard, 1);
     let mut buf = [0u8; 64];
     let (n, _) = client.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"allowed");
@@ -141,8 +155,9 @@ fn an_allowed_port_is_answered() {
 fn a_sender_over_its_rate_is_counted_and_not_answered() {
     const RATE: u32 = 10;
     const SENT: u64 = 100;
+    let start = Instant::now();
     // The client is on loopback, which is exempt unless this is set.
-    let mut echo = echo_with(GuardConfig {
+    let (mut echo, mut guard) = echo_with(GuardConfig {
         rate: RATE,
         limit_loopback: true,
         ..GuardConfig::default()
@@ -151,14 +166,15 @@ fn a_sender_over_its_rate_is_counted_and_not_answered() {
     for i in 0..SENT {
         client.send_to(&i.to_be_bytes(), echo.local_addr()).unwrap();
     }
-    serve_until_received(&mut echo, SENT);
+    serve_until_received(&mut echo, &mut guard, SENT);
 
     let counters = echo.counters;
     assert_eq!(counters.sent + counters.dropped_rate, SENT, "{counters:?}");
-    // The bucket starts full (one burst); on a machine slow enough to
-    // take seconds over this, it refills at RATE per second.
+    // The bucket starts full (one burst), then refills at RATE per
+    // second: at most what the time taken allows, however long it was.
     assert!(counters.sent >= u64::from(RATE), "{counters:?}");
-    assert!(counters.sent <= 5 * u64::from(RATE), "{counters:?}");
+    let most = most_answered(RATE, start.elapsed());
+    assert!(counters.sent <= most, "more than {most}: {counters:?}");
     let mut buf = [0u8; 64];
     for _ in 0..counters.sent {
         client
@@ -181,11 +197,8 @@ fn datagrams_the_kernel_dropped_are_counted() {
         .set_recv_buffer_size(1)
         .unwrap();
     let local = socket.local_addr().unwrap();
-    let mut echo = UdpEcho::new(
-        EchoSocket::new(socket, local).unwrap(),
-        local,
-        &GuardConfig::default(),
-    );
+    let mut echo = UdpEcho::new(EchoSocket::new(socket, local).unwrap(), local);
+    let mut guard = UdpGuard::new(&GuardConfig::default(), Instant::now());
     let client = client_on(LOOPBACK, 0).unwrap();
     for i in 0..BURST {
         client.send_to(&[i as u8; 1400], local).unwrap();
@@ -196,12 +209,12 @@ fn datagrams_the_kernel_dropped_are_counted() {
         writable: true,
         ..Readiness::NONE
     };
-    assert_eq!(echo.on_ready(ready, &mut buf), Turn::Wait);
+    assert_eq!(echo.on_ready(ready, &mut buf, &mut guard), Turn::Wait);
     let kept = echo.counters.received;
     assert!((1..BURST).contains(&kept), "{kept} of {BURST} kept");
     // The queue is empty again: the next datagram gets in, with the count.
     client.send_to(b"and one more", local).unwrap();
-    serve_until_received(&mut echo, kept + 1);
+    serve_until_received(&mut echo, &mut guard, kept + 1);
     assert_eq!(echo.counters.dropped_by_kernel, BURST - kept);
     assert_eq!(echo.counters.sent, kept + 1);
 }
