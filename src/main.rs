@@ -3,22 +3,22 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::CommandFactory;
 
 use echod::cli::{Cli, Command};
 
 mod logger;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_or_exit();
     init_logging(cli.log_level());
     match &cli.command {
         None => serve(&cli),
         Some(Command::Generate(args)) => generate(args),
-        Some(Command::Client(args)) => echod::client::run(args),
-        Some(Command::Ping(args)) => echod::ping::run(args),
-        Some(Command::Bench(args)) => echod::bench::run(args),
-        Some(Command::Check(args)) => echod::check::command(args),
+        Some(Command::Client(args)) => echod::client::run(&args.to_config()),
+        Some(Command::Ping(args)) => echod::ping::run(&args.to_config()),
+        Some(Command::Bench(args)) => echod::bench::run(&args.to_config()),
+        Some(Command::Check(args)) => echod::check::command(args.to_request()),
     }
 }
 
@@ -50,7 +50,7 @@ fn serve(cli: &Cli) -> ExitCode {
 
 fn generate(args: &echod::generate::GenerateArgs) -> ExitCode {
     let mut out = std::io::stdout().lock();
-    match args.write(&mut out) {
+    match args.write(Cli::command(), &mut out) {
         Ok(()) => ExitCode::SUCCESS,
         // `echod generate man | head`: the reader has all it wanted.
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::payload::{Difference, first_difference};
-use crate::target::{self, ConnectError};
+use super::payload::{Difference, first_difference};
+use super::target::{self, ConnectError};
 use echod_server::net::Transport;
 
 const SOCKET: Token = Token(0);
@@ -33,8 +33,7 @@ const SOCKET: Token = Token(0);
 /// answers. A few cover retries and a probe or two that timed out.
 const REMEMBERED: usize = 8;
 
-/// The largest UDP payload over IPv4 (65,535 − 8 UDP − 20 IP header bytes).
-pub const MAX_UDP_PAYLOAD: usize = 65_507;
+pub use echod_server::net::{MAX_UDP_PAYLOAD, interrupted, would_block};
 
 /// Why an exchange did not bring the message back.
 #[derive(Debug)]
@@ -208,12 +207,12 @@ impl Exchanger {
                         received: n,
                     }));
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if would_block(&err) => {
                     if !wait(&mut self.poll, &mut self.events, deadline)? {
                         break Err(ExchangeError::Timeout { received: 0 });
                     }
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if interrupted(&err) => {}
                 Err(err) => break Err(err.into()),
             }
         };
@@ -231,40 +230,10 @@ impl Exchanger {
         };
         let start = Instant::now();
         let deadline = start + timeout;
-        let (mut written, mut received) = (0, 0);
-        while received < message.len() {
-            let mut blocked = true;
-            if written < message.len() {
-                match stream.write(&message[written..]) {
-                    Ok(n) => {
-                        written += n;
-                        blocked = false;
-                    }
-                    Err(err) if would_block(&err) => {}
-                    Err(err) => return Err(err.into()),
-                }
-            }
-            // Read no further than this message: anything past it is not
-            // ours to take, and shows up as a mismatch next time.
-            let want = (message.len() - received).min(self.buf.len());
-            match stream.read(&mut self.buf[..want]) {
-                Ok(0) => return Err(ExchangeError::Closed { received }),
-                Ok(n) => {
-                    let expected = &message[received..received + n];
-                    if *expected != self.buf[..n] {
-                        let difference = first_difference(expected, &self.buf[..n]);
-                        return Err(ExchangeError::Differs(difference.at(received)));
-                    }
-                    received += n;
-                    blocked = false;
-                }
-                Err(err) if would_block(&err) => {}
-                Err(err) => return Err(err.into()),
-            }
-            if blocked && !wait(&mut self.poll, &mut self.events, deadline)? {
-                return Err(ExchangeError::Timeout { received });
-            }
-        }
+        let (poll, events) = (&mut self.poll, &mut self.events);
+        send_and_check(stream, message, &mut self.buf, || {
+            wait(poll, events, deadline)
+        })?;
         Ok(start.elapsed())
     }
 
@@ -281,6 +250,7 @@ impl Exchanger {
         loop {
             match socket.send(message) {
                 Ok(_) => break,
+                Err(err) if interrupted(&err) => {}
                 Err(err) if would_block(&err) => {
                     if !wait(&mut self.poll, &mut self.events, deadline)? {
                         return Err(ExchangeError::Timeout { received: 0 });
@@ -307,6 +277,7 @@ impl Exchanger {
                         &self.buf[..n],
                     )));
                 }
+                Err(err) if interrupted(&err) => {}
                 Err(err) if would_block(&err) => {
                     if !wait(&mut self.poll, &mut self.events, deadline)? {
                         break Err(ExchangeError::Timeout { received: 0 });
@@ -326,6 +297,57 @@ impl Exchanger {
     }
 }
 
+/// Writes `message` to `stream` and reads its echo at the same time,
+/// comparing as it comes; `wait` is called when neither direction can make
+/// progress, and returns false once the deadline has passed.
+///
+/// Interrupted is retried at once: a signal cut the call short, the socket
+/// is as ready as it was, and no new edge will come to say so.
+fn send_and_check<S: Read + Write>(
+    stream: &mut S,
+    message: &[u8],
+    buf: &mut [u8],
+    mut wait: impl FnMut() -> io::Result<bool>,
+) -> Result<(), ExchangeError> {
+    let (mut written, mut received) = (0, 0);
+    while received < message.len() {
+        let mut blocked = true;
+        if written < message.len() {
+            match stream.write(&message[written..]) {
+                Ok(n) => {
+                    written += n;
+                    blocked = false;
+                }
+                Err(err) if interrupted(&err) => blocked = false,
+                Err(err) if would_block(&err) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        // Read no further than this message: anything past it is not
+        // ours to take, and shows up as a mismatch next time.
+        let want = (message.len() - received).min(buf.len());
+        match stream.read(&mut buf[..want]) {
+            Ok(0) => return Err(ExchangeError::Closed { received }),
+            Ok(n) => {
+                let expected = &message[received..received + n];
+                if *expected != buf[..n] {
+                    let difference = first_difference(expected, &buf[..n]);
+                    return Err(ExchangeError::Differs(difference.at(received)));
+                }
+                received += n;
+                blocked = false;
+            }
+            Err(err) if interrupted(&err) => blocked = false,
+            Err(err) if would_block(&err) => {}
+            Err(err) => return Err(err.into()),
+        }
+        if blocked && !wait()? {
+            return Err(ExchangeError::Timeout { received });
+        }
+    }
+    Ok(())
+}
+
 /// Polls until an event or `deadline`; false when the deadline passed.
 /// Callers retry their reads and writes after any event: with edge
 /// triggering the event only says something changed.
@@ -340,14 +362,6 @@ fn wait(poll: &mut Poll, events: &mut Events, deadline: Instant) -> io::Result<b
         Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(true),
         Err(err) => Err(err),
     }
-}
-
-/// WouldBlock and Interrupted are flow control, not failures.
-pub fn would_block(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
 }
 
 #[cfg(test)]
@@ -367,7 +381,7 @@ mod tests {
             io::copy(&mut conn.try_clone().unwrap(), &mut conn).unwrap();
         });
         let mut ex = Exchanger::new(addr, Transport::Tcp, Duration::from_secs(5)).unwrap();
-        let message = crate::payload::message(0, 1, 200_000);
+        let message = crate::kit::payload::message(0, 1, 200_000);
         ex.round_trip(&message, Duration::from_secs(10)).unwrap();
         ex.close(Duration::from_secs(10)).unwrap();
         server.join().unwrap();
@@ -400,5 +414,63 @@ mod tests {
         );
         assert_eq!(ex.late, 1);
         script.join().unwrap();
+    }
+
+    /// A stream that echoes what is written to it, after answering the
+    /// first write and the first read with Interrupted.
+    struct InterruptedOnce {
+        echo: VecDeque<u8>,
+        write_interrupted: bool,
+        read_interrupted: bool,
+    }
+
+    impl Write for InterruptedOnce {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if !self.write_interrupted {
+                self.write_interrupted = true;
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            self.echo.extend(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Read for InterruptedOnce {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if !self.read_interrupted {
+                self.read_interrupted = true;
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            if self.echo.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.echo.read(buf)
+        }
+    }
+
+    /// Interrupted is retried, not waited on: the socket's readiness did
+    /// not change, so no edge would come and the echo would time out
+    /// although it is there to be read.
+    #[test]
+    fn interrupted_calls_are_retried_not_waited_on() {
+        let mut stream = InterruptedOnce {
+            echo: VecDeque::new(),
+            write_interrupted: false,
+            read_interrupted: false,
+        };
+        let mut buf = [0; 64];
+        let mut waits = 0;
+        // Waiting is what the bug did: here no edge ever comes, as on a
+        // socket that was ready all along.
+        let result = send_and_check(&mut stream, b"hello", &mut buf, || {
+            waits += 1;
+            Ok(false)
+        });
+        assert!(result.is_ok(), "{:?}", result.err());
+        assert_eq!(waits, 0);
     }
 }

@@ -12,7 +12,12 @@
 //! lost block of exactly one period. Copying from a pool costs what a
 //! `memcpy` costs, so a load generator that checks every byte of large
 //! messages stays lighter than the server it loads.
+//!
+//! `echod check` sends streams instead ([`Payload`]): bytes given, or up
+//! to tens of MiB made from a seed a word at a time with the same
+//! splitmix64, none of them a newline, regenerated to verify the echo.
 
+use std::io::{self, Read};
 use std::sync::OnceLock;
 
 /// Size of the pool of pseudo-random bytes messages are cut from: a power
@@ -189,6 +194,100 @@ pub fn first_difference(expected: &[u8], received: &[u8]) -> Difference {
     }
 }
 
+/// What a check sends. Random payloads are generated on the fly from a seed
+/// (and regenerated to verify the echo), so tens of MiB cost no memory.
+#[derive(Clone, Copy, Debug)]
+pub enum Payload<'a> {
+    /// These bytes.
+    Bytes(&'a [u8]),
+    /// `len` pseudo-random bytes from `seed`, none of them a newline: a
+    /// server that waits for a newline gets none.
+    Random {
+        /// Chooses the sequence; different clients use different seeds.
+        seed: u64,
+        /// How many bytes.
+        len: u64,
+    },
+}
+
+impl<'a> Payload<'a> {
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Payload::Bytes(bytes) => bytes.len() as u64,
+            Payload::Random { len, .. } => *len,
+        }
+    }
+
+    /// True for an empty payload.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Its bytes from the start, as a reader.
+    pub fn reader(&self) -> PayloadReader<'a> {
+        match *self {
+            Payload::Bytes(bytes) => PayloadReader::Bytes(bytes),
+            Payload::Random { seed, len } => PayloadReader::Random { seed, at: 0, len },
+        }
+    }
+
+    /// The payload as a vector (for small payloads and tests).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        // Reading from a payload cannot fail.
+        let _ = self.reader().read_to_end(&mut all);
+        all
+    }
+}
+
+/// The bytes of a [`Payload`], in order.
+#[derive(Debug)]
+pub enum PayloadReader<'a> {
+    /// What is left of a byte slice.
+    Bytes(&'a [u8]),
+    /// Pseudo-random bytes: each 8-byte word is a hash of the seed and its
+    /// index, so any part can be made without the ones before it, a word
+    /// at a time.
+    Random {
+        /// Chooses the sequence.
+        seed: u64,
+        /// Offset of the next byte.
+        at: u64,
+        /// Length of the whole payload.
+        len: u64,
+    },
+}
+
+impl Read for PayloadReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            PayloadReader::Bytes(bytes) => bytes.read(buf),
+            PayloadReader::Random { seed, at, len } => {
+                let left = usize::try_from(*len - *at).unwrap_or(usize::MAX);
+                let n = buf.len().min(left);
+                let mut filled = 0;
+                while filled < n {
+                    let pos = *at + filled as u64;
+                    let word = mix(mix(*seed) ^ (pos / 8));
+                    let from = (pos % 8) as usize;
+                    let take = (8 - from).min(n - filled);
+                    buf[filled..filled + take]
+                        .copy_from_slice(&word.to_le_bytes()[from..from + take]);
+                    filled += take;
+                }
+                for byte in &mut buf[..n] {
+                    if *byte == b'\n' {
+                        *byte = b'.';
+                    }
+                }
+                *at += n as u64;
+                Ok(n)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +335,37 @@ mod tests {
                 received: 99
             })
         );
+    }
+
+    #[test]
+    fn random_payloads_read_the_same_in_any_pieces() {
+        let payload = Payload::Random { seed: 9, len: 1001 };
+        let whole = payload.to_vec();
+        let mut reader = payload.reader();
+        let mut pieces = Vec::new();
+        for size in [1, 3, 8, 13, 64, 1000].iter().cycle().take(100) {
+            let mut buf = vec![0; *size];
+            let n = reader.read(&mut buf).unwrap();
+            pieces.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(pieces, whole);
+    }
+
+    #[test]
+    fn random_payloads_repeat_and_have_no_newline() {
+        let payload = Payload::Random {
+            seed: 7,
+            len: 100_000,
+        };
+        let a = payload.to_vec();
+        assert_eq!(a.len(), 100_000);
+        assert_eq!(a, payload.to_vec());
+        assert!(!a.contains(&b'\n'));
+        let other = Payload::Random {
+            seed: 8,
+            len: 100_000,
+        }
+        .to_vec();
+        assert_ne!(a, other);
     }
 }

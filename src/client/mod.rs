@@ -13,12 +13,14 @@
 //! - **UDP** (`--udp`): stdin is cut into datagrams, each sent and awaited
 //!   in turn, resent on timeout ([`run_udp`]).
 //! - **Interactive** (stdin is a terminal, or `-i`): line by line with
-//!   round-trip times, in [`crate::interactive`].
+//!   round-trip times, in [`interactive`].
 //!
 //! Stdin is read by a thread: it may be a regular file, which epoll cannot
 //! watch, and making a shared stdin nonblocking would change it for every
 //! other process using it (the shell, after we exit). The thread hands
 //! chunks over a bounded channel and wakes the loop with a `mio::Waker`.
+
+pub mod interactive;
 
 use std::io::{self, IsTerminal, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -27,79 +29,51 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
-use clap::Args;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::cli::parse_within;
-use crate::exchange::{ExchangeError, MAX_UDP_PAYLOAD};
-use crate::target::{self, parse_timeout, seconds};
-use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
-use crate::verify::InFlight;
+use crate::kit::duration::seconds;
+use crate::kit::exchange::ExchangeError;
+use crate::kit::readiness::Readiness;
+use crate::kit::target;
+use crate::kit::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
+use crate::kit::verify::InFlight;
 use echod_server::net::Transport;
 
-const EXAMPLES: &str = "\
-Examples:
-  echod client localhost:7007 < file > copy     the echo of file; exit 1 if it differs
-  echo hello | echod client 127.0.0.1:7007      prints hello
-  echod client localhost:7007                   on a terminal: line by line, with timings
-  echod client --udp -s 512 host:7 < file       file as 512-byte datagrams
-  printf 'a\\nQ\\n' | echod client -i host:7007  line mode from a pipe; Q ends
-
-Exit status: 0 if everything came back intact, 1 if the echo differed,
-was cut short, was lost or the server could not be reached, 2 for usage
-or setup errors (bad option, unknown host, unreadable stdin).";
-
-/// The options of `echod client` (the help text is on
-/// [`crate::cli::Command`]).
-#[derive(Debug, Args)]
-#[command(after_help = EXAMPLES)]
-pub struct ClientArgs {
-    /// The echo server (see [`target::resolve`] for the forms accepted).
-    #[arg(value_name = "ADDR", value_parser = target::resolve, help = target::ADDR_HELP)]
+/// What `echod client` is to do: its command line, validated (by `cli.rs`).
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The echo server.
     pub addr: SocketAddr,
 
     /// Send stdin as UDP datagrams instead of a TCP stream.
-    #[arg(short, long)]
     pub udp: bool,
 
     /// Line mode: a prompt, each line sent and its echo shown with the
     /// round-trip time; Q, quit or Ctrl-D ends. The default when stdin is
     /// a terminal.
-    #[arg(short, long)]
     pub interactive: bool,
 
     /// TCP: do not compare the echo with what was sent (counts are still
     /// checked). Datagrams and lines are always compared.
-    #[arg(long)]
     pub no_verify: bool,
 
     /// UDP: the most bytes of stdin per datagram (at most 65,507). The
     /// default fits one Ethernet frame.
-    #[arg(short, long, default_value_t = 1472, value_name = "BYTES",
-          value_parser = |t: &str| parse_within::<u32>(
-              t, "a number of bytes", 1..=MAX_UDP_PAYLOAD as u32, ""))]
     pub size: u32,
 
     /// Time to connect, and the longest silence while an echo is awaited
     /// (2, 0.5, 250ms; 1 ms to an hour). UDP: time each datagram has to
     /// come back.
-    #[arg(short = 'W', long, default_value = "2", value_parser = parse_timeout)]
     pub timeout: Duration,
 
     /// UDP: how often a datagram is resent when its echo does not come
     /// back in time, before it counts as lost (0 to 100).
-    #[arg(long, default_value_t = 2,
-          value_parser = |t: &str| parse_within::<u32>(
-              t, "a number of retries", 0..=100, ""))]
     pub retries: u32,
 
     /// TCP: the most bytes sent and not yet echoed; stdin waits while this
     /// many are in flight. It bounds the client's memory (1024 to
     /// 268435456, 256 MiB).
-    #[arg(long, default_value_t = DEFAULT_WINDOW, value_name = "BYTES",
-          value_parser = |t: &str| parse_within::<u32>(
-              t, "a number of bytes", 1024..=256 << 20, " (256 MiB)"))]
     pub window: u32,
 }
 
@@ -116,14 +90,14 @@ const CHUNK: usize = 64 * 1024;
 const QUEUED_CHUNKS: usize = 4;
 
 /// Runs `echod client` and returns its exit status.
-pub fn run(args: &ClientArgs) -> ExitCode {
-    if args.interactive || io::stdin().is_terminal() {
-        return crate::interactive::run(args);
+pub fn run(config: &ClientConfig) -> ExitCode {
+    if config.interactive || io::stdin().is_terminal() {
+        return interactive::run(config);
     }
-    if args.udp {
-        return run_udp(args);
+    if config.udp {
+        return run_udp(config);
     }
-    match run_tcp(args) {
+    match run_tcp(config) {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(failure) => failure.report(),
     }
@@ -206,12 +180,12 @@ fn spawn_input(waker: Arc<Waker>) -> Receiver<Input> {
 
 /// The TCP stream mode: stdin to the server and the echo to stdout at the
 /// same time, checked as it comes.
-pub fn run_tcp(args: &ClientArgs) -> Result<(), Failure> {
+pub fn run_tcp(config: &ClientConfig) -> Result<(), Failure> {
     let setup = |err: io::Error| Failure::Setup(format!("could not set up the event loop: {err}"));
     let mut poll = Poll::new().map_err(setup)?;
     let waker = Arc::new(Waker::new(poll.registry(), STDIN).map_err(setup)?);
-    let mut stream =
-        target::connect(args.addr, args.timeout).map_err(|err| Failure::Echo(err.to_string()))?;
+    let mut stream = target::connect(config.addr, config.timeout)
+        .map_err(|err| Failure::Echo(err.to_string()))?;
     poll.registry()
         .register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)
         .map_err(setup)?;
@@ -222,14 +196,13 @@ pub fn run_tcp(args: &ClientArgs) -> Result<(), Failure> {
     let input = spawn_input(Arc::clone(&waker));
     let mut session = Session {
         stream,
-        verify: !args.no_verify,
-        flight: InFlight::with_capacity(args.window as usize),
+        verify: !config.no_verify,
+        flight: InFlight::with_capacity(config.window as usize),
         pending: None,
         source: Source::Reading,
         write_shut: false,
         send_error: None,
-        readable: true,
-        writable: true,
+        ready: Readiness::BOTH,
         sent: 0,
         received: 0,
         last_echo: Instant::now(),
@@ -249,9 +222,9 @@ pub fn run_tcp(args: &ClientArgs) -> Result<(), Failure> {
         if progress {
             continue; // readiness may be left: use it before polling
         }
-        let timeout = session
-            .awaiting_echo()
-            .then(|| (session.last_echo + args.timeout).saturating_duration_since(Instant::now()));
+        let timeout = session.awaiting_echo().then(|| {
+            (session.last_echo + config.timeout).saturating_duration_since(Instant::now())
+        });
         match poll.poll(&mut events, timeout) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -259,24 +232,19 @@ pub fn run_tcp(args: &ClientArgs) -> Result<(), Failure> {
         }
         for event in events.iter() {
             if event.token() == SOCKET {
-                // Errors and hang-ups count as both: the next read or write
-                // is what reports them.
-                session.readable |=
-                    event.is_readable() || event.is_read_closed() || event.is_error();
-                session.writable |=
-                    event.is_writable() || event.is_write_closed() || event.is_error();
+                session.ready.note(event);
             }
             // STDIN: the waker; the next turn takes the chunk.
         }
         if events.is_empty()
             && session.awaiting_echo()
-            && session.last_echo.elapsed() >= args.timeout
+            && session.last_echo.elapsed() >= config.timeout
         {
             return Err(Failure::Echo(format!(
                 "no echo from {} for {} with {} bytes sent and not yet echoed; the server \
                  may be stuck or overloaded (allow longer with --timeout)",
-                args.addr,
-                seconds(args.timeout),
+                config.addr,
+                seconds(config.timeout),
                 session.sent - session.received
             )));
         }
@@ -301,8 +269,7 @@ struct Session {
     /// to its end before this is reported.
     send_error: Option<io::Error>,
     /// Remembered readiness: true until a call says WouldBlock.
-    readable: bool,
-    writable: bool,
+    ready: Readiness,
     sent: u64,
     received: u64,
     last_echo: Instant,
@@ -347,7 +314,7 @@ impl Session {
     /// Writes the pending chunk, as far as the socket and the window allow.
     fn send(&mut self) -> Result<bool, Failure> {
         let mut progress = false;
-        while self.writable && self.send_error.is_none() {
+        while self.ready.writable && self.send_error.is_none() {
             let Some(pending) = &mut self.pending else {
                 break;
             };
@@ -373,7 +340,7 @@ impl Session {
                     }
                     progress = true;
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.writable = false,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.ready.writable = false,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
                     // Read what the server still echoed before saying
@@ -414,7 +381,7 @@ impl Session {
         for _ in 0..READS_PER_TURN {
             // After a failed send the socket is dead: read on regardless
             // of readiness, to the end of what the server echoed.
-            if !self.readable && self.send_error.is_none() {
+            if !self.ready.readable && self.send_error.is_none() {
                 break;
             }
             let n = match self.stream.read(&mut self.buf) {
@@ -424,7 +391,7 @@ impl Session {
                     if let Some(err) = self.send_error.take() {
                         return Err(self.broken("sending", &err));
                     }
-                    self.readable = false;
+                    self.ready.readable = false;
                     break;
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -516,14 +483,15 @@ fn stdout_failure(err: &io::Error) -> Failure {
 /// The UDP mode: stdin cut into datagrams of up to `--size` bytes (one
 /// read of stdin each, as nc does), each sent and its echo awaited in
 /// turn, resent up to `--retries` times.
-pub fn run_udp(args: &ClientArgs) -> ExitCode {
-    let mut exchanger = match tool::exchanger("client", args.addr, Transport::Udp, args.timeout) {
+pub fn run_udp(config: &ClientConfig) -> ExitCode {
+    let mut exchanger = match tool::exchanger("client", config.addr, Transport::Udp, config.timeout)
+    {
         Ok(ex) => ex,
         Err(status) => return status,
     };
     let mut stdin = io::stdin().lock();
     let mut out = io::stdout().lock();
-    let mut datagram = vec![0; args.size as usize];
+    let mut datagram = vec![0; config.size as usize];
     let (mut count, mut offset, mut lost, mut wrong, mut resent) = (0u64, 0u64, 0u64, 0u64, 0u64);
     loop {
         let n = match stdin.read(&mut datagram) {
@@ -544,8 +512,8 @@ pub fn run_udp(args: &ClientArgs) -> ExitCode {
         let mut tries = 0;
         let outcome = loop {
             tries += 1;
-            match exchanger.round_trip(message, args.timeout) {
-                Err(ExchangeError::Timeout { .. }) if tries <= args.retries => resent += 1,
+            match exchanger.round_trip(message, config.timeout) {
+                Err(ExchangeError::Timeout { .. }) if tries <= config.retries => resent += 1,
                 other => break other,
             }
         };
@@ -562,11 +530,11 @@ pub fn run_udp(args: &ClientArgs) -> ExitCode {
                 eprintln!(
                     "echod client: datagram {count} ({range}) was lost: no echo within {} \
                      after {tries} tries",
-                    seconds(args.timeout)
+                    seconds(config.timeout)
                 );
             }
             Err(ExchangeError::Refused) => {
-                return tool::fail("client", EXIT_FAILED, &target::udp_refused(args.addr));
+                return tool::fail("client", EXIT_FAILED, &target::udp_refused(config.addr));
             }
             Err(err) => {
                 wrong += 1;

@@ -10,9 +10,16 @@
 //!
 //! Offsets are counted from the first byte of the connection, so an error
 //! says where in the input the echo went wrong.
+//!
+//! [`Verifier`] does the same for a [`Payload`] that can be made again
+//! (`echod check`): it regenerates what was sent instead of keeping it,
+//! and records the first wrong offset rather than stopping there.
 
 use std::fmt;
 
+use std::io::Read;
+
+use super::payload::{Payload, PayloadReader};
 use echod_server::ring::Ring;
 
 /// Bytes sent and not yet echoed, and the position of the echo.
@@ -180,6 +187,95 @@ impl InFlight {
     }
 }
 
+/// The first byte that came back different from what was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Its offset from the start of the payload.
+    pub offset: u64,
+    /// What was sent there.
+    pub sent: u8,
+    /// What came back.
+    pub got: u8,
+}
+
+/// Compares what comes back, piece by piece, with what was sent.
+#[derive(Debug)]
+pub struct Verifier<'a> {
+    expected: PayloadReader<'a>,
+    /// Bytes compared so far (those beyond the payload are `extra`).
+    matched_len: u64,
+    /// Bytes that came back beyond the end of the payload.
+    extra: u64,
+    mismatch: Option<Mismatch>,
+    last: Option<u8>,
+    scratch: Vec<u8>,
+}
+
+impl<'a> Verifier<'a> {
+    /// A verifier expecting `payload`.
+    pub fn new(payload: Payload<'a>) -> Verifier<'a> {
+        Verifier {
+            expected: payload.reader(),
+            matched_len: 0,
+            extra: 0,
+            mismatch: None,
+            last: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Takes the next bytes that came back.
+    pub fn push(&mut self, got: &[u8]) {
+        if got.is_empty() {
+            return;
+        }
+        self.last = got.last().copied();
+        self.scratch.resize(got.len(), 0);
+        let mut filled = 0;
+        while filled < got.len() {
+            // Reading from a payload cannot fail.
+            match self.expected.read(&mut self.scratch[filled..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => filled += n,
+            }
+        }
+        // Slices compare at memcmp speed; the byte is searched only once
+        // they differ.
+        if self.mismatch.is_none()
+            && got[..filled] != self.scratch[..filled]
+            && let Some(i) = (0..filled).find(|&i| got[i] != self.scratch[i])
+        {
+            self.mismatch = Some(Mismatch {
+                offset: self.matched_len + i as u64,
+                sent: self.scratch[i],
+                got: got[i],
+            });
+        }
+        self.matched_len += filled as u64;
+        self.extra += (got.len() - filled) as u64;
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.matched_len + self.extra
+    }
+
+    /// Bytes that came back beyond the end of the payload.
+    pub fn extra(&self) -> u64 {
+        self.extra
+    }
+
+    /// The first byte that differs from what was sent, if any.
+    pub fn mismatch(&self) -> Option<Mismatch> {
+        self.mismatch
+    }
+
+    /// The last byte received, if any.
+    pub fn last(&self) -> Option<u8> {
+        self.last
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +330,33 @@ mod tests {
         );
         let text = flight.at_end().unwrap().to_string();
         assert!(text.contains("truncated at byte offset 4"), "{text}");
+    }
+
+    #[test]
+    fn verifier_finds_the_first_wrong_offset_across_pieces() {
+        let sent = Payload::Random { seed: 1, len: 1000 };
+        let mut back = sent.to_vec();
+        back[700] ^= 0xff;
+        back[900] ^= 0xff;
+        let mut verifier = Verifier::new(sent);
+        for piece in back.chunks(333) {
+            verifier.push(piece);
+        }
+        let mismatch = verifier.mismatch().unwrap();
+        assert_eq!(mismatch.offset, 700);
+        assert_eq!(mismatch.got, mismatch.sent ^ 0xff);
+        assert_eq!(verifier.received(), 1000);
+        assert_eq!(verifier.extra(), 0);
+    }
+
+    #[test]
+    fn verifier_counts_bytes_beyond_the_payload() {
+        let mut verifier = Verifier::new(Payload::Bytes(b"abc"));
+        verifier.push(b"ab");
+        verifier.push(b"cde");
+        assert_eq!(verifier.mismatch(), None);
+        assert_eq!(verifier.received(), 5);
+        assert_eq!(verifier.extra(), 2);
+        assert_eq!(verifier.last(), Some(b'e'));
     }
 }

@@ -11,9 +11,10 @@ use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::client::ClientArgs;
-use crate::exchange::{ExchangeError, MAX_UDP_PAYLOAD};
-use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
+use super::ClientConfig;
+use crate::kit::duration::seconds;
+use crate::kit::exchange::{ExchangeError, MAX_UDP_PAYLOAD};
+use crate::kit::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 use echod_server::net::Transport;
 
 /// The prompt, on stderr.
@@ -30,7 +31,7 @@ fn is_quit(line: &[u8]) -> bool {
 }
 
 /// Runs the line mode; returns 0 if every line came back intact.
-pub fn run(args: &ClientArgs) -> ExitCode {
+pub fn run(args: &ClientConfig) -> ExitCode {
     let transport = tool::transport(args.udp);
     let mut exchanger = match tool::exchanger("client", args.addr, transport, args.timeout) {
         Ok(ex) => ex,
@@ -122,7 +123,7 @@ fn describe(err: &ExchangeError, transport: Transport, timeout: Duration) -> Str
     };
     match err {
         ExchangeError::Timeout { .. } => {
-            format!("{err} within {}{next}", crate::target::seconds(timeout))
+            format!("{err} within {}{next}", seconds(timeout))
         }
         ExchangeError::Connect(_) | ExchangeError::Refused => err.to_string(),
         other => format!("{other}{next}"),

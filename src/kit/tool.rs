@@ -1,4 +1,4 @@
-//! What the tools (`client`, `ping`, `bench`) share besides addresses:
+//! What the tools share besides addresses:
 //! exit statuses, how a failure is told, and Ctrl-C.
 
 use std::net::SocketAddr;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::exchange::{Exchanger, MAX_UDP_PAYLOAD};
+use super::exchange::{Exchanger, MAX_UDP_PAYLOAD};
 use echod_server::net::Transport;
 
 /// Everything sent came back right.
