@@ -106,6 +106,7 @@
 //! src/ring.rs                       Ring: fixed-capacity byte ring, vectored I/O (std only)
 //! src/net.rs                        binding, socket options, bind errors with hints,
 //!                                   Readiness, RFC 862 port, UDP sizes, would_block()
+//! src/net/udp_buffers.rs           UDP socket buffers: enlarged, never shrunk, reported
 //! src/server/mod.rs                 Server: Poll, tokens, the one loop, accept, close
 //! src/server/ready.rs               the ready queue: sources that stopped early, once each
 //! src/server/timers.rs              the poll timeout; accept retry, idle and drain sweep
