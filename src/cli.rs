@@ -2,41 +2,29 @@
 //! once into validated configurations so the rest of the code never sees
 //! strings.
 //!
-//! `echod` with no subcommand serves; each tool is a subcommand with its own
-//! argument struct in its own module.
+//! `echod` with no subcommand serves; each tool is a subcommand whose clap
+//! struct is in a module of this one (`cli/ping.rs`, …) and becomes the
+//! tool's configuration there. This is the only file that sees both the
+//! server's types and the tools'; only `main.rs` imports it, and the tools
+//! never do: they get their configuration, not the command line.
 
-use std::fmt;
 use std::net::IpAddr;
-use std::ops::RangeInclusive;
-use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::net;
-use crate::server::{
-    DEFAULT_UDP_RATE, DEFAULT_UDP_RATE_TOTAL, GuardConfig, PortRange, ServerConfig,
+use crate::kit::number::parse_within;
+use echod_server::net::{self, RFC862_PORT};
+use echod_server::server::{
+    DEFAULT_BUFFER, DEFAULT_GRACE, DEFAULT_IDLE_TIMEOUT, DEFAULT_UDP_RATE, DEFAULT_UDP_RATE_TOTAL,
+    GuardConfig, MAX_GRACE, MAX_IDLE_TIMEOUT, PortRange, ServerConfig,
 };
 
-/// RFC 862: "A server listens for TCP connections on TCP port 7" (and for
-/// UDP datagrams on UDP port 7).
-pub const RFC862_PORT: u16 = 7;
-
-/// Default capacity of a connection's ring buffer, in bytes. It bounds the
-/// memory one connection can hold (connections × capacity in all) and is
-/// also the most the server reads from a socket in one call. 64 KiB moved
-/// a one-connection stream with about 1.6× less server CPU per byte than
-/// 16 KiB (32 KiB: 1.5×, 128 KiB: 1.1×; see benches/run.sh), and an idle
-/// connection holds no ring, so only connections with bytes pending pay.
-pub const DEFAULT_BUFFER: usize = 64 * 1024;
-
-/// Default `--idle-timeout`: five minutes without a byte either way. Long
-/// enough for a person typing into `nc`, short enough that abandoned or
-/// hostile idle connections do not hold descriptors for long.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Default `--grace`: how long a shutdown lets sessions finish.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+pub mod bench;
+pub mod check;
+pub mod client;
+pub mod ping;
 
 /// The smallest `--buffer` accepted: below this, every echo costs more
 /// system calls than it moves bytes.
@@ -52,21 +40,10 @@ pub const MAX_BUFFER: usize = 16 * 1024 * 1024;
 /// connections; a larger number is a typo, not a limit.
 pub const MAX_CONNECTIONS: u64 = 2_147_483_584;
 
-/// The longest `--idle-timeout` accepted: a week. Longer than any pause a
-/// person or a keepalive makes, and far below the 49.7 days after which the
-/// loop's millisecond clock wraps (see `server::clock`), past which an idle
-/// timeout could never fire.
-pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(7 * 86_400);
-
-/// The longest `--grace` accepted: a day. A shutdown exists to end; a drain
-/// longer than a day is a hang, and service managers kill long before it
-/// (systemd's default `TimeoutStopSec=` is 90 s).
-pub const MAX_GRACE: Duration = Duration::from_secs(86_400);
-
-/// The largest `--udp-rate` accepted: ten million datagrams per second per
-/// source, some ten times what one core can echo (each datagram is a
-/// `recvfrom` and a `sendto`); above it the limit never bites, so 0 says
-/// "no limit" more plainly.
+/// The largest `--udp-rate` and `--udp-rate-total` accepted: ten million
+/// datagrams per second, some ten times what one core can echo (each
+/// datagram is a `recvfrom` and a `sendto`); above it neither limit ever
+/// bites, so 0 says "no limit" more plainly.
 pub const MAX_UDP_RATE: u32 = 10_000_000;
 
 const EXAMPLES: &str = "\
@@ -130,24 +107,24 @@ pub enum Command {
     /// server to close. The echo is compared with what was sent: at the
     /// first difference, or if it comes back short or too long, the client
     /// says at which byte offset and exits with status 1.
-    Client(crate::client::ClientArgs),
+    Client(client::ClientArgs),
     /// Send probes and time their echoes, like ping; every echo is checked.
     ///
     /// Prints one line per probe (sequence, bytes, round-trip time, or what
     /// went wrong), then a summary: sent, received, loss, and the
     /// round-trip minimum, average, median, maximum and standard deviation.
-    Ping(crate::ping::PingArgs),
+    Ping(ping::PingArgs),
     /// Load an echo server and measure it, checking every echoed byte.
     ///
     /// Reports messages per second, MB/s, latency percentiles (p50, p90,
     /// p99, p99.9, max) and errors. Any error (a byte that came back wrong,
     /// a reset, a stalled connection, a failed connect, a lost datagram) is
     /// counted and makes the exit status 1.
-    Bench(crate::bench::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Check any echo server, TCP or UDP, for the usual defects: line
     /// buffering, lost bytes on half-close, one client at a time, truncated
     /// datagrams, and more (`--list` shows each check).
-    Check(crate::check::CheckArgs),
+    Check(check::CheckArgs),
     /// Print the man page or shell completions for echod.
     Generate(crate::generate::GenerateArgs),
 }
@@ -202,8 +179,9 @@ pub struct ServeArgs {
     pub max_connections: Option<u64>,
 
     /// Most connections open at once from one client: one IPv4 address
-    /// (also when seen as ::ffff:a.b.c.d) or one IPv6 /64. A connection
-    /// over it is reset at once, so one host cannot take every slot.
+    /// (also when seen as ::ffff:a.b.c.d), one IPv6 /64, or one whole
+    /// link-local (fe80::/10) address. A connection over it is reset at
+    /// once, so one host cannot take every slot.
     /// Default: a quarter of --max-connections (at least 1); 1 to
     /// 4294967295 (at --max-connections or above it never bites).
     /// Loopback clients are exempt unless --limit-loopback.
@@ -234,8 +212,8 @@ pub struct ServeArgs {
     pub udp_allow_ports: Vec<PortRange>,
 
     /// UDP datagrams answered per second per source address (per /64 for
-    /// IPv6), in bursts of as many; the rest are dropped, so echod makes a
-    /// poor reflector (0 to 10000000). Loopback sources are exempt (see
+    /// IPv6, per address for link-local), in bursts of as many; the rest
+    /// are dropped, so echod makes a poor reflector (0 to 10000000). Loopback sources are exempt (see
     /// --limit-loopback). 0 turns the limit off (for load tests from
     /// another host).
     #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE,
@@ -243,10 +221,10 @@ pub struct ServeArgs {
     pub udp_rate: u32,
 
     /// UDP datagrams answered per second from all non-loopback sources
-    /// together, in bursts of as many, so that a flood forged from many
-    /// addresses, each within --udp-rate, is bounded too; the rest are
-    /// dropped and counted as "total rate". 0 turns the budget off; at
-    /// most 4294967295.
+    /// together, on all the addresses echod serves, in bursts of as many,
+    /// so that a flood forged from many addresses, each within --udp-rate,
+    /// is bounded too; the rest are dropped and counted as "total rate"
+    /// (0 to 10000000). 0 turns the budget off.
     #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE_TOTAL,
           value_parser = parse_udp_rate)]
     pub udp_rate_total: u32,
@@ -323,6 +301,42 @@ impl ServeArgs {
 }
 
 impl Cli {
+    /// Parses the process's arguments; on a mistake prints clap's usage
+    /// error and exits with status 2.
+    pub fn parse_or_exit() -> Cli {
+        Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    }
+
+    /// Parses `args` as clap does, and refuses server options given
+    /// before a tool (`echod --port 9 ping HOST`): the tool does not serve,
+    /// so they would be dropped without a word.
+    pub fn try_parse_checked<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Cli::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        let cli = Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+        if let Some(tool) = matches.subcommand_name() {
+            let given = server_flags_given(&command, &matches);
+            if !given.is_empty() {
+                let are = if given.len() == 1 {
+                    "is an option"
+                } else {
+                    "are options"
+                };
+                let message = format!(
+                    "{} {are} of the server, which `echod {tool}` does not run; leave them \
+                     out (the server runs when no subcommand is given)",
+                    given.join(" and "),
+                );
+                return Err(command.error(clap::error::ErrorKind::ArgumentConflict, message));
+            }
+        }
+        Ok(cli)
+    }
+
     /// The server's configuration: the serve flags, and `-vvv` turning
     /// the event trace on.
     pub fn server_config(&self) -> ServerConfig {
@@ -353,6 +367,22 @@ impl Cli {
     }
 }
 
+/// The server's flags (`--port`, …) written on the command line, as typed
+/// (the long form). The PORT variable does not count: it is set for a
+/// whole environment, tools included.
+fn server_flags_given(command: &clap::Command, matches: &ArgMatches) -> Vec<String> {
+    let global = ["verbose", "quiet", "help", "version"];
+    command
+        .get_arguments()
+        .filter(|arg| !global.contains(&arg.get_id().as_str()))
+        .filter(|arg| matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine))
+        .map(|arg| match arg.get_long() {
+            Some(long) => format!("--{long}"),
+            None => arg.get_id().to_string(),
+        })
+        .collect()
+}
+
 fn parse_bind_addr(text: &str) -> Result<IpAddr, String> {
     // Accept "[::1]" as well as "::1": people copy addresses from URLs.
     let bare = text
@@ -365,31 +395,6 @@ fn parse_bind_addr(text: &str) -> Result<IpAddr, String> {
              0.0.0.0 (all IPv4) or :: (all IPv4 and IPv6), and the port with --port"
         )
     })
-}
-
-/// Parses a whole number within `range` for a flag. Whatever is wrong with
-/// `text` (a word, a sign, too many digits, out of range), the error is one
-/// sentence that gives the range, so nobody has to guess it. The tools use
-/// it too, in closures: name `T` there (`parse_within::<u32>`), for an
-/// integer range left to inference is an `i32`, and clap then panics when
-/// the field, of another type, is read.
-pub fn parse_within<T>(
-    text: &str,
-    what: &str,
-    range: RangeInclusive<T>,
-    note: &str,
-) -> Result<T, String>
-where
-    T: FromStr + PartialOrd + fmt::Display,
-{
-    match text.parse::<T>() {
-        Ok(n) if range.contains(&n) => Ok(n),
-        _ => Err(format!(
-            "'{text}' is not {what} from {} to {}{note}",
-            range.start(),
-            range.end()
-        )),
-    }
 }
 
 fn parse_port(text: &str) -> Result<u16, String> {
@@ -696,9 +701,9 @@ mod tests {
             (
                 "check",
                 "--timeout",
-                &["0.01", "3600"],
-                &["0.009", "3600.1", "NaN"],
-                "range 0.01 to 3600",
+                &["0.01", "10ms", "250ms", "3600", "60m"],
+                &["0.009", "9ms", "3600.1", "NaN"],
+                "from 10 ms to 3600 s",
             ),
             (
                 "check",
@@ -832,7 +837,7 @@ mod tests {
     }
 
     /// The documented range of --udp-rate and --udp-rate-total: 0 to
-    /// u32::MAX, checked at parse time with the range in the message.
+    /// MAX_UDP_RATE, checked at parse time with the range in the message.
     #[test]
     fn udp_rates_have_a_range() {
         for flag in ["--udp-rate", "--udp-rate-total"] {
@@ -855,5 +860,34 @@ mod tests {
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// `echod --port 9 --no-splice ping HOST` used to run ping and drop
+    /// both flags without a word: a usage error now, naming them.
+    #[test]
+    fn server_flags_before_a_tool_are_refused_by_name() {
+        let err =
+            Cli::try_parse_checked(["echod", "--port", "9", "--no-splice", "ping", "127.0.0.1:1"])
+                .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let text = err.to_string();
+        assert!(
+            text.contains("--port and --no-splice are options of the server"),
+            "{text}"
+        );
+        assert!(text.contains("`echod ping` does not run"), "{text}");
+    }
+
+    #[test]
+    fn global_flags_and_the_server_alone_still_parse() {
+        for args in [
+            &["echod", "--port", "7007"][..],
+            &["echod", "-v", "ping", "127.0.0.1:1"],
+            &["echod", "-q", "check", "127.0.0.1:1"],
+            &["echod", "ping", "-v", "127.0.0.1:1"],
+        ] {
+            let parsed = Cli::try_parse_checked(args.iter().copied());
+            assert!(parsed.is_ok(), "{args:?}: {}", parsed.unwrap_err());
+        }
     }
 }

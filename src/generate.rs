@@ -1,15 +1,15 @@
 //! `echod generate`: the man page and shell completions, made from the
-//! same clap definition as `--help`, so they can never disagree with it.
+//! same clap definition as `--help` (the `clap::Command` the caller
+//! passes), so they can never disagree with it.
 
 use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use clap::{Args, CommandFactory, ValueEnum};
+use clap::{Args, ValueEnum};
 use clap_complete::Shell;
 
-use crate::cli::Cli;
-use crate::server::EXIT_STATUSES;
+use echod_server::server::EXIT_STATUSES;
 
 const WHERE_TO_PUT_THEM: &str = "\
 With --dir, the files are written there under their usual names instead
@@ -82,14 +82,17 @@ impl Generated {
 }
 
 impl GenerateArgs {
-    /// Writes what was asked for: to `out`, or with `--dir` into files
-    /// whose paths are then listed on `out`.
-    pub fn write(&self, out: &mut dyn Write) -> io::Result<()> {
+    /// Writes what was asked for, made from `command` (echod's whole
+    /// command line): to `out`, or with `--dir` into files whose paths are
+    /// then listed on `out`.
+    pub fn write(&self, command: clap::Command, out: &mut dyn Write) -> io::Result<()> {
+        // Without the `help` subcommand, which needs no page of its own.
+        let command = command.disable_help_subcommand(true);
         let text = match &self.dir {
-            None => self.render()?,
+            None => self.render(command)?,
             Some(dir) => {
                 let mut listing = String::new();
-                for path in self.write_files(dir)? {
+                for path in self.write_files(command, dir)? {
                     listing.push_str(&format!("{}\n", path.display()));
                 }
                 listing.into_bytes()
@@ -102,9 +105,8 @@ impl GenerateArgs {
     /// The man page or script, made in memory: clap_complete panics when
     /// its writer fails, and a closed pipe (`echod generate bash | head`)
     /// must not do that.
-    fn render(&self) -> io::Result<Vec<u8>> {
+    fn render(&self, mut command: clap::Command) -> io::Result<Vec<u8>> {
         let mut text = Vec::new();
-        let mut command = command();
         match self.what.shell() {
             None => text = main_page(command)?,
             Some(shell) => {
@@ -116,8 +118,7 @@ impl GenerateArgs {
     }
 
     /// Writes the files into `dir`; returns their paths.
-    fn write_files(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        let mut command = command();
+    fn write_files(&self, mut command: clap::Command, dir: &Path) -> io::Result<Vec<PathBuf>> {
         let written = match self.what.shell() {
             None => {
                 clap_mangen::generate_to(command.clone(), dir)?;
@@ -173,10 +174,4 @@ fn man_pages(command: &clap::Command, dir: &Path, pages: &mut Vec<PathBuf>) {
     for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
         man_pages(sub, dir, pages);
     }
-}
-
-/// The clap definition as the generated files show it: without the
-/// `help` subcommand, which needs no page of its own.
-fn command() -> clap::Command {
-    Cli::command().disable_help_subcommand(true)
 }

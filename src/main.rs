@@ -3,35 +3,34 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::CommandFactory;
 
 use echod::cli::{Cli, Command};
 
+mod logger;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_or_exit();
     init_logging(cli.log_level());
     match &cli.command {
         None => serve(&cli),
         Some(Command::Generate(args)) => generate(args),
-        Some(Command::Client(args)) => echod::client::run(args),
-        Some(Command::Ping(args)) => echod::ping::run(args),
-        Some(Command::Bench(args)) => echod::bench::run(args),
-        Some(Command::Check(args)) => echod::check::command(args),
+        Some(Command::Client(args)) => echod::client::run(&args.to_config()),
+        Some(Command::Ping(args)) => echod::ping::run(&args.to_config()),
+        Some(Command::Bench(args)) => echod::bench::run(&args.to_config()),
+        Some(Command::Check(args)) => echod::check::command(args.to_request()),
     }
 }
 
 fn init_logging(level: log::LevelFilter) {
-    // Logging to stderr is all this program does with the logger; if it
-    // cannot be set up there is nobody to tell, so carry on without it.
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(level)
-        .with_utc_timestamps()
-        .init();
+    // Logging to stderr is all this program does with the logger, and a
+    // line that cannot be written is dropped, never a panic (see logger).
+    logger::init(level);
 }
 
 fn serve(cli: &Cli) -> ExitCode {
     let config = cli.server_config();
-    let server = match echod::server::Server::bind(&config) {
+    let server = match echod_server::server::Server::bind(&config) {
         Ok(server) => server,
         Err(err) => {
             eprintln!("echod: {err}");
@@ -40,7 +39,7 @@ fn serve(cli: &Cli) -> ExitCode {
     };
     match server.run() {
         // How the run ended chooses the status: 0 only when every session
-        // finished (see echod::server::EXIT_STATUSES).
+        // finished (see echod_server::server::EXIT_STATUSES).
         Ok(outcome) => ExitCode::from(outcome.exit_status()),
         Err(err) => {
             log::error!("the server stopped on an error it cannot recover from: {err}");
@@ -51,7 +50,7 @@ fn serve(cli: &Cli) -> ExitCode {
 
 fn generate(args: &echod::generate::GenerateArgs) -> ExitCode {
     let mut out = std::io::stdout().lock();
-    match args.write(&mut out) {
+    match args.write(Cli::command(), &mut out) {
         Ok(()) => ExitCode::SUCCESS,
         // `echod generate man | head`: the reader has all it wanted.
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

@@ -12,63 +12,37 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use crate::kit::exchange::{ExchangeError, Exchanger};
+use crate::kit::payload;
+use crate::kit::target;
+use crate::kit::tool::{self, EXIT_FAILED, EXIT_OK};
 
-use crate::cli::parse_within;
-use crate::exchange::{ExchangeError, Exchanger};
-use crate::payload;
-use crate::target::{self, parse_pause, parse_timeout};
-use crate::tool::{self, EXIT_FAILED, EXIT_OK};
-
-const EXAMPLES: &str = "\
-Examples:
-  echod ping localhost:7007                  5 TCP probes of 64 bytes, one a second
-  echod ping --udp -c 20 -i 0.2 host:7       20 UDP probes, 5 a second
-  echod ping -s 1400 -W 500ms host:7007      larger probes, 500 ms to answer each
-  echod ping --connect-each -c 3 host:7007   time connect + echo + close each time
-
-Exit status: 0 if any probe came back right, 1 if none did, 2 for usage
-or setup errors (bad option, unknown host).";
-
-/// The options of `echod ping` (the help text is on
-/// [`crate::cli::Command`]).
-#[derive(Debug, Args)]
-#[command(after_help = EXAMPLES)]
-pub struct PingArgs {
-    /// The echo server (see [`target::resolve`] for the forms accepted).
-    #[arg(value_name = "ADDR", value_parser = target::resolve, help = target::ADDR_HELP)]
+/// What `echod ping` is to do: its command line, validated (by `cli.rs`).
+#[derive(Clone, Debug)]
+pub struct PingConfig {
+    /// The echo server.
     pub addr: SocketAddr,
 
     /// Probe over UDP instead of TCP.
-    #[arg(short, long)]
     pub udp: bool,
 
     /// Number of probes to send (at most 1,000,000; Ctrl-C stops early
     /// and still prints the summary).
-    #[arg(short, long, default_value_t = 5,
-          value_parser = |t: &str| parse_within::<u64>(
-              t, "a number of probes", 1..=1_000_000, ""))]
     pub count: u64,
 
     /// Bytes per probe, 1 to 16777216 (UDP: at most 65507).
-    #[arg(short, long, default_value_t = 64,
-          value_parser = |t: &str| parse_within::<u32>(
-              t, "a number of bytes", 1..=16 << 20, " (16 MiB)"))]
     pub size: u32,
 
     /// Time between the starts of two probes (2, 0.5, 250ms; 0 to an
     /// hour).
-    #[arg(short, long, default_value = "1", value_parser = parse_pause)]
     pub interval: Duration,
 
     /// Time each probe (and a TCP connect) may take before it counts as
     /// lost (1 ms to an hour).
-    #[arg(short = 'W', long, default_value = "2", value_parser = parse_timeout)]
     pub timeout: Duration,
 
     /// TCP: open a new connection for every probe and time connect + echo +
     /// close, as echoping does.
-    #[arg(long, conflicts_with = "udp")]
     pub connect_each: bool,
 }
 
@@ -79,19 +53,19 @@ enum Probe {
 }
 
 /// Runs `echod ping` and returns its exit status.
-pub fn run(args: &PingArgs) -> ExitCode {
-    let size = args.size as usize;
-    let transport = tool::transport(args.udp);
+pub fn run(config: &PingConfig) -> ExitCode {
+    let size = config.size as usize;
+    let transport = tool::transport(config.udp);
     if let Err(status) = tool::check_udp_size("ping", "probe", transport, size) {
         return status;
     }
-    let mut exchanger = match tool::exchanger("ping", args.addr, transport, args.timeout) {
+    let mut exchanger = match tool::exchanger("ping", config.addr, transport, config.timeout) {
         Ok(ex) => ex,
         Err(status) => return status,
     };
     let interrupted = tool::on_interrupt();
     let mut out = io::stdout().lock();
-    let what = if args.connect_each {
+    let what = if config.connect_each {
         " (connect + echo + close)"
     } else {
         ""
@@ -99,19 +73,19 @@ pub fn run(args: &PingArgs) -> ExitCode {
     let _ = writeln!(
         out,
         "ECHO {} over {transport}: {size} bytes per probe{what}",
-        args.addr
+        config.addr
     );
 
     let mut rtts = Vec::new();
     let mut sent = 0;
     let mut told_connect = false;
     let started = Instant::now();
-    for seq in 1..=args.count {
+    for seq in 1..=config.count {
         // Checked, though --count and --interval bound it to 1,000,000
         // hours: a due time past what the clock can hold ends the run.
         let Some(due) = u32::try_from(seq - 1)
             .ok()
-            .and_then(|n| args.interval.checked_mul(n))
+            .and_then(|n| config.interval.checked_mul(n))
             .and_then(|after| started.checked_add(after))
         else {
             break;
@@ -121,13 +95,13 @@ pub fn run(args: &PingArgs) -> ExitCode {
         }
         let message = payload::message(0, seq, size);
         sent += 1;
-        let probe = probe(&mut exchanger, args, &message);
+        let probe = probe(&mut exchanger, config, &message);
         let line = match &probe {
             Probe::Echoed(rtt) => {
                 rtts.push(*rtt);
                 format!(
                     "{size} bytes from {}: seq={seq} time={:.3} ms",
-                    args.addr,
+                    config.addr,
                     millis(*rtt)
                 )
             }
@@ -140,7 +114,7 @@ pub fn run(args: &PingArgs) -> ExitCode {
                 format!("seq={seq} could not connect: {}", short_error(&err.source))
             }
             Probe::Failed(ExchangeError::Refused) if !told_connect => {
-                eprintln!("echod ping: {}", target::udp_refused(args.addr));
+                eprintln!("echod ping: {}", target::udp_refused(config.addr));
                 told_connect = true;
                 format!("seq={seq} {}", ExchangeError::Refused)
             }
@@ -153,13 +127,13 @@ pub fn run(args: &PingArgs) -> ExitCode {
             break;
         }
     }
-    if !args.connect_each {
-        let _ = exchanger.close(args.timeout);
+    if !config.connect_each {
+        let _ = exchanger.close(config.timeout);
     }
     let _ = write!(
         out,
         "{}",
-        summary(args.addr, sent, &rtts, exchanger.late, started.elapsed())
+        summary(config.addr, sent, &rtts, exchanger.late, started.elapsed())
     );
     let _ = out.flush();
     ExitCode::from(if rtts.is_empty() {
@@ -169,9 +143,9 @@ pub fn run(args: &PingArgs) -> ExitCode {
     })
 }
 
-fn probe(exchanger: &mut Exchanger, args: &PingArgs, message: &[u8]) -> Probe {
-    if !args.connect_each {
-        return match exchanger.round_trip(message, args.timeout) {
+fn probe(exchanger: &mut Exchanger, config: &PingConfig, message: &[u8]) -> Probe {
+    if !config.connect_each {
+        return match exchanger.round_trip(message, config.timeout) {
             Ok(rtt) => Probe::Echoed(rtt),
             Err(err) => Probe::Failed(err),
         };
@@ -179,8 +153,8 @@ fn probe(exchanger: &mut Exchanger, args: &PingArgs, message: &[u8]) -> Probe {
     let start = Instant::now();
     let result = exchanger
         .connect()
-        .and_then(|()| exchanger.round_trip(message, args.timeout))
-        .and_then(|_| exchanger.close(args.timeout));
+        .and_then(|()| exchanger.round_trip(message, config.timeout))
+        .and_then(|_| exchanger.close(config.timeout));
     match result {
         Ok(_) => Probe::Echoed(start.elapsed()),
         Err(err) => Probe::Failed(err),

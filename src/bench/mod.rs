@@ -5,7 +5,7 @@
 //! only starts them, shows progress (a bar on a terminal, a plain line a
 //! second otherwise) and prints the report ([`stats`]).
 //!
-//! Every message's content is [`crate::payload::fill`] of its connection
+//! Every message's content is [`crate::kit::payload::fill`] of its connection
 //! and sequence number, so the echo is checked without keeping copies, and
 //! a message of another connection or an earlier one is caught.
 //!
@@ -24,6 +24,7 @@
 pub mod stats;
 mod tcp;
 mod udp;
+mod worker;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -33,107 +34,51 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use clap::Args;
-
-use crate::cli::parse_within;
-use crate::target::{self, parse_duration, parse_pause, parse_timeout};
-use crate::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
+use crate::kit::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 use stats::{Setup, Stats};
 
-const EXAMPLES: &str = "\
-Examples:
-  echod bench localhost:7007                    10 connections, 64-byte messages, 10 s
-  echod bench -c 100 -s 1024 -d 30 host:7007    100 connections of 1 KiB messages, 30 s
-  echod bench --pipeline 16 host:7007           16 messages in flight per connection
-  echod bench --rate 50000 -c 50 host:7007      open loop: 50,000 messages/s in all
-  echod bench --udp -c 4 host:7007              UDP datagrams from 4 sockets
-  echod bench --json -d 5 host:7007 | jq .mb_per_s
-
-On a 2-core machine, pin the server and the bench to a core each:
-  taskset -c 0 echod -p 7007 -b 127.0.0.1 &
-  taskset -c 1 echod bench 127.0.0.1:7007
-
-Memory: bench keeps, per connection, the message it is checking, a batch
-to send and a record per message in flight; connections x (2 x size +
-pipeline x 48 B + up to 64 KiB) may come to at most 4 GiB.
-
-Exit status: 0 if every echo came back intact, 1 if any error was
-counted (mismatch, reset, stall, failed connect, lost datagram), 2 for
-usage or setup errors.";
-
-/// The options of `echod bench` (the help text is on
-/// [`crate::cli::Command`]).
-#[derive(Debug, Args)]
-#[command(after_help = EXAMPLES)]
-pub struct BenchArgs {
-    /// The echo server (see [`target::resolve`] for the forms accepted).
-    #[arg(value_name = "ADDR", value_parser = target::resolve, help = target::ADDR_HELP)]
+/// What `echod bench` is to do: its command line, validated (by `cli.rs`).
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// The echo server.
     pub addr: SocketAddr,
 
     /// Connections to open (UDP: sockets to send from), 1 to 100000.
-    #[arg(short, long, default_value_t = 10,
-          value_parser = |t: &str| parse_within::<u32>(
-              t, "a number of connections", 1..=100_000, ""))]
     pub connections: u32,
 
     /// Bytes per message, 1 to 67108864 (UDP: at most 65507). Connections
     /// times size is bounded too: see --help's memory note.
-    #[arg(short, long, default_value_t = 64, value_name = "BYTES",
-          value_parser = |t: &str| parse_within::<u32>(
-              t, "a number of bytes", 1..=64 << 20, " (64 MiB)"))]
     pub size: u32,
 
     /// How long to measure, after the warm-up (10, 2.5, 500ms, 1m; at most
     /// a day).
-    #[arg(short, long, default_value = "10", value_parser = parse_bounded_duration)]
     pub duration: Duration,
 
     /// Load before measuring starts; its messages are not counted (its
     /// errors are); 0 to an hour.
-    #[arg(long, default_value = "1", value_parser = parse_pause)]
     pub warmup: Duration,
 
     /// Messages in flight per connection, 1 to 65536.
-    #[arg(short, long, default_value_t = 1,
-          value_parser = |t: &str| parse_within::<u32>(
-              t, "a number of messages", 1..=65_536, ""))]
     pub pipeline: u32,
 
     /// Send UDP datagrams instead of TCP messages.
-    #[arg(short, long)]
     pub udp: bool,
 
     /// Open loop: send this many messages per second in all, spread over
     /// the connections, and measure latency from when each was due
     /// (0.01 to 1000000000).
-    #[arg(short, long, value_name = "MSGS_PER_S", value_parser = parse_rate)]
     pub rate: Option<f64>,
 
     /// Worker threads; connections are shared out among them (1 to 256).
-    #[arg(short, long, default_value_t = 1,
-          value_parser = |t: &str| parse_within::<u32>(
-              t, "a number of threads", 1..=256, ""))]
     pub threads: u32,
 
     /// A connection with messages in flight and no echo for this long
     /// counts as stalled (a datagram as lost); also the connect timeout
     /// (1 ms to an hour).
-    #[arg(short = 'W', long, default_value = "2", value_parser = parse_timeout)]
     pub timeout: Duration,
 
     /// Print one JSON object with the results on stdout, and no progress.
-    #[arg(long)]
     pub json: bool,
-}
-
-fn parse_bounded_duration(text: &str) -> Result<Duration, String> {
-    let d = parse_duration(text)?;
-    if d.is_zero() || d > Duration::from_secs(86_400) {
-        return Err(format!(
-            "'{text}' is outside 1 ms to 1 day; a benchmark always has an end"
-        ));
-    }
-    Ok(d)
 }
 
 /// The most memory bench lets `--connections`, `--size` and `--pipeline`
@@ -155,24 +100,6 @@ pub fn memory_estimate(connections: u32, size: u32, pipeline: u32) -> u64 {
     let (size, pipeline) = (u64::from(size), u64::from(pipeline));
     let batch = size + (size * pipeline).min(tcp::MAX_BATCH as u64);
     u64::from(connections) * (size + batch + BYTES_PER_MESSAGE_IN_FLIGHT * pipeline)
-}
-
-/// The lowest `--rate`: one message every 100 s in all. Slower is a
-/// probe, which `echod ping` does better.
-const MIN_RATE: f64 = 0.01;
-
-/// The highest `--rate`: a billion messages per second, far beyond what
-/// any one host can send; the bound keeps the schedule's arithmetic finite.
-const MAX_RATE: f64 = 1e9;
-
-fn parse_rate(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(r) if (MIN_RATE..=MAX_RATE).contains(&r) => Ok(r),
-        _ => Err(format!(
-            "'{text}' is not a rate from {MIN_RATE} to {MAX_RATE:.0} messages per second; \
-             give one such as 10000"
-        )),
-    }
 }
 
 /// What one worker thread is to do.
@@ -298,13 +225,14 @@ pub struct Published {
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs `echod bench` and returns its exit status.
-pub fn run(args: &BenchArgs) -> ExitCode {
-    let size = args.size as usize;
-    if let Err(status) = tool::check_udp_size("bench", "datagram", tool::transport(args.udp), size)
+pub fn run(config: &BenchConfig) -> ExitCode {
+    let size = config.size as usize;
+    if let Err(status) =
+        tool::check_udp_size("bench", "datagram", tool::transport(config.udp), size)
     {
         return status;
     }
-    let memory = memory_estimate(args.connections, args.size, args.pipeline);
+    let memory = memory_estimate(config.connections, config.size, config.pipeline);
     if memory > MAX_BENCH_MEMORY {
         return tool::fail(
             "bench",
@@ -313,22 +241,22 @@ pub fn run(args: &BenchArgs) -> ExitCode {
                 "{} connections of {}-byte messages, {} in flight each, would need about {} MiB \
                  of memory, more than the {} MiB bench allows; lower --connections, --size or \
                  --pipeline",
-                args.connections,
-                args.size,
-                args.pipeline,
+                config.connections,
+                config.size,
+                config.pipeline,
                 memory >> 20,
                 MAX_BENCH_MEMORY >> 20
             ),
         );
     }
-    let threads = args.threads.min(args.connections);
+    let threads = config.threads.min(config.connections);
     let setup = Setup {
-        addr: args.addr.to_string(),
-        transport: if args.udp { "udp" } else { "tcp" },
-        connections: args.connections as usize,
+        addr: config.addr.to_string(),
+        transport: if config.udp { "udp" } else { "tcp" },
+        connections: config.connections as usize,
         size,
-        pipeline: args.pipeline as usize,
-        rate: args.rate,
+        pipeline: config.pipeline as usize,
+        rate: config.rate,
         threads: threads as usize,
     };
     let live = Arc::new(Live {
@@ -338,8 +266,8 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     let start = Instant::now();
     // Checked, though --warmup and --duration keep both within a day.
     let Some((measure_from, end)) = start
-        .checked_add(args.warmup)
-        .and_then(|from| Some((from, from.checked_add(args.duration)?)))
+        .checked_add(config.warmup)
+        .and_then(|from| Some((from, from.checked_add(config.duration)?)))
     else {
         return tool::fail(
             "bench",
@@ -350,19 +278,19 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     let mut workers = Vec::new();
     for t in 0..threads {
         let plan = Plan {
-            addr: args.addr,
-            ids: (t * args.connections / threads)..((t + 1) * args.connections / threads),
-            total_connections: args.connections,
+            addr: config.addr,
+            ids: (t * config.connections / threads)..((t + 1) * config.connections / threads),
+            total_connections: config.connections,
             size,
-            pipeline: args.pipeline as usize,
-            rate_per_connection: args.rate.map(|r| r / f64::from(args.connections)),
+            pipeline: config.pipeline as usize,
+            rate_per_connection: config.rate.map(|r| r / f64::from(config.connections)),
             start,
             measure_from,
             end,
-            timeout: args.timeout,
+            timeout: config.timeout,
         };
         let shared = Arc::clone(&live);
-        let udp = args.udp;
+        let udp = config.udp;
         let spawned = thread::Builder::new()
             .name(format!("bench-{t}"))
             .spawn(move || {
@@ -385,7 +313,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         }
     }
 
-    show_progress(args, &live, &workers, start, measure_from, end);
+    show_progress(config, &live, &workers, start, measure_from, end);
 
     let mut total = Stats::new();
     let mut measured = Duration::ZERO;
@@ -407,7 +335,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             }
         }
     }
-    if live.stopping() && measured < args.duration {
+    if live.stopping() && measured < config.duration {
         eprintln!(
             "echod bench: interrupted; the report covers the {:.2} s measured",
             measured.as_secs_f64()
@@ -417,7 +345,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     for note in &notes {
         eprintln!("echod bench: {note}");
     }
-    let report = if args.json {
+    let report = if config.json {
         format!("{}\n", stats::json(&setup, &total, measured))
     } else {
         stats::text(&setup, &total, measured)
@@ -471,7 +399,7 @@ impl WorkerResult {
 /// Shows progress until the workers are done: a bar on a terminal, a line
 /// a second on a pipe, nothing with `--json`.
 fn show_progress(
-    args: &BenchArgs,
+    config: &BenchConfig,
     live: &Live,
     workers: &[thread::JoinHandle<std::io::Result<WorkerResult>>],
     start: Instant,
@@ -479,7 +407,7 @@ fn show_progress(
     end: Instant,
 ) {
     const TICK: Duration = Duration::from_millis(100);
-    let terminal = std::io::stderr().is_terminal() && !args.json;
+    let terminal = std::io::stderr().is_terminal() && !config.json;
     let total_ms = (end - start).as_millis() as u64;
     let bar = if terminal {
         let bar = indicatif::ProgressBar::new(total_ms);
@@ -520,7 +448,7 @@ fn show_progress(
                 }
             }
             None => {
-                if !args.json {
+                if !config.json {
                     eprintln!("echod bench: {:>5.1} s {text}", (now - start).as_secs_f64());
                 }
                 (last_shown, last_echoed) = (now, echoed);

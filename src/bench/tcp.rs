@@ -11,17 +11,21 @@
 //! short pause, so a benchmark keeps its load and reports every error.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
+use mio::event::Event;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Poll, Registry, Token};
 
 use super::stats::Stats;
-use super::{Live, Plan, Published, WorkerResult};
-use crate::payload;
-use crate::target;
+use super::worker::{self, Core, Load};
+use super::{Live, Plan, WorkerResult};
+use crate::kit::duration::seconds;
+use crate::kit::payload;
+use crate::kit::readiness::Readiness;
+use crate::kit::target;
 
 /// Most bytes of messages put in one write: batching small pipelined
 /// messages saves system calls; the cap keeps one connection from
@@ -59,8 +63,7 @@ struct Conn {
     phase: Phase,
     /// Remembered readiness: true until a call says WouldBlock (or a
     /// short read says the socket is drained).
-    readable: bool,
-    writable: bool,
+    ready: Readiness,
     /// The server's FIN (or an error) has been signalled: a short read no
     /// longer means "drained", the end is still to be read.
     read_closed: bool,
@@ -89,8 +92,7 @@ impl Conn {
             id,
             stream: None,
             phase: Phase::Paused(plan.start),
-            readable: false,
-            writable: false,
+            ready: Readiness::default(),
             read_closed: false,
             next_seq: 0,
             out: Vec::new(),
@@ -111,122 +113,85 @@ impl Conn {
 
 /// The worker's state.
 struct Worker<'a> {
-    plan: &'a Plan,
-    live: &'a Live,
-    poll: Poll,
+    core: Core<'a>,
+    /// Where connections are registered; the shared loop owns the poll.
+    registry: Registry,
     conns: Vec<Conn>,
-    stats: Stats,
-    /// Messages echoed intact, warm-up included (for the progress line).
-    echoed: u64,
-    published: Published,
     /// Connections to serve again without waiting for an event.
     again: Vec<usize>,
-    /// Open loop: connections by the time their next message is due.
-    due: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// [`Worker::again`] being served (kept to reuse its allocation).
+    queued: Vec<usize>,
     scratch: Vec<u8>,
-    sending: bool,
 }
 
 /// Runs this worker's share of the TCP load until the plan's end.
 pub fn run(plan: &Plan, live: &Live) -> io::Result<WorkerResult> {
+    let mut poll = Poll::new()?;
     let mut worker = Worker {
-        plan,
-        live,
-        poll: Poll::new()?,
+        core: Core::new(plan, live),
+        registry: poll.registry().try_clone()?,
         conns: plan.ids.clone().map(|id| Conn::new(id, plan)).collect(),
-        stats: Stats::new(),
-        echoed: 0,
-        published: Published::default(),
         again: Vec::new(),
-        due: BinaryHeap::new(),
+        queued: Vec::new(),
         scratch: vec![0; 64 * 1024],
-        sending: true,
     };
-    worker.run()
+    worker::run(&mut worker, &mut poll)
 }
 
-impl Worker<'_> {
-    fn run(&mut self) -> io::Result<WorkerResult> {
-        let mut events = Events::with_capacity(1024);
-        let mut warm = self.plan.measure_from <= self.plan.start;
-        let mut measured_until = None;
-        let mut drain_until = None;
-        let mut next_sweep = Instant::now();
-        let mut queued = Vec::new();
-        loop {
-            let now = Instant::now();
-            if !warm && now >= self.plan.measure_from {
-                self.stats.end_warmup();
-                warm = true;
-            }
-            if self.sending && (now >= self.plan.end || self.live.stopping()) {
-                // Stop sending; wait a little for the echoes in flight.
-                self.sending = false;
-                measured_until = Some(now.max(self.plan.measure_from));
-                drain_until = Some(now + self.plan.timeout);
-                for i in 0..self.conns.len() {
-                    self.again.push(i);
-                }
-            }
-            if let Some(until) = drain_until
-                && (now >= until || self.conns.iter().all(|c| c.in_flight() == 0))
-            {
-                break;
-            }
-            if now >= next_sweep {
-                self.sweep(now);
-                next_sweep = now + SWEEP_EVERY;
-            }
-            while let Some(&Reverse((when, i))) = self.due.peek() {
-                if when > now {
-                    break;
-                }
-                self.due.pop();
-                if self.conns[i].scheduled == Some(when) {
-                    self.conns[i].scheduled = None;
-                    self.again.push(i);
-                }
-            }
-            std::mem::swap(&mut queued, &mut self.again);
-            for i in queued.drain(..) {
-                self.serve(i);
-            }
-            self.publish();
+impl<'a> Load<'a> for Worker<'a> {
+    const SWEEP_EVERY: Duration = SWEEP_EVERY;
+    const DRAIN: bool = true;
 
-            let mut deadline = next_sweep;
-            if self.sending {
-                deadline = deadline.min(self.plan.end);
-            }
-            if let Some(Reverse((when, _))) = self.due.peek() {
-                deadline = deadline.min(*when);
-            }
-            if !warm {
-                deadline = deadline.min(self.plan.measure_from);
-            }
-            if let Some(until) = drain_until {
-                deadline = deadline.min(until);
-            }
-            let timeout = if self.again.is_empty() {
-                deadline.saturating_duration_since(Instant::now())
-            } else {
-                Duration::ZERO
-            };
-            match self.poll.poll(&mut events, Some(timeout)) {
-                Ok(()) => {}
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(err),
-            }
-            for event in events.iter() {
-                let i = event.token().0;
-                let Some(conn) = self.conns.get_mut(i) else {
-                    continue;
-                };
-                conn.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
-                conn.read_closed |= event.is_read_closed() || event.is_error();
-                conn.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
-                self.serve(i);
-            }
+    fn core(&mut self) -> &mut Core<'a> {
+        &mut self.core
+    }
+
+    fn on_stop(&mut self) {
+        // Each connection reads what is already there at once.
+        for i in 0..self.conns.len() {
+            self.again.push(i);
         }
+    }
+
+    fn idle(&self) -> bool {
+        self.conns.iter().all(|c| c.in_flight() == 0)
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        Worker::sweep(self, now);
+    }
+
+    fn on_due(&mut self, i: usize, when: Instant) {
+        if self.conns[i].scheduled == Some(when) {
+            self.conns[i].scheduled = None;
+            self.again.push(i);
+        }
+    }
+
+    fn serve_ready(&mut self) {
+        std::mem::swap(&mut self.queued, &mut self.again);
+        let mut queued = std::mem::take(&mut self.queued);
+        for i in queued.drain(..) {
+            self.serve(i);
+        }
+        self.queued = queued;
+    }
+
+    fn busy(&self) -> bool {
+        !self.again.is_empty()
+    }
+
+    fn on_event(&mut self, event: &Event) {
+        let i = event.token().0;
+        let Some(conn) = self.conns.get_mut(i) else {
+            return;
+        };
+        conn.ready.note(event);
+        conn.read_closed |= event.is_read_closed() || event.is_error();
+        self.serve(i);
+    }
+
+    fn finish(&mut self) {
         // In-flight messages that never came back are stalls.
         for i in 0..self.conns.len() {
             if self.conns[i].phase == Phase::Open && self.conns[i].in_flight() > 0 {
@@ -234,52 +199,45 @@ impl Worker<'_> {
                     "connection {}: {} message(s) not echoed within {} after the end",
                     self.conns[i].id,
                     self.conns[i].in_flight(),
-                    target::seconds(self.plan.timeout)
+                    seconds(self.core.plan.timeout)
                 );
-                self.stats.errors.stalls += 1;
-                self.live.note(text);
+                self.core.stats.errors.stalls += 1;
+                self.core.live.note(text);
             }
             self.conns[i].stream = None;
             self.conns[i].phase = Phase::Done;
         }
-        self.publish();
-        let stats = std::mem::take(&mut self.stats);
-        Ok(WorkerResult::new(stats, self.plan, measured_until))
     }
+}
 
-    /// Moves this worker's counts to the shared progress counters.
-    fn publish(&mut self) {
-        let errors = self.stats.errors.total();
-        self.live.publish(&mut self.published, self.echoed, errors);
-    }
-
+impl Worker<'_> {
     /// Checks every connection's timers: pauses that ended, connects and
     /// echoes that take too long.
     fn sweep(&mut self, now: Instant) {
         for i in 0..self.conns.len() {
             let conn = &self.conns[i];
             match conn.phase {
-                Phase::Paused(until) if now >= until && self.sending => self.connect(i),
-                Phase::Connecting(since) if now - since >= self.plan.timeout => {
+                Phase::Paused(until) if now >= until && self.core.sending => self.connect(i),
+                Phase::Connecting(since) if now - since >= self.core.plan.timeout => {
                     let text = format!(
                         "connection {}: connect to {} took longer than {}",
                         conn.id,
-                        self.plan.addr,
-                        target::seconds(self.plan.timeout)
+                        self.core.plan.addr,
+                        seconds(self.core.plan.timeout)
                     );
-                    self.stats.errors.connect_failures += 1;
+                    self.core.stats.errors.connect_failures += 1;
                     self.drop_conn(i, text);
                 }
                 Phase::Open
-                    if conn.in_flight() > 0 && now - conn.last_echo >= self.plan.timeout =>
+                    if conn.in_flight() > 0 && now - conn.last_echo >= self.core.plan.timeout =>
                 {
                     let text = format!(
                         "connection {}: no echo for {} with {} message(s) in flight (stall)",
                         conn.id,
-                        target::seconds(self.plan.timeout),
+                        seconds(self.core.plan.timeout),
                         conn.in_flight()
                     );
-                    self.stats.errors.stalls += 1;
+                    self.core.stats.errors.stalls += 1;
                     self.drop_conn(i, text);
                 }
                 _ => {}
@@ -289,16 +247,12 @@ impl Worker<'_> {
 
     fn connect(&mut self, i: usize) {
         let conn = &mut self.conns[i];
-        match target::connect_nonblocking(self.plan.addr) {
+        match target::connect_nonblocking(self.core.plan.addr) {
             Ok(mut stream) => {
                 let interest = Interest::READABLE | Interest::WRITABLE;
-                if let Err(err) = self
-                    .poll
-                    .registry()
-                    .register(&mut stream, Token(i), interest)
-                {
+                if let Err(err) = self.registry.register(&mut stream, Token(i), interest) {
                     let text = format!("connection {}: could not register: {err}", conn.id);
-                    self.stats.errors.connect_failures += 1;
+                    self.core.stats.errors.connect_failures += 1;
                     self.drop_conn(i, text);
                     return;
                 }
@@ -310,17 +264,16 @@ impl Worker<'_> {
                 conn.sent_at.clear();
                 conn.out.clear();
                 conn.out_pos = 0;
-                conn.readable = false;
-                conn.writable = false;
+                conn.ready = Readiness::default();
                 conn.read_closed = false;
             }
             Err(err) => {
                 let text = format!(
                     "connection {}: {}",
                     conn.id,
-                    connect_sentence(self.plan, err)
+                    connect_sentence(self.core.plan, err)
                 );
-                self.stats.errors.connect_failures += 1;
+                self.core.stats.errors.connect_failures += 1;
                 self.drop_conn(i, text);
             }
         }
@@ -329,10 +282,10 @@ impl Worker<'_> {
     /// Counts nothing itself: the caller counted the error. Closes the
     /// connection and plans a new one.
     fn drop_conn(&mut self, i: usize, note: String) {
-        self.live.note(note);
+        self.core.live.note(note);
         let conn = &mut self.conns[i];
         conn.stream = None; // closing deregisters it from the poll
-        conn.phase = if self.sending {
+        conn.phase = if self.core.sending {
             Phase::Paused(Instant::now() + RECONNECT_PAUSE)
         } else {
             Phase::Done
@@ -345,7 +298,7 @@ impl Worker<'_> {
     /// Gives connection `i` a turn: finish connecting, read, send.
     fn serve(&mut self, i: usize) {
         if let Phase::Connecting(_) = self.conns[i].phase {
-            if !self.conns[i].writable {
+            if !self.conns[i].ready.writable {
                 return;
             }
             let Some(stream) = &self.conns[i].stream else {
@@ -358,16 +311,16 @@ impl Worker<'_> {
                     conn.last_echo = Instant::now();
                 }
                 Ok(false) => {
-                    self.conns[i].writable = false;
+                    self.conns[i].ready.writable = false;
                     return;
                 }
                 Err(err) => {
                     let text = format!(
                         "connection {}: {}",
                         self.conns[i].id,
-                        connect_sentence(self.plan, err)
+                        connect_sentence(self.core.plan, err)
                     );
-                    self.stats.errors.connect_failures += 1;
+                    self.core.stats.errors.connect_failures += 1;
                     self.drop_conn(i, text);
                     return;
                 }
@@ -385,7 +338,7 @@ impl Worker<'_> {
     fn receive(&mut self, i: usize) -> bool {
         for _ in 0..READS_PER_TURN {
             let conn = &mut self.conns[i];
-            if !conn.readable {
+            if !conn.ready.readable {
                 return true;
             }
             let Some(stream) = &mut conn.stream else {
@@ -399,19 +352,25 @@ impl Worker<'_> {
                         conn.id,
                         conn.in_flight()
                     );
-                    self.stats.errors.resets += 1;
+                    self.core.stats.errors.resets += 1;
                     self.drop_conn(i, text);
                     return false;
                 }
                 Ok(n) => {
                     let now = Instant::now();
                     conn.last_echo = now;
-                    let before = self.stats.messages;
-                    let checked = check(conn, &self.scratch[..n], self.plan, now, &mut self.stats);
+                    let before = self.core.stats.messages;
+                    let checked = check(
+                        conn,
+                        &self.scratch[..n],
+                        self.core.plan,
+                        now,
+                        &mut self.core.stats,
+                    );
                     // Messages only grow here (the warm-up reset is elsewhere).
-                    self.echoed += self.stats.messages - before;
+                    self.core.echoed += self.core.stats.messages - before;
                     if let Err(text) = checked {
-                        self.stats.errors.mismatches += 1;
+                        self.core.stats.errors.mismatches += 1;
                         self.drop_conn(i, text);
                         return false;
                     }
@@ -421,18 +380,18 @@ impl Worker<'_> {
                     // hence the `read_closed` exception.
                     let conn = &mut self.conns[i];
                     if n < self.scratch.len() && !conn.read_closed {
-                        conn.readable = false;
+                        conn.ready.readable = false;
                         return true;
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    conn.readable = false;
+                    conn.ready.readable = false;
                     return true;
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
                     let text = format!("connection {}: reading failed: {err}", conn.id);
-                    self.stats.errors.resets += 1;
+                    self.core.stats.errors.resets += 1;
                     self.drop_conn(i, text);
                     return false;
                 }
@@ -453,14 +412,14 @@ impl Worker<'_> {
             if conn.out_pos == conn.out.len() {
                 conn.out.clear();
                 conn.out_pos = 0;
-                if self.sending {
-                    wake = fill(conn, self.plan, now);
+                if self.core.sending {
+                    wake = fill(conn, self.core.plan, now);
                 }
                 if conn.out.is_empty() {
                     break;
                 }
             }
-            if !conn.writable {
+            if !conn.ready.writable {
                 break;
             }
             let Some(stream) = &mut conn.stream else {
@@ -468,11 +427,11 @@ impl Worker<'_> {
             };
             match stream.write(&conn.out[conn.out_pos..]) {
                 Ok(n) => conn.out_pos += n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => conn.writable = false,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => conn.ready.writable = false,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
                     let text = format!("connection {}: sending failed: {err}", conn.id);
-                    self.stats.errors.resets += 1;
+                    self.core.stats.errors.resets += 1;
                     self.drop_conn(i, text);
                     return;
                 }
@@ -488,7 +447,7 @@ impl Worker<'_> {
             && conn.scheduled != Some(when)
         {
             conn.scheduled = Some(when);
-            self.due.push(Reverse((when, i)));
+            self.core.due.push(Reverse((when, i)));
         }
     }
 }

@@ -8,17 +8,20 @@
 //! wrong. A datagram not answered within `--timeout` is counted lost.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
 
+use mio::event::Event;
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Poll, Token};
 
-use super::stats::Stats;
-use super::{Live, Plan, Published, WorkerResult};
-use crate::payload;
-use crate::target;
+use super::worker::{self, Core, Load};
+use super::{Live, Plan, WorkerResult};
+use crate::kit::duration::seconds;
+use crate::kit::payload;
+use crate::kit::readiness::Readiness;
+use crate::kit::target;
 
 /// How many answered or lost datagrams a socket remembers, to tell a late
 /// echo from a wrong one.
@@ -42,8 +45,8 @@ struct Flight {
 struct Sock {
     id: u32,
     socket: UdpSocket,
-    readable: bool,
-    writable: bool,
+    /// Remembered readiness: true until a call says WouldBlock.
+    ready: Readiness,
     next_seq: u64,
     in_flight: VecDeque<Flight>,
     /// Sequence numbers recently answered or lost.
@@ -62,7 +65,7 @@ impl Sock {
 
 /// Runs this worker's share of the UDP load until the plan's end.
 pub fn run(plan: &Plan, live: &Live) -> io::Result<WorkerResult> {
-    let poll = Poll::new()?;
+    let mut poll = Poll::new()?;
     let mut socks = Vec::new();
     for (i, id) in plan.ids.clone().enumerate() {
         let mut socket = target::udp_socket(plan.addr)?;
@@ -74,8 +77,10 @@ pub fn run(plan: &Plan, live: &Live) -> io::Result<WorkerResult> {
         socks.push(Sock {
             id,
             socket,
-            readable: false,
-            writable: true,
+            ready: Readiness {
+                readable: false,
+                writable: true,
+            },
             next_seq: 0,
             in_flight: VecDeque::new(),
             done: VecDeque::with_capacity(REMEMBERED),
@@ -83,30 +88,22 @@ pub fn run(plan: &Plan, live: &Live) -> io::Result<WorkerResult> {
         });
     }
     let mut worker = Worker {
-        plan,
-        live,
+        core: Core::new(plan, live),
         socks,
-        stats: Stats::new(),
-        echoed: 0,
-        published: Published::default(),
         message: vec![0; plan.size],
         expected: vec![0; plan.size],
         scratch: vec![0; 65_536],
-        sending: true,
-        due: BinaryHeap::new(),
         told_refused: false,
     };
-    worker.run(poll)
+    for i in 0..worker.socks.len() {
+        worker.send(i);
+    }
+    worker::run(&mut worker, &mut poll)
 }
 
 struct Worker<'a> {
-    plan: &'a Plan,
-    live: &'a Live,
+    core: Core<'a>,
     socks: Vec<Sock>,
-    stats: Stats,
-    /// Messages echoed intact, warm-up included (for the progress line).
-    echoed: u64,
-    published: Published,
     /// The datagram being sent.
     message: Vec<u8>,
     /// A candidate's content, when matching an echo.
@@ -114,101 +111,64 @@ struct Worker<'a> {
     /// Where echoes are received (large enough for any datagram, so a
     /// longer echo is seen as longer, not cut).
     scratch: Vec<u8>,
-    sending: bool,
-    due: BinaryHeap<Reverse<(Instant, usize)>>,
     told_refused: bool,
 }
 
-impl Worker<'_> {
-    fn run(&mut self, mut poll: Poll) -> io::Result<WorkerResult> {
-        let mut events = Events::with_capacity(1024);
-        let mut warm = self.plan.measure_from <= self.plan.start;
-        let mut measured_until = None;
-        let mut next_sweep = Instant::now();
-        for i in 0..self.socks.len() {
+impl<'a> Load<'a> for Worker<'a> {
+    const SWEEP_EVERY: Duration = SWEEP_EVERY;
+    // After sending stops, the sweep counts every datagram still out as
+    // lost by `--timeout`, so the loop ends by then.
+    const DRAIN: bool = false;
+
+    fn core(&mut self) -> &mut Core<'a> {
+        &mut self.core
+    }
+
+    fn on_stop(&mut self) {}
+
+    fn idle(&self) -> bool {
+        self.socks.iter().all(|s| s.in_flight.is_empty())
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        Worker::sweep(self, now);
+    }
+
+    fn on_due(&mut self, i: usize, when: Instant) {
+        if self.socks[i].scheduled == Some(when) {
+            self.socks[i].scheduled = None;
             self.send(i);
         }
-        loop {
-            let now = Instant::now();
-            if !warm && now >= self.plan.measure_from {
-                self.stats.end_warmup();
-                warm = true;
-            }
-            if self.sending && (now >= self.plan.end || self.live.stopping()) {
-                self.sending = false;
-                measured_until = Some(now.max(self.plan.measure_from));
-            }
-            if now >= next_sweep {
-                self.sweep(now);
-                next_sweep = now + SWEEP_EVERY;
-            }
-            // After sending stops, the sweep counts every datagram still
-            // out as lost by `--timeout`, so this ends by then.
-            if !self.sending && self.socks.iter().all(|s| s.in_flight.is_empty()) {
-                break;
-            }
-            while let Some(&Reverse((when, i))) = self.due.peek() {
-                if when > now {
-                    break;
-                }
-                self.due.pop();
-                if self.socks[i].scheduled == Some(when) {
-                    self.socks[i].scheduled = None;
-                    self.send(i);
-                }
-            }
-            self.publish();
+    }
 
-            let mut deadline = next_sweep;
-            if self.sending {
-                deadline = deadline.min(self.plan.end);
-            }
-            if let Some(Reverse((when, _))) = self.due.peek() {
-                deadline = deadline.min(*when);
-            }
-            if !warm {
-                deadline = deadline.min(self.plan.measure_from);
-            }
-            let busy = self.socks.iter().any(|s| s.readable);
-            let timeout = if busy {
-                Duration::ZERO
-            } else {
-                deadline.saturating_duration_since(Instant::now())
-            };
-            match poll.poll(&mut events, Some(timeout)) {
-                Ok(()) => {}
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(err),
-            }
-            for event in events.iter() {
-                let i = event.token().0;
-                let Some(sock) = self.socks.get_mut(i) else {
-                    continue;
-                };
-                sock.readable |= event.is_readable() || event.is_error();
-                sock.writable |= event.is_writable() || event.is_error();
+    fn serve_ready(&mut self) {
+        // Sockets still readable after their burst get another turn.
+        for i in 0..self.socks.len() {
+            if self.socks[i].ready.readable {
                 self.receive(i);
                 self.send(i);
             }
-            // Sockets still readable after their burst get another turn.
-            for i in 0..self.socks.len() {
-                if self.socks[i].readable {
-                    self.receive(i);
-                    self.send(i);
-                }
-            }
         }
-        self.publish();
-        let stats = std::mem::take(&mut self.stats);
-        Ok(WorkerResult::new(stats, self.plan, measured_until))
     }
 
-    /// Moves this worker's counts to the shared progress counters.
-    fn publish(&mut self) {
-        let errors = self.stats.errors.total();
-        self.live.publish(&mut self.published, self.echoed, errors);
+    fn busy(&self) -> bool {
+        self.socks.iter().any(|s| s.ready.readable)
     }
 
+    fn on_event(&mut self, event: &Event) {
+        let i = event.token().0;
+        let Some(sock) = self.socks.get_mut(i) else {
+            return;
+        };
+        sock.ready.note(event);
+        self.receive(i);
+        self.send(i);
+    }
+
+    fn finish(&mut self) {}
+}
+
+impl Worker<'_> {
     /// Counts datagrams out longer than `--timeout` as lost.
     fn sweep(&mut self, now: Instant) {
         for i in 0..self.socks.len() {
@@ -223,14 +183,14 @@ impl Worker<'_> {
                 sock.remember(seq);
                 lost += 1;
                 if lost == 1 {
-                    self.live.note(format!(
+                    self.core.live.note(format!(
                         "socket {}: datagram {seq} was not echoed within {} (lost)",
                         sock.id,
-                        target::seconds(self.plan.timeout)
+                        seconds(self.core.plan.timeout)
                     ));
                 }
             }
-            self.stats.errors.lost += lost;
+            self.core.stats.errors.lost += lost;
             if lost > 0 {
                 self.send(i); // the pipeline has room again
             }
@@ -243,15 +203,18 @@ impl Worker<'_> {
         loop {
             let now = Instant::now();
             let sock = &mut self.socks[i];
-            if !self.sending || !sock.writable || sock.in_flight.len() >= self.plan.pipeline {
+            if !self.core.sending
+                || !sock.ready.writable
+                || sock.in_flight.len() >= self.core.plan.pipeline
+            {
                 return;
             }
-            let sent_at = match self.plan.send_time(sock.id, sock.next_seq, now) {
+            let sent_at = match self.core.plan.send_time(sock.id, sock.next_seq, now) {
                 Ok(at) => at,
                 Err(wake) => {
                     if sock.scheduled != Some(wake) {
                         sock.scheduled = Some(wake);
-                        self.due.push(Reverse((wake, i)));
+                        self.core.due.push(Reverse((wake, i)));
                     }
                     return;
                 }
@@ -262,11 +225,11 @@ impl Worker<'_> {
                     sock.in_flight.push_back(Flight {
                         seq: sock.next_seq,
                         sent_at,
-                        lost_at: now + self.plan.timeout,
+                        lost_at: now + self.core.plan.timeout,
                     });
                     sock.next_seq += 1;
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => sock.writable = false,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => sock.ready.writable = false,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
                     self.socket_error(i, err);
@@ -279,13 +242,13 @@ impl Worker<'_> {
     fn receive(&mut self, i: usize) {
         for _ in 0..RECEIVES_PER_TURN {
             let sock = &mut self.socks[i];
-            if !sock.readable {
+            if !sock.ready.readable {
                 return;
             }
             let n = match sock.socket.recv(&mut self.scratch) {
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    sock.readable = false;
+                    sock.ready.readable = false;
                     return;
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -303,23 +266,23 @@ impl Worker<'_> {
             if let Some(j) = found {
                 let flight = sock.in_flight.remove(j).expect("position is in range");
                 sock.remember(flight.seq);
-                self.stats.echoed(
-                    self.plan.size,
+                self.core.stats.echoed(
+                    self.core.plan.size,
                     now.saturating_duration_since(flight.sent_at),
                 );
-                self.echoed += 1;
+                self.core.echoed += 1;
                 continue;
             }
-            let late = n == self.plan.size
+            let late = n == self.core.plan.size
                 && sock.done.iter().any(|&seq| {
                     payload::fill(sock.id, seq, &mut self.expected);
                     self.expected == echo
                 });
             if late {
-                self.stats.late += 1;
+                self.core.stats.late += 1;
                 continue;
             }
-            self.stats.errors.mismatches += 1;
+            self.core.stats.errors.mismatches += 1;
             let what = match sock.in_flight.front() {
                 Some(oldest) => {
                     payload::fill(sock.id, oldest.seq, &mut self.expected);
@@ -334,7 +297,7 @@ impl Worker<'_> {
                 }
                 None => "nothing was in flight".to_string(),
             };
-            self.live.note(format!(
+            self.core.live.note(format!(
                 "socket {}: a {n}-byte echo came back wrong: {what}",
                 sock.id
             ));
@@ -344,14 +307,17 @@ impl Worker<'_> {
     fn socket_error(&mut self, i: usize, err: io::Error) {
         if err.kind() == io::ErrorKind::ConnectionRefused {
             // ICMP port unreachable, reported on the next call.
-            self.stats.errors.connect_failures += 1;
+            self.core.stats.errors.connect_failures += 1;
             if !self.told_refused {
-                self.live.note(target::udp_refused(self.plan.addr));
+                self.core
+                    .live
+                    .note(target::udp_refused(self.core.plan.addr));
                 self.told_refused = true;
             }
         } else {
-            self.stats.errors.resets += 1;
-            self.live
+            self.core.stats.errors.resets += 1;
+            self.core
+                .live
                 .note(format!("socket {}: {err}", self.socks[i].id));
         }
     }

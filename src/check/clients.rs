@@ -9,12 +9,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::probe::{
-    self, Deadline, Payload, Received, RecvEnd, SendEnd, Until, Verifier, connect, echo_line,
-    exchange, receive, receive_ready, send,
+    self, Received, RecvEnd, SendEnd, Until, echo_line, exchange, receive, receive_ready, send,
 };
 use super::report::{fmt_bytes, fmt_duration};
 use super::stream::{after_half_close, fill_without_reading, read_back, shortfall};
 use super::{Context, Defect, Outcome, Unreachable, Verdict};
+use crate::kit::deadline::Deadline;
+use crate::kit::payload::Payload;
+use crate::kit::target::connect_by as connect;
+use crate::kit::verify::Verifier;
 
 /// What each concurrency client sends after its first echo.
 const CONCURRENCY_REST: u64 = 16 * 1024;

@@ -8,10 +8,13 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use super::probe::{Deadline, Payload, recv_datagram, udp_socket};
+use super::probe::recv_datagram;
 use super::report::fmt_duration;
 use super::{Context, Defect, Unreachable, Verdict};
-use crate::net::display_addr;
+use crate::kit::deadline::Deadline;
+use crate::kit::payload::Payload;
+use crate::kit::target::udp_socket_blocking as udp_socket;
+use echod_server::net::display_addr;
 
 /// RFC 862 datagrams to try: empty, one byte, the most that fits an
 /// Ethernet frame over IPv4 (1500 − 20 − 8), a size above a common 4 KiB

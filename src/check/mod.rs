@@ -10,13 +10,13 @@
 //!
 //! # Layout
 //!
-//! - this file: the command line ([`CheckArgs`]), the catalogue of checks
-//!   ([`CHECKS`]), the vocabulary of results ([`Outcome`], [`Defect`],
-//!   [`CheckResult`]) and the runner ([`run`]);
-//! - [`probe`]: the socket toolkit every check is written with (connect
-//!   with a deadline, send and receive with deadlines, verify an echo with
-//!   the first wrong offset);
-//! - [`target`]: `ADDR` parsed and resolved, one address per family;
+//! - this file: what was asked ([`Request`], [`CheckConfig`], built by
+//!   `cli.rs`), the catalogue of checks ([`CHECKS`]), the vocabulary of
+//!   results ([`Outcome`], [`Defect`], [`CheckResult`]) and the runner
+//!   ([`run`]);
+//! - [`probe`]: blocking send and receive with deadlines, on the tools' kit
+//!   ([`crate::kit`]: the address, connect, deadlines, payloads and the
+//!   verifier);
 //! - `stream.rs`: the checks on one TCP connection (echo, binary,
 //!   unbuffered, half-close, eof-with-queued-output, slow-drip);
 //! - `clients.rs`: the checks with several TCP clients (concurrency,
@@ -29,7 +29,6 @@ mod datagram;
 pub mod probe;
 mod report;
 mod stream;
-pub mod target;
 
 pub use report::{AddressReport, Report, render_line};
 
@@ -38,64 +37,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Args;
-
-use crate::cli::parse_within;
-use crate::net::Transport;
-use probe::Deadline;
-use target::Target;
-
-const CHECK_HELP: &str = "\
-Examples:
-  echod check localhost:7007                   every TCP check (IPv4 and IPv6 if the name has both)
-  echod check --udp 127.0.0.1:7007             the UDP checks
-  echod check [::1]:7 --only echo half-close   two checks only
-  echod check --list                           each check and the defect it looks for
-  echod check host:7 --json | jq .summary      one JSON object, for scripts and CI
-
-Exit status:
-  0  every check that ran passed (skipped ones do not count)
-  1  at least one check failed
-  2  the command line was wrong, the name did not resolve, or the server could not be reached";
-
-/// Options of `echod check`.
-#[derive(Debug, Args)]
-#[command(after_help = CHECK_HELP)]
-pub struct CheckArgs {
-    /// The server: HOST:PORT, or HOST alone for port 7; an IPv6 address in
-    /// brackets, as in `[::1]:7007`. A name with both IPv4 and IPv6
-    /// addresses is checked on one of each.
-    #[arg(value_name = "ADDR")]
-    pub addr: Option<String>,
-
-    /// Check the UDP service instead of TCP.
-    #[arg(long)]
-    pub udp: bool,
-
-    /// Run only the named checks (see --list), separated by spaces or commas.
-    #[arg(long, value_name = "NAME", num_args = 1.., value_delimiter = ',')]
-    pub only: Vec<String>,
-
-    /// List the checks, with what each looks for, and exit.
-    #[arg(long)]
-    pub list: bool,
-
-    /// How many clients the concurrency check connects at once (1 to 1000).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_CLIENTS as u16,
-          value_parser = |t: &str| parse_within::<u16>(
-              t, "a number of clients", 1..=MAX_CLIENTS as u16, ""))]
-    pub clients: u16,
-
-    /// Seconds a check waits for the server before it fails (decimals
-    /// allowed; 0.01 to 3600). A check in steps gives each step this long
-    /// (--list shows how many); slow-drip takes 2 s more by design.
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
-    pub timeout: Duration,
-
-    /// Print one JSON object with every result and figure, instead of lines.
-    #[arg(long)]
-    pub json: bool,
-}
+use crate::kit::deadline::Deadline;
+use crate::kit::target::{Target, connect_by, one_per_family};
+use echod_server::net::Transport;
 
 /// How many clients the concurrency check connects by default: more than
 /// a small thread pool or accept backlog handles at once, few enough for
@@ -104,57 +48,6 @@ pub const DEFAULT_CLIENTS: usize = 50;
 
 /// The most clients `--clients` accepts: each is a socket of this process.
 pub const MAX_CLIENTS: usize = 1000;
-
-fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds, such as 5 or 0.5"))?;
-    if (0.01..=3600.0).contains(&secs) {
-        Ok(Duration::from_secs_f64(secs))
-    } else {
-        Err(format!(
-            "{text} seconds is outside the accepted range 0.01 to 3600"
-        ))
-    }
-}
-
-impl CheckArgs {
-    /// Validates the flags into a configuration: the target parsed, the
-    /// checks chosen. The error is a sentence for the user.
-    pub fn to_config(&self) -> Result<CheckConfig, String> {
-        let mut only = self.only.clone();
-        // `--only a b ADDR` reads ADDR as a name too: take it back.
-        let addr = match &self.addr {
-            Some(addr) => addr.clone(),
-            None => match only.pop() {
-                Some(last) if !CHECKS.iter().any(|c| c.name == last) => last,
-                _ => {
-                    return Err(
-                        "give the address of the server to check, such as localhost:7007".into(),
-                    );
-                }
-            },
-        };
-        let transport = if self.udp {
-            Transport::Udp
-        } else {
-            Transport::Tcp
-        };
-        if !self.only.is_empty() && only.is_empty() {
-            return Err(format!(
-                "--only needs at least one check name before the address '{addr}'; \
-                 `echod check --list` shows them"
-            ));
-        }
-        Ok(CheckConfig {
-            target: Target::parse(&addr)?,
-            transport,
-            checks: select(transport, &only)?,
-            clients: usize::from(self.clients),
-            timeout: self.timeout,
-        })
-    }
-}
 
 /// The checks to run: every one of `transport`, or those named.
 pub fn select(transport: Transport, only: &[String]) -> Result<Vec<&'static CheckInfo>, String> {
@@ -449,7 +342,7 @@ impl Context {
     /// The check's first connection: failing it means the server cannot be
     /// reached, which the runner reports as such.
     pub(crate) fn connect_first(&self, deadline: Deadline) -> Result<TcpStream, Unreachable> {
-        probe::connect(self.addr, deadline).map_err(Unreachable)
+        connect_by(self.addr, deadline).map_err(Unreachable)
     }
 }
 
@@ -614,7 +507,7 @@ pub enum Event<'a> {
 /// per family), calling `on_event` as results come. Fails only when the
 /// target does not resolve; an unreachable server is in the report.
 pub fn run(config: &CheckConfig, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Report, String> {
-    let addrs = config.target.resolve()?;
+    let addrs = one_per_family(&config.target.lookup()?);
     Ok(run_on(config, &addrs, on_event))
 }
 
@@ -742,22 +635,37 @@ fn unreachable_sentence(
     text
 }
 
-/// `echod check`: parses, runs, prints, and returns the documented exit
-/// status. Output that cannot be written (a closed pipe) is not an error.
-pub fn command(args: &CheckArgs) -> ExitCode {
+/// What `echod check` was asked to do, validated by `cli.rs`.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// `--list`: print each check and the defect it looks for.
+    List,
+    /// Run the checks.
+    Run {
+        /// What to check, and how.
+        config: CheckConfig,
+        /// One JSON object instead of lines.
+        json: bool,
+    },
+}
+
+/// `echod check`: runs, prints, and returns the documented exit status;
+/// `request` is the command line validated, or the sentence saying why it
+/// is not (exit 2). Output that cannot be written (a closed pipe) is not
+/// an error.
+pub fn command(request: Result<Request, String>) -> ExitCode {
     let mut out = io::stdout().lock();
-    if args.list {
-        let _ = out.write_all(report::render_list().as_bytes());
-        return ExitCode::SUCCESS;
-    }
-    let config = match args.to_config() {
-        Ok(config) => config,
+    let (config, json) = match request {
+        Ok(Request::List) => {
+            let _ = out.write_all(report::render_list().as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Request::Run { config, json }) => (config, json),
         Err(err) => {
             eprintln!("echod check: {err}");
             return ExitCode::from(2);
         }
     };
-    let json = args.json;
     let mut print = |event: Event<'_>| match event {
         Event::Address(addr) if !json => {
             let _ = writeln!(out, "{}", report::render_header(&config, addr));
@@ -833,14 +741,6 @@ mod tests {
         assert!(err.contains("add --udp"), "{err}");
         let err = select(Transport::Udp, &["echo".into()]).unwrap_err();
         assert!(err.contains("drop --udp"), "{err}");
-    }
-
-    #[test]
-    fn timeout_accepts_decimals_within_bounds() {
-        assert_eq!(parse_timeout("0.5"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_timeout("5"), Ok(Duration::from_secs(5)));
-        assert!(parse_timeout("0").is_err());
-        assert!(parse_timeout("soon").is_err());
     }
 
     #[test]

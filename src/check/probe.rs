@@ -1,7 +1,7 @@
-//! The probe's toolkit: blocking sockets where every call is bounded by a
-//! [`Deadline`], payloads that can be regenerated to verify an echo without
-//! keeping a copy, and the record of what came back ([`Received`]) with the
-//! first wrong offset.
+//! The probe's blocking I/O, on the tools' kit ([`crate::kit`]): sending and
+//! receiving where every call is bounded by a [`Deadline`], verified as it
+//! arrives, and the record of what came back ([`Received`]) with the first
+//! wrong offset.
 //!
 //! A probe is a client, so it uses plain blocking `std::net` sockets with
 //! timeouts: each read and write is given the time left before the check's
@@ -16,55 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::kit::deadline::{Deadline, MIN_WAIT};
+use crate::kit::payload::Payload;
+use crate::kit::verify::{Mismatch, Verifier};
+
 /// How much is written or read per system call.
 pub const CHUNK: usize = 64 * 1024;
-
-/// The shortest timeout given to a socket: std refuses a zero timeout, and
-/// a millisecond is enough to collect what has already arrived.
-const MIN_WAIT: Duration = Duration::from_millis(1);
-
-/// The moment by which something must be done.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Deadline(Instant);
-
-impl Deadline {
-    /// `wait` from now.
-    pub fn after(wait: Duration) -> Deadline {
-        Deadline(Instant::now() + wait)
-    }
-
-    /// The time left, zero once passed.
-    pub fn remaining(self) -> Duration {
-        self.0.saturating_duration_since(Instant::now())
-    }
-
-    /// True once the moment has come.
-    pub fn passed(self) -> bool {
-        Instant::now() >= self.0
-    }
-
-    /// The earlier of the two.
-    pub fn min(self, other: Deadline) -> Deadline {
-        std::cmp::min(self, other)
-    }
-
-    /// The moment itself.
-    pub fn instant(self) -> Instant {
-        self.0
-    }
-
-    /// A socket timeout for a call that must end by this deadline: `None`
-    /// when it has passed (the caller should not make the call).
-    fn socket_timeout(self) -> Option<Duration> {
-        let left = self.remaining();
-        (!left.is_zero()).then(|| left.max(MIN_WAIT))
-    }
-}
-
-/// The error a call makes when its deadline passed before it could start.
-fn out_of_time() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "the time for this step ran out")
-}
 
 /// True for the errors a socket timeout produces (Linux says EAGAIN, which
 /// std reports as WouldBlock; other systems say TimedOut).
@@ -85,120 +42,10 @@ pub fn is_reset(err: &io::Error) -> bool {
     )
 }
 
-/// Opens a TCP connection, giving up at `deadline`, with `TCP_NODELAY` set
-/// so that small probes are sent at once rather than coalesced.
-pub fn connect(addr: SocketAddr, deadline: Deadline) -> io::Result<TcpStream> {
-    let wait = deadline.socket_timeout().ok_or_else(out_of_time)?;
-    let stream = TcpStream::connect_timeout(&addr, wait)?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
 /// Makes the next close of `stream` send a reset (RST) instead of a FIN,
 /// as a crashed or impatient client does: `SO_LINGER` with a zero timeout.
 pub fn reset_on_close(stream: &TcpStream) -> io::Result<()> {
     socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO))
-}
-
-/// What a check sends. Random payloads are generated on the fly from a seed
-/// (and regenerated to verify the echo), so tens of MiB cost no memory.
-#[derive(Clone, Copy, Debug)]
-pub enum Payload<'a> {
-    /// These bytes.
-    Bytes(&'a [u8]),
-    /// `len` pseudo-random bytes from `seed`, none of them a newline: a
-    /// server that waits for a newline gets none.
-    Random {
-        /// Chooses the sequence; different clients use different seeds.
-        seed: u64,
-        /// How many bytes.
-        len: u64,
-    },
-}
-
-impl<'a> Payload<'a> {
-    /// Its length in bytes.
-    pub fn len(&self) -> u64 {
-        match self {
-            Payload::Bytes(bytes) => bytes.len() as u64,
-            Payload::Random { len, .. } => *len,
-        }
-    }
-
-    /// True for an empty payload.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Its bytes from the start, as a reader.
-    pub fn reader(&self) -> PayloadReader<'a> {
-        match *self {
-            Payload::Bytes(bytes) => PayloadReader::Bytes(bytes),
-            Payload::Random { seed, len } => PayloadReader::Random { seed, at: 0, len },
-        }
-    }
-
-    /// The payload as a vector (for small payloads and tests).
-    pub fn to_vec(&self) -> Vec<u8> {
-        let mut all = Vec::new();
-        // Reading from a payload cannot fail.
-        let _ = self.reader().read_to_end(&mut all);
-        all
-    }
-}
-
-/// The bytes of a [`Payload`], in order.
-#[derive(Debug)]
-pub enum PayloadReader<'a> {
-    /// What is left of a byte slice.
-    Bytes(&'a [u8]),
-    /// Pseudo-random bytes: each 8-byte word is a hash of the seed and its
-    /// index, so any part can be made without the ones before it, a word
-    /// at a time.
-    Random {
-        /// Chooses the sequence.
-        seed: u64,
-        /// Offset of the next byte.
-        at: u64,
-        /// Length of the whole payload.
-        len: u64,
-    },
-}
-
-/// SplitMix64's finaliser: a well-mixed 64-bit hash of `x`.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-impl Read for PayloadReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            PayloadReader::Bytes(bytes) => bytes.read(buf),
-            PayloadReader::Random { seed, at, len } => {
-                let left = usize::try_from(*len - *at).unwrap_or(usize::MAX);
-                let n = buf.len().min(left);
-                let mut filled = 0;
-                while filled < n {
-                    let pos = *at + filled as u64;
-                    let word = mix(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (pos / 8));
-                    let from = (pos % 8) as usize;
-                    let take = (8 - from).min(n - filled);
-                    buf[filled..filled + take]
-                        .copy_from_slice(&word.to_le_bytes()[from..from + take]);
-                    filled += take;
-                }
-                for byte in &mut buf[..n] {
-                    if *byte == b'\n' {
-                        *byte = b'.';
-                    }
-                }
-                *at += n as u64;
-                Ok(n)
-            }
-        }
-    }
 }
 
 /// How sending ended.
@@ -293,93 +140,6 @@ pub fn send(
     }
 }
 
-/// The first byte that came back different from what was sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Mismatch {
-    /// Its offset from the start of the payload.
-    pub offset: u64,
-    /// What was sent there.
-    pub sent: u8,
-    /// What came back.
-    pub got: u8,
-}
-
-/// Compares what comes back, piece by piece, with what was sent.
-#[derive(Debug)]
-pub struct Verifier<'a> {
-    expected: PayloadReader<'a>,
-    /// Bytes compared so far (those beyond the payload are `extra`).
-    matched_len: u64,
-    /// Bytes that came back beyond the end of the payload.
-    extra: u64,
-    mismatch: Option<Mismatch>,
-    last: Option<u8>,
-    scratch: Vec<u8>,
-}
-
-impl<'a> Verifier<'a> {
-    /// A verifier expecting `payload`.
-    pub fn new(payload: Payload<'a>) -> Verifier<'a> {
-        Verifier {
-            expected: payload.reader(),
-            matched_len: 0,
-            extra: 0,
-            mismatch: None,
-            last: None,
-            scratch: Vec::new(),
-        }
-    }
-
-    /// Takes the next bytes that came back.
-    pub fn push(&mut self, got: &[u8]) {
-        if got.is_empty() {
-            return;
-        }
-        self.last = got.last().copied();
-        self.scratch.resize(got.len(), 0);
-        let mut filled = 0;
-        while filled < got.len() {
-            // Reading from a payload cannot fail.
-            match self.expected.read(&mut self.scratch[filled..]) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => filled += n,
-            }
-        }
-        // Slices compare at memcmp speed; the byte is searched only once
-        // they differ.
-        if self.mismatch.is_none()
-            && got[..filled] != self.scratch[..filled]
-            && let Some(i) = (0..filled).find(|&i| got[i] != self.scratch[i])
-        {
-            self.mismatch = Some(Mismatch {
-                offset: self.matched_len + i as u64,
-                sent: self.scratch[i],
-                got: got[i],
-            });
-        }
-        self.matched_len += filled as u64;
-        self.extra += (got.len() - filled) as u64;
-    }
-
-    /// Bytes received so far.
-    pub fn received(&self) -> u64 {
-        self.matched_len + self.extra
-    }
-
-    /// The record of everything received, now that receiving ended.
-    pub fn finish(&self, end: RecvEnd, first_at: Option<Instant>) -> Received {
-        Received {
-            bytes: self.received(),
-            extra: self.extra,
-            mismatch: self.mismatch,
-            last: self.last,
-            first_at,
-            ended_at: Instant::now(),
-            end,
-        }
-    }
-}
-
 /// How receiving ended.
 #[derive(Debug)]
 pub enum RecvEnd {
@@ -416,6 +176,20 @@ pub struct Received {
 }
 
 impl Received {
+    /// The record of everything `verifier` received, now that receiving
+    /// ended.
+    pub fn new(verifier: &Verifier<'_>, end: RecvEnd, first_at: Option<Instant>) -> Received {
+        Received {
+            bytes: verifier.received(),
+            extra: verifier.extra(),
+            mismatch: verifier.mismatch(),
+            last: verifier.last(),
+            first_at,
+            ended_at: Instant::now(),
+            end,
+        }
+    }
+
     /// True when every byte came back exactly and nothing more.
     pub fn exact(&self, sent: u64) -> bool {
         self.bytes == sent && self.extra == 0 && self.mismatch.is_none()
@@ -472,7 +246,7 @@ pub fn receive(
             }
         }
     };
-    verifier.finish(end, first_at)
+    Received::new(verifier, end, first_at)
 }
 
 /// Takes what has already arrived on `stream`, up to `count` bytes in all
@@ -502,7 +276,7 @@ pub fn receive_ready(stream: &TcpStream, verifier: &mut Verifier<'_>, count: u64
     // Back to blocking for whoever uses the stream next; if that fails,
     // their reads fail with a clear error of their own.
     let _ = stream.set_nonblocking(false);
-    verifier.finish(end, None)
+    Received::new(verifier, end, None)
 }
 
 /// How a read error ends receiving; `None` for Interrupted (read again).
@@ -576,22 +350,6 @@ pub fn echo_line(stream: &TcpStream, line: &[u8], deadline: Deadline) -> Receive
     .1
 }
 
-/// A UDP socket on an ephemeral port of `target`'s family; connected to
-/// `target` when `connected`, so that the kernel reports "port unreachable"
-/// as ECONNREFUSED and drops datagrams from anyone else.
-pub fn udp_socket(target: SocketAddr, connected: bool) -> io::Result<UdpSocket> {
-    let local: SocketAddr = if target.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local)?;
-    if connected {
-        socket.connect(target)?;
-    }
-    Ok(socket)
-}
-
 /// Receives one datagram into `buf`, waiting until `deadline`: `Ok(None)`
 /// when none came. Once the deadline has passed it still takes a datagram
 /// that is already there, without waiting.
@@ -620,80 +378,5 @@ pub fn recv_datagram(
             Err(err) if is_timeout(&err) => return Ok(None),
             Err(err) => return Err(err),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn random_payloads_read_the_same_in_any_pieces() {
-        let payload = Payload::Random { seed: 9, len: 1001 };
-        let whole = payload.to_vec();
-        let mut reader = payload.reader();
-        let mut pieces = Vec::new();
-        for size in [1, 3, 8, 13, 64, 1000].iter().cycle().take(100) {
-            let mut buf = vec![0; *size];
-            let n = reader.read(&mut buf).unwrap();
-            pieces.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(pieces, whole);
-    }
-
-    #[test]
-    fn random_payloads_repeat_and_have_no_newline() {
-        let payload = Payload::Random {
-            seed: 7,
-            len: 100_000,
-        };
-        let a = payload.to_vec();
-        assert_eq!(a.len(), 100_000);
-        assert_eq!(a, payload.to_vec());
-        assert!(!a.contains(&b'\n'));
-        let other = Payload::Random {
-            seed: 8,
-            len: 100_000,
-        }
-        .to_vec();
-        assert_ne!(a, other);
-    }
-
-    #[test]
-    fn verifier_finds_the_first_wrong_offset_across_pieces() {
-        let sent = Payload::Random { seed: 1, len: 1000 };
-        let mut back = sent.to_vec();
-        back[700] ^= 0xff;
-        back[900] ^= 0xff;
-        let mut verifier = Verifier::new(sent);
-        for piece in back.chunks(333) {
-            verifier.push(piece);
-        }
-        let mismatch = verifier.mismatch.unwrap();
-        assert_eq!(mismatch.offset, 700);
-        assert_eq!(mismatch.got, mismatch.sent ^ 0xff);
-        assert_eq!(verifier.received(), 1000);
-        assert_eq!(verifier.extra, 0);
-    }
-
-    #[test]
-    fn verifier_counts_bytes_beyond_the_payload() {
-        let mut verifier = Verifier::new(Payload::Bytes(b"abc"));
-        verifier.push(b"ab");
-        verifier.push(b"cde");
-        assert_eq!(verifier.mismatch, None);
-        assert_eq!(verifier.received(), 5);
-        assert_eq!(verifier.extra, 2);
-        assert_eq!(verifier.last, Some(b'e'));
-    }
-
-    #[test]
-    fn a_passed_deadline_gives_no_socket_timeout() {
-        let past = Deadline::after(Duration::ZERO);
-        assert_eq!(past.socket_timeout(), None);
-        assert!(past.passed());
-        let later = Deadline::after(Duration::from_secs(60));
-        assert!(later.socket_timeout().unwrap() > Duration::from_secs(59));
-        assert_eq!(past.min(later), past);
     }
 }

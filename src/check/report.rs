@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::{CHECKS, CheckConfig, CheckResult, Outcome};
-use crate::net::Transport;
+use echod_server::net::Transport;
 
 /// Everything a run found.
 #[derive(Clone, Debug)]

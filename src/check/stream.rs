@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::probe::{
-    self, Deadline, Payload, Received, RecvEnd, SendEnd, Sent, Until, Verifier, exchange, receive,
-    send,
-};
+use super::probe::{self, Received, RecvEnd, SendEnd, Sent, Until, exchange, receive, send};
 use super::report::{fmt_bytes, fmt_duration};
 use super::{Context, Defect, Outcome, Unreachable, Verdict};
+use crate::kit::deadline::Deadline;
+use crate::kit::payload::Payload;
+use crate::kit::verify::Verifier;
 
 /// The line the echo check sends.
 const HELLO: &[u8] = b"echod check: is anybody there?\n";
@@ -678,7 +678,7 @@ fn collect_drip(
         }
     };
     let first_at = arrivals.first().copied();
-    (arrivals, verifier.finish(end, first_at))
+    (arrivals, Received::new(&verifier, end, first_at))
 }
 
 // One byte per gap for the whole drip.
@@ -725,7 +725,7 @@ mod tests {
     #[test]
     fn a_shortfall_reports_the_first_wrong_offset() {
         let mut rx = received(100, None, RecvEnd::Complete);
-        rx.mismatch = Some(probe::Mismatch {
+        rx.mismatch = Some(crate::kit::verify::Mismatch {
             offset: 10,
             sent: b'\n',
             got: b'\r',

@@ -139,7 +139,7 @@ fn a_closed_port_counts_failed_connects() {
 
 #[test]
 fn ipv6_loopback_tcp_and_udp() {
-    let server = InProcess::start(echod::server::ServerConfig {
+    let server = InProcess::start(echod_server::server::ServerConfig {
         bind: vec!["::1".parse().unwrap()],
         udp_guard: crate::util::no_udp_rate_limit(),
         ..Default::default()

@@ -18,8 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use echod::check::{self, CheckConfig, Defect, Outcome, Report};
-use echod::net::Transport;
-use echod::server::ServerConfig;
+use echod_server::net::Transport;
+use echod_server::server::ServerConfig;
 
 use crate::util::{Binary, ECHOD, IO_TIMEOUT, InProcess, free_port};
 use broken::Serve;
@@ -140,7 +140,7 @@ fn a_name_with_both_families_is_checked_on_each() {
     let port = server.tcp_addr().port();
     let found: Vec<SocketAddr> = ("localhost", port).to_socket_addrs().unwrap().collect();
     let both = found.iter().any(|a| a.is_ipv4()) && found.iter().any(|a| a.is_ipv6());
-    let config = echod::check::CheckArgs {
+    let config = echod::cli::check::CheckArgs {
         addr: Some(format!("localhost:{port}")),
         udp: false,
         only: vec!["echo".into()],
@@ -491,13 +491,37 @@ fn usage_errors_exit_2_with_a_sentence() {
         (&["check", "localhost:http"], "not a port number"),
         (
             &["check", "--timeout", "0", "localhost:7"],
-            "outside the accepted range",
+            "is not a duration from 10 ms to 3600 s",
         ),
     ] {
         let (status, out, err) = echod(args);
         assert_eq!(status.code(), Some(2), "{args:?}: {out}{err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+/// One address grammar for every tool (issue 13): ping used to say it
+/// could not resolve the host name ':'.
+#[test]
+fn ping_and_check_refuse_an_unclosed_bracket_with_one_sentence() {
+    let sentence = "'[::1' has no closing ']'; write IPv6 addresses as [::1]:7007";
+    for tool in ["ping", "check", "client", "bench"] {
+        let (status, out, err) = echod(&[tool, "[::1"]);
+        assert_eq!(status.code(), Some(2), "{tool}: {out}{err}");
+        assert!(err.contains(sentence), "{tool}: {err}");
+    }
+}
+
+/// One duration grammar: `check --timeout 250ms`, as `ping -W 250ms`.
+#[test]
+fn check_takes_a_timeout_in_milliseconds_as_ping_does() {
+    let server = Binary::start(&["--port", "0", "-b", "127.0.0.1", "--no-udp"]);
+    let addr = server.tcp.unwrap().to_string();
+    let (status, out, err) = echod(&["check", "--timeout", "250ms", "--only", "echo", &addr]);
+    assert_eq!(status.code(), Some(0), "{out}{err}");
+    assert!(out.contains("PASS"), "{out}");
+    let (status, out, err) = echod(&["ping", "-W", "250ms", "-c", "1", &addr]);
+    assert_eq!(status.code(), Some(0), "{out}{err}");
 }
 
 #[test]

@@ -145,3 +145,39 @@ fn a_privileged_port_without_privileges_is_explained() {
     );
     assert!(err.contains("--port 7007"), "{err}");
 }
+
+/// `echod --port 9 --no-splice ping HOST` ran ping and dropped both flags
+/// without a word (issue 13): a usage error now, which names them.
+#[test]
+fn server_flags_before_a_tool_are_a_usage_error() {
+    let out = Command::new(ECHOD)
+        .args(["--port", "9", "--no-splice", "ping", "127.0.0.1:1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--port and --no-splice are options of the server"),
+        "{err}"
+    );
+    assert!(err.contains("`echod ping` does not run"), "{err}");
+    assert!(out.stdout.is_empty(), "ping ran anyway");
+}
+
+/// Global flags still go before a tool, and PORT in the environment is
+/// no server flag written by hand: neither is refused.
+#[test]
+fn global_flags_and_the_port_variable_still_go_with_a_tool() {
+    let server = Binary::start(&["--port", "0", "-b", "127.0.0.1", "--no-udp"]);
+    let addr = server.tcp.unwrap().to_string();
+    let out = Command::new(ECHOD)
+        .env("PORT", "9")
+        .args(["-q", "ping", "-c", "1", &addr])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("seq=1"));
+}

@@ -29,7 +29,7 @@ fn a_small_window_still_moves_everything() {
 
 #[test]
 fn ipv6_loopback_works_too() {
-    let server = InProcess::start(echod::server::ServerConfig {
+    let server = InProcess::start(echod_server::server::ServerConfig {
         bind: vec!["::1".parse().unwrap()],
         ..Default::default()
     });

@@ -32,7 +32,7 @@ fn five_probes_over_tcp_and_a_summary_without_loss() {
 
 #[test]
 fn probes_over_udp_and_ipv6() {
-    let server = InProcess::start(echod::server::ServerConfig {
+    let server = InProcess::start(echod_server::server::ServerConfig {
         bind: vec!["::1".parse().unwrap()],
         ..Default::default()
     });

@@ -5,7 +5,7 @@
 //! echoed as exactly, and resets leave no pipe behind. The moments these
 //! cannot force on loopback TCP (EOF with bytes in the pipe, an empty
 //! pool) are forced in the unit tests over a socket pair
-//! (`src/server/connection/splice_tests.rs`).
+//! (`server/src/server/connection/splice_tests.rs`).
 
 #![cfg(target_os = "linux")]
 
@@ -16,7 +16,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use echod::server::{MAX_PIPES, SPARE_PIPES};
+use echod_server::server::{MAX_PIPES, SPARE_PIPES};
 use socket2::SockRef;
 
 use crate::util::{Binary, IO_TIMEOUT, connect, echo_tcp, random_bytes, send_then_shut};

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::thread;
 
-use echod::server::ServerConfig;
+use echod_server::server::ServerConfig;
 
 use crate::util::{self, InProcess, connect, echo_tcp, random_bytes};
 

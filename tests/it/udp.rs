@@ -1,6 +1,6 @@
 //! UDP echo: every size from 0 to 65,507 bytes, IPv4 and IPv6.
 
-use echod::server::ServerConfig;
+use echod_server::server::ServerConfig;
 
 use crate::util::{InProcess, random_bytes, udp_socket_for};
 

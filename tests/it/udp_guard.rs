@@ -12,7 +12,7 @@
 //! be waiting, and none is.
 //!
 //! The counters themselves are checked by the in-crate tests of
-//! `src/server/udp.rs`; here the server's log shows each drop.
+//! `server/src/server/udp.rs`; here the server's log shows each drop.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};

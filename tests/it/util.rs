@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use echod::server::{GuardConfig, Outcome, Server, ServerConfig, StopHandle};
+use echod_server::server::{GuardConfig, Outcome, Server, ServerConfig, StopHandle};
 
 /// How long any single network wait in a test may take before the test
 /// fails. Generous: a loaded CI machine is slow, but never this slow.

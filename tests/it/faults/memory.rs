@@ -14,7 +14,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use echod::server::ServerConfig;
+use echod_server::server::ServerConfig;
 
 use crate::util::{self, Binary, ECHOD, IO_TIMEOUT, InProcess, connect};
 

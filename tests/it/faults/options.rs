@@ -251,7 +251,7 @@ fn tool_numbers_beyond_their_range_are_refused_with_it() {
         (&["bench", "--rate", "1e-300"], "from 0.01 to 1000000000"),
         (&["bench", "--warmup", "1e300"], "from 0 ms to 3600 s"),
         (&["bench", "-d", "86401"], "outside 1 ms to 1 day"),
-        (&["check", "--timeout", "inf"], "range 0.01 to 3600"),
+        (&["check", "--timeout", "inf"], "from 10 ms to 3600 s"),
     ];
     for (args, range) in cases {
         let mut args = args.to_vec();

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Instant;
 
-use echod::server::ServerConfig;
+use echod_server::server::ServerConfig;
 use socket2::{Domain, Socket, Type};
 
 use crate::util::{Binary, IO_TIMEOUT, InProcess, connect};

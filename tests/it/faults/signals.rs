@@ -2,13 +2,19 @@
 //! at start (`nohup`), and the exit status tells a clean stop (0) from one
 //! that cut sessions (3: the grace ran out; 4: a second signal).
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
 use std::time::Instant;
 
-use crate::util::{self, Binary, ECHOD, IO_TIMEOUT, connect};
+use nix::fcntl::OFlag;
+use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+
+use crate::util::{self, Binary, ECHOD, IO_TIMEOUT, connect, need};
 
 /// Sends `kill -SIGNAL` to the server.
 #[track_caller]
@@ -168,4 +174,148 @@ fn round_trip(stream: &mut TcpStream) {
     let mut back = [0u8; 4];
     stream.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"ping");
+}
+
+/// The address in echod's "listening on tcp ADDR" line within `text`,
+/// once the line is complete.
+fn listening_address(text: &str) -> Option<SocketAddr> {
+    let rest = text.split("listening on tcp ").nth(1)?;
+    let (addr, _) = rest.split_once('\n')?;
+    addr.trim().parse().ok()
+}
+
+/// Waits (bounded) for the address a reader thread finds; kills `child`
+/// and fails the test if none comes.
+#[track_caller]
+fn address_from(rx: &mpsc::Receiver<SocketAddr>, child: &mut Child) -> SocketAddr {
+    match rx.recv_timeout(IO_TIMEOUT) {
+        Ok(addr) => addr,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("echod did not say it was listening");
+        }
+    }
+}
+
+/// A session that goes on after the stop began: more bytes, the
+/// client's half-close, every byte back and a clean EOF.
+#[track_caller]
+fn finish_session(stream: &mut TcpStream) {
+    stream.write_all(b"after").unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    stream
+        .read_to_end(&mut back)
+        .expect("the session is echoed to its end, then a clean EOF");
+    assert_eq!(back, b"after");
+}
+
+/// A terminal that goes away (a terminal window closed, an ssh session
+/// lost) while echod runs in it: the kernel hangs up the terminal, whose
+/// writes fail with EIO from then on, and sends SIGHUP. echod must drain
+/// as for SIGTERM, though the line that says so cannot be written: before
+/// the logger ignored write errors it panicked there (exit 101), and every
+/// session went with it. The terminal is a pseudo-terminal, made echod's
+/// controlling terminal by `setsid --ctty` (util-linux), and hung up by
+/// closing its master side.
+#[test]
+fn a_terminal_hang_up_drains_and_exits_0() {
+    if !need("setsid", "it comes with util-linux") {
+        return;
+    }
+    // Close-on-exec from the start, so that no child spawned meanwhile by
+    // another test keeps the terminal open and the hang-up from happening.
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(ptsname_r(&master).unwrap())
+        .unwrap();
+    let mut child = {
+        // The command holds the terminal's descriptors until it is dropped.
+        let mut command = Command::new("setsid");
+        command
+            .args(["--ctty", ECHOD])
+            .args(SERVE)
+            .args(["--grace", "30"])
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        command.spawn().expect("setsid runs")
+    };
+    // The terminal's output, read until the listening line; then the
+    // reader gives the master back, to be closed. It also ends when echod
+    // does (the read fails with EIO), so killing echod ends it.
+    let (tx, rx) = mpsc::channel();
+    let reader = thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = (&master).read(&mut buf) {
+            seen.extend_from_slice(&buf[..n]);
+            if let Some(addr) = listening_address(&String::from_utf8_lossy(&seen)) {
+                let _ = tx.send(addr);
+                break;
+            }
+        }
+        master
+    });
+    let addr = address_from(&rx, &mut child);
+    let master = reader.join().unwrap();
+    let mut client = connect(addr);
+    round_trip(&mut client);
+
+    drop(master);
+    finish_session(&mut client);
+    assert_eq!(exit_code(util::wait_bounded(&mut child, IO_TIMEOUT)), 0);
+}
+
+/// stderr a pipe whose reader has gone: every line fails with EPIPE (Rust
+/// ignores SIGPIPE). The counters line of SIGUSR1 and the drain's lines
+/// are lost, but echod serves on and exits 0 once its session ends.
+#[test]
+fn a_closed_stderr_stops_nothing() {
+    let mut child = Command::new(ECHOD)
+        .args(SERVE)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("echod starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    // Read up to the listening line, then close the pipe's reading end.
+    let (tx, rx) = mpsc::channel();
+    let reader = thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(addr) = listening_address(&seen) {
+                let _ = tx.send(addr);
+                break;
+            }
+        }
+    });
+    let addr = address_from(&rx, &mut child);
+    reader.join().unwrap();
+    let mut client = connect(addr);
+    round_trip(&mut client);
+
+    let kill = |signal: &str| {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    };
+    kill("USR1");
+    round_trip(&mut client);
+    kill("TERM");
+    finish_session(&mut client);
+    assert_eq!(exit_code(util::wait_bounded(&mut child, IO_TIMEOUT)), 0);
 }

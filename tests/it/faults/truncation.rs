@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
-use crate::util::{Binary, IO_TIMEOUT, connect, echo_tcp, random_bytes, skip, wait_bounded};
+use crate::util::{Binary, IO_TIMEOUT, connect, echo_tcp, random_bytes, wait_bounded};
 
 /// Sends `signal` (a name such as "TERM") to the server.
 #[track_caller]
@@ -27,36 +27,20 @@ fn signal(server: &Binary, signal: &str) {
     assert!(status.success(), "kill -{signal} failed");
 }
 
-/// What the slow client sends: more than the server's send buffer can
-/// take (Linux grows it to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by
-/// default), less than the ring ([`RING`]).
+/// What the slow client sends: much more than the server's send buffer
+/// can take ([`SOCKET_BUFFER`]), less than the ring ([`RING`]).
 const SENT: usize = 12 << 20;
 /// The server's `--buffer`: its ring takes the rest of [`SENT`], so the
 /// server reads every byte and the peer's EOF, and holds echo bytes with
 /// nothing left unread. (A close with unread input is a reset anyway:
 /// the kernel sends one. Here only `SO_LINGER` 0 can make it one.)
 const RING: &str = "16777216"; // 16 MiB, the most --buffer takes
-
-/// Whether the server's send buffer cannot hold all of [`SENT`], so that
-/// some of the echo must wait in its ring; if it could (a host that raised
-/// `net.ipv4.tcp_wmem`), the test says so and skips, which fails under
-/// `ECHOD_TEST_STRICT`.
-fn send_buffer_is_smaller_than_the_stream() -> bool {
-    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").unwrap_or_default();
-    let max: usize = wmem
-        .split_whitespace()
-        .nth(2)
-        .and_then(|max| max.parse().ok())
-        .unwrap_or(0);
-    if max + (1 << 20) > SENT {
-        skip(&format!(
-            "net.ipv4.tcp_wmem lets a send buffer grow to {max} bytes, which could hold the \
-             whole {SENT}-byte stream and leave the server no echo bytes to throw away"
-        ));
-        return false;
-    }
-    true
-}
+/// The server's `--socket-buffer`, given rather than left to the default
+/// so that the test itself fixes how much of the echo its kernel can hold:
+/// `SO_SNDBUF` turns off the kernel's tuning, so whatever
+/// `net.ipv4.tcp_wmem` allows, the send buffer is at most twice this
+/// (socket(7)), 512 KiB: most of [`SENT`] must wait in the ring.
+const SOCKET_BUFFER: &str = "262144";
 
 /// A client whose receive buffer is small and fixed (`SO_RCVBUF` before
 /// `connect`, which also turns off the kernel's tuning of it), so that it
@@ -158,13 +142,12 @@ fn an_idle_close_that_drops_echo_bytes_is_a_reset() {
         "--no-udp",
         "--buffer",
         RING,
+        "--socket-buffer",
+        SOCKET_BUFFER,
         "--idle-timeout",
         "1",
         "-v",
     ]);
-    if !send_buffer_is_smaller_than_the_stream() {
-        return;
-    }
     let mut stream = slow_reader(server.tcp.unwrap());
     let sent = send_and_half_close(&mut stream, 1);
     // Only now may the client read: a read before the server's close
@@ -197,13 +180,12 @@ fn a_grace_cut_that_drops_echo_bytes_is_a_reset() {
         "--no-udp",
         "--buffer",
         RING,
+        "--socket-buffer",
+        SOCKET_BUFFER,
         "--grace",
         "1",
         "-vv",
     ]);
-    if !send_buffer_is_smaller_than_the_stream() {
-        return;
-    }
     let mut stream = slow_reader(server.tcp.unwrap());
     let sent = send_and_half_close(&mut stream, 2);
     // Every byte read, the EOF too (a trace line): the server holds echo
@@ -237,13 +219,12 @@ fn a_stop_at_once_that_drops_echo_bytes_is_a_reset() {
         "--no-udp",
         "--buffer",
         RING,
+        "--socket-buffer",
+        SOCKET_BUFFER,
         "--grace",
         "600",
         "-vv",
     ]);
-    if !send_buffer_is_smaller_than_the_stream() {
-        return;
-    }
     let mut stream = slow_reader(server.tcp.unwrap());
     let sent = send_and_half_close(&mut stream, 3);
     server.wait_for_line("connection 0: EOF");
@@ -342,4 +323,113 @@ fn closes_that_lose_nothing_stay_clean() {
         counters.contains("reset by the server 0 (bytes discarded 0)"),
         "{counters}"
     );
+}
+
+/// Whether process `pid` is stopped (state `T` in `/proc/PID/stat`).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses.
+            let (_, after) = stat.rsplit_once(')')?;
+            after.split_whitespace().next().map(|state| state == "T")
+        })
+        .unwrap_or(false)
+}
+
+/// Bytes queued unread in the receive queue of the IPv4 TCP socket
+/// `local` → `remote` (`/proc/net/tcp`, column `rx_queue`), if it exists.
+fn recv_queue(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let hex = |addr: SocketAddr| format!(":{:04X}", addr.port());
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (l, r, queues) = (fields.get(1)?, fields.get(2)?, fields.get(4)?);
+        if !(l.ends_with(&hex(local)) && r.ends_with(&hex(remote))) {
+            return None;
+        }
+        u64::from_str_radix(queues.split(':').nth(1)?, 16).ok()
+    })
+}
+
+/// The review's reproduction: with the server stopped (SIGSTOP), a client
+/// sends 1 MiB and half-closes; the server's kernel takes what its
+/// receive buffer holds. Then SIGTERM with `--grace 0`, and SIGCONT: the
+/// server cuts the session while input sits unread in its kernel. A FIN
+/// then would give the client a clean EOF after a short echo; the close
+/// must be a reset (or, had the server read and echoed everything, a
+/// complete echo).
+#[test]
+fn a_grace_cut_over_unread_input_is_a_reset() {
+    let mut server = Binary::start(&[
+        "-p",
+        "0",
+        "-b",
+        "127.0.0.1",
+        "--no-udp",
+        "--no-splice",
+        "--grace",
+        "0",
+        "--socket-buffer",
+        SOCKET_BUFFER,
+    ]);
+    let addr = server.tcp.unwrap();
+    // A client that can take its echo in: nothing the server writes waits
+    // on it, so only the server's close can shorten the echo.
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4 << 20).unwrap();
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(b"ping").unwrap();
+    let mut back = [0; 4];
+    stream.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
+
+    let pid = server.child.id();
+    signal(&server, "STOP");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !is_stopped(pid) {
+        assert!(Instant::now() < deadline, "echod never stopped");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let sent = random_bytes(5, 1 << 20);
+    stream.write_all(&sent).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    // Until the server's receive queue stops growing: its kernel holds
+    // what it can take, unread.
+    let client = stream.local_addr().unwrap();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut last = 0;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the server's kernel took nothing"
+        );
+        thread::sleep(Duration::from_millis(50));
+        let queued = recv_queue(addr, client).unwrap_or(0);
+        if queued > 0 && queued == last {
+            break;
+        }
+        last = queued;
+    }
+    signal(&server, "TERM");
+    signal(&server, "CONT");
+
+    let (got, end) = read_to_the_end(&mut stream);
+    assert!(
+        sent.starts_with(&got),
+        "the echo is not a prefix of the input"
+    );
+    match end {
+        Ok(()) => assert!(
+            got.len() == sent.len(),
+            "sent {} bytes, read {}, then a clean EOF: a truncated echo that looks complete",
+            sent.len(),
+            got.len()
+        ),
+        Err(err) => assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}"),
+    }
+    wait_bounded(&mut server.child, IO_TIMEOUT);
 }

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use echod::server::ServerConfig;
+use echod_server::server::ServerConfig;
 use socket2::SockRef;
 
 use crate::util::{Binary, ECHOD, IO_TIMEOUT, InProcess, connect, free_port, need, random_bytes};
@@ -66,7 +66,12 @@ fn a_corked_urgent_byte_and_the_bytes_behind_it_come_back_inline() {
 /// Sends the corked stream to `addr` and checks its echo.
 #[track_caller]
 fn corked_urgent_exchange(addr: SocketAddr, what: &str) {
-    let mut stream = connect(addr);
+    corked_urgent_exchange_on(connect(addr), what);
+}
+
+/// The same on a connected `stream`.
+#[track_caller]
+fn corked_urgent_exchange_on(mut stream: TcpStream, what: &str) {
     let socket = SockRef::from(&stream);
     socket.set_tcp_cork(true).unwrap();
     (&stream).write_all(&[b'a'; 100]).unwrap();
@@ -84,9 +89,10 @@ fn corked_urgent_exchange(addr: SocketAddr, what: &str) {
 
 /// A listener passed by a service manager gets `SO_OOBINLINE` too: the
 /// manager did not set it, echod does when it takes the socket over.
-/// (Connections the kernel completed before that, still waiting in the
-/// backlog, were created without it: the flag is copied at the handshake.
-/// The one that wakes echod up here sends no urgent data.)
+/// Connections the kernel completed before that, still waiting in the
+/// backlog, were created without it (the flag is copied at the
+/// handshake): the one that wakes echod up, which sends urgent data here,
+/// must be given it at accept.
 #[test]
 fn an_inherited_listener_echoes_urgent_data_inline_too() {
     const SOCKET_ACTIVATE: &str = "systemd-socket-activate";
@@ -100,7 +106,7 @@ fn an_inherited_listener_echoes_urgent_data_inline_too() {
     // This connection starts echod; bounded until the manager listens.
     let first = thread::spawn(move || {
         let deadline = Instant::now() + IO_TIMEOUT;
-        let mut stream = loop {
+        let stream = loop {
             match TcpStream::connect(addr) {
                 Ok(stream) => break stream,
                 Err(err) if Instant::now() < deadline => {
@@ -111,8 +117,7 @@ fn an_inherited_listener_echoes_urgent_data_inline_too() {
             }
         };
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.write_all(b"wake up").unwrap();
-        read_echo_then_eof(&mut stream, 7)
+        corked_urgent_exchange_on(stream, "the connection that started echod");
     });
     let echod = Binary::start_with(Command::new(SOCKET_ACTIVATE).args([
         "--listen",
@@ -120,7 +125,7 @@ fn an_inherited_listener_echoes_urgent_data_inline_too() {
         ECHOD,
         "--no-udp",
     ]));
-    assert_eq!(first.join().unwrap(), b"wake up");
+    first.join().unwrap();
     assert_eq!(echod.tcp, Some(addr));
     corked_urgent_exchange(addr, "inherited listener");
 }
