@@ -326,7 +326,8 @@ fn replying_to_the_wrong_sender_fails_udp_interleaved() {
 
 /// `socat TCP-LISTEN:PORT,fork,reuseaddr PIPE` in a process group of its
 /// own, killed with its children on drop: socat forks one per connection,
-/// and a child stuck on its own pipe (see the README) never exits alone.
+/// and a child stuck on its own pipe (see docs/tools.md, "Against socat")
+/// never exits alone.
 struct Socat(std::process::Child);
 
 impl Drop for Socat {
