@@ -9,6 +9,7 @@
 //! `Pending` fits in eight bytes, tag included, and an idle connection in
 //! 48.
 
+use std::io;
 use std::ops::Range;
 
 use slab::Slab;
@@ -120,6 +121,23 @@ impl Buffers {
             ring.clear();
             self.spare.push(ring);
         }
+    }
+}
+
+/// The error for a ring key that names no ring: a bug (a key kept after
+/// its ring was given back), never input. The connection closes with an
+/// error, and a reset if it held bytes, rather than going on with a key
+/// that may soon name another connection's ring. Debug builds stop here.
+pub(super) fn lost_ring() -> io::Error {
+    debug_assert!(false, "a connection holds a ring key that names no ring");
+    io::Error::other("a connection's ring key names no ring")
+}
+
+#[cfg(test)]
+impl Buffers {
+    /// How many rings connections hold now.
+    pub(super) fn rings_held(&self) -> usize {
+        self.rings.len()
     }
 }
 

@@ -343,7 +343,14 @@ impl<S: Stream> Connection<S> {
     pub fn pending(&self, bufs: &Buffers) -> usize {
         match self.pending {
             Pending::Nothing => 0,
-            Pending::Ring(key) => bufs.ring(key).map_or(0, Ring::len),
+            Pending::Ring(key) => {
+                let ring = bufs.ring(key);
+                debug_assert!(
+                    ring.is_some(),
+                    "a connection holds a ring key that names no ring"
+                );
+                ring.map_or(0, Ring::len)
+            }
             Pending::Pipe(key) => bufs.pipes.len(key),
         }
     }

@@ -768,9 +768,15 @@ impl Run {
             conn.pending(&self.bufs),
             self.capacity
         );
-        if let Pending::Ring(key) = conn.pending
-            && let Some(ring) = self.bufs.ring(key)
-        {
+        prop_assert_eq!(
+            self.bufs.rings_held(),
+            usize::from(conn.pending.holds_ring()),
+            "rings held in the loop's slab against the connection's key"
+        );
+        if let Pending::Ring(key) = conn.pending {
+            let Some(ring) = self.bufs.ring(key) else {
+                return Err(TestCaseError::fail("a ring key that names no ring"));
+            };
             prop_assert_eq!(ring.capacity(), self.capacity);
             prop_assert!(!ring.is_empty(), "an empty ring is held, not given back");
         }

@@ -136,6 +136,7 @@ mod open {
         assert_eq!(c.on_ready(1, WRITABLE, &mut bufs), Turn::Wait);
         assert_eq!(c.stream().sent, b"hello");
         assert!(!c.pending.holds_ring(), "a drained ring is given back");
+        assert_eq!(bufs.rings_held(), 0, "the loop holds no ring for it");
         assert_eq!(bufs.spare.len(), 1);
     }
 
@@ -309,6 +310,7 @@ mod flushing {
             !c.pending.holds_ring(),
             "the ring is given back on error too"
         );
+        assert_eq!(bufs.rings_held(), 0, "the loop holds no ring for it");
     }
 }
 

@@ -7,6 +7,7 @@ use std::io;
 
 use super::{Buffers, CloseReason, Connection, Pending, State, Stream, Turn};
 use crate::net::{Readiness, interrupted, would_block};
+use crate::server::buffers::lost_ring;
 use crate::server::extras::splice::{Ends, PipeKey, PipeStep};
 
 /// How many reads one connection may do per turn before others are served.
@@ -315,7 +316,7 @@ impl<'a, S: Stream> Serving<'a, S> {
             return Ok(Step::Progress);
         };
         let Some(ring) = self.bufs.ring_mut(key) else {
-            return Ok(Step::Progress);
+            return Err(lost_ring());
         };
         if ring.is_empty() {
             self.conn.release(self.bufs);
@@ -502,7 +503,7 @@ impl<'a, S: Stream> Serving<'a, S> {
             return Ok(false);
         };
         let Some(ring) = self.bufs.ring_mut(key) else {
-            return Ok(false);
+            return Err(lost_ring());
         };
         if !self.conn.ready.writable || ring.is_empty() {
             return Ok(false);
