@@ -1,11 +1,12 @@
 //! The binary's logger: one line per record on stderr, such as
 //!
 //! ```text
-//! 2026-12-04T08:32:37.123Z INFO  [echod::server] listening on tcp 127.0.0.1:7
+//! 2026-12-04T08:32:37.123Z INFO  [echod_server::server] listening on tcp 127.0.0.1:7
 //! ```
 //!
 //! (UTC time with milliseconds, level, `[target]`, message), the level in
-//! colour when stderr is a terminal and `NO_COLOR` is not set.
+//! colour when stderr is a terminal, `NO_COLOR` is not set and `TERM` is not
+//! `dumb`.
 //!
 //! A line that cannot be written is dropped, never a panic. The server logs
 //! as it drains, and that is when stderr goes away: a terminal that hangs
@@ -34,11 +35,13 @@ pub struct StderrLogger {
 
 impl StderrLogger {
     /// A logger for records up to `level`, with colours if stderr is a
-    /// terminal and `NO_COLOR` is not set.
+    /// terminal, `NO_COLOR` is not set and `TERM` is not `dumb`.
     pub fn new(level: LevelFilter) -> StderrLogger {
         StderrLogger {
             level,
-            colours: io::stderr().is_terminal() && !no_color(std::env::var_os("NO_COLOR")),
+            colours: io::stderr().is_terminal()
+                && !no_color(std::env::var_os("NO_COLOR"))
+                && !dumb_terminal(std::env::var_os("TERM")),
         }
     }
 
@@ -100,6 +103,12 @@ fn no_color(value: Option<std::ffi::OsString>) -> bool {
     value.is_some_and(|value| !value.is_empty())
 }
 
+/// Whether `TERM` names a terminal that shows escape codes as text
+/// (`dumb`: Emacs shells, some CI logs).
+fn dumb_terminal(value: Option<std::ffi::OsString>) -> bool {
+    value.is_some_and(|value| value == "dumb")
+}
+
 /// Installs the logger for records up to `level`. If a logger is set
 /// already there is nobody to tell, so the program carries on with it.
 pub fn init(level: LevelFilter) {
@@ -154,5 +163,12 @@ mod tests {
         assert!(!no_color(None));
         assert!(!no_color(Some("".into())));
         assert!(no_color(Some("1".into())));
+    }
+
+    #[test]
+    fn a_dumb_terminal_gets_no_colour() {
+        assert!(dumb_terminal(Some("dumb".into())));
+        assert!(!dumb_terminal(Some("xterm-256color".into())));
+        assert!(!dumb_terminal(None));
     }
 }
