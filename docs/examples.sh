@@ -360,7 +360,7 @@ mask() {
     -e 's/[0-9][0-9.,\/]*( ?)(ms|s|µs)\b/#\1\2/g' \
     -e 's/127\.0\.0\.1:[0-9]{5}\b/127.0.0.1:#####/g' \
     -e 's/[0-9]+\.[0-9]+ (MiB|KiB|MB)/# \1/g' \
-    -e '/^TRACE \[echod::server\] (poll returned|token 0 )/d' \
+    -e '/^TRACE \[[a-z_:]+\] (poll returned|token 0 )/d' \
     -e '/messages\/s|^  (measured|rate|latency) |^\{"/s/[0-9][0-9.]*/#/g'
 }
 
