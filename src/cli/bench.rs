@@ -62,7 +62,9 @@ pub struct BenchArgs {
     pub warmup: Duration,
 
     /// Messages in flight per connection, 1 to 65536.
-    #[arg(short, long, default_value_t = 1,
+    // No short flag: `-p` is the server's port, and `echod bench -p 7007
+    // HOST` used to bench port 7 with a pipeline of 7007.
+    #[arg(long, default_value_t = 1,
           value_parser = |t: &str| parse_within::<u32>(
               t, "a number of messages", 1..=65_536, ""))]
     pub pipeline: u32,

@@ -155,3 +155,22 @@ fn ipv6_loopback_tcp_and_udp() {
         assert_eq!(count(&report, "errors"), 0, "{report}");
     }
 }
+
+#[test]
+fn dash_p_is_no_pipeline_and_a_bare_port_is_no_address() {
+    // `-p` is the server's port; bench once took it for the pipeline and
+    // benched port 7 with a pipeline of 17507.
+    let run = echod(&["bench", "-p", "17507", "127.0.0.1"], Input::Bytes(b""));
+    assert_eq!(run.code(), 2, "stderr: {}", run.stderr);
+    assert!(run.stderr.contains("'-p'"), "{}", run.stderr);
+    // A number where the address goes is a port typed in the wrong place.
+    let run = echod(&["bench", "-d", "1", "17507"], Input::Bytes(b""));
+    assert_eq!(run.code(), 2, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("'17507' is a port, not an address; write 127.0.0.1:17507 or HOST:17507"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty());
+}
