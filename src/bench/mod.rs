@@ -177,6 +177,15 @@ pub struct Live {
     pub errors: AtomicU64,
     /// Set to stop early (Ctrl-C).
     pub stop: Arc<AtomicBool>,
+    /// Set when bench gives up on a server it never reached (see
+    /// [`GIVE_UP_AFTER`]); stops the workers as Ctrl-C does.
+    gave_up: AtomicBool,
+    /// True once any connection was made (UDP: any echo came back): from
+    /// then on, failures are the server's trouble under load, counted and
+    /// reported, not a wrong address.
+    reached: AtomicBool,
+    /// What went wrong with the first failed connect, as a sentence.
+    first_connect_error: Mutex<Option<String>>,
     /// The first few errors, described, for the report.
     notes: Mutex<Vec<String>>,
 }
@@ -195,7 +204,44 @@ impl Live {
     }
 
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        self.stop.load(Ordering::Relaxed) || self.gave_up.load(Ordering::Relaxed)
+    }
+
+    /// A connection was made (UDP: an echo came back).
+    pub fn reached(&self) {
+        if !self.reached.load(Ordering::Relaxed) {
+            self.reached.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A connect failed (UDP: the port was unreachable) with `sentence`:
+    /// kept if it is the first, for the give-up message.
+    pub fn connect_failed(&self, sentence: &str) {
+        if let Ok(mut first) = self.first_connect_error.lock()
+            && first.is_none()
+        {
+            *first = Some(sentence.to_string());
+        }
+    }
+
+    /// True while no connection was ever made and one has failed: the
+    /// address may be wrong, and progress lines would only repeat it.
+    fn unreached(&self) -> bool {
+        !self.reached.load(Ordering::Relaxed)
+            && self.first_connect_error.lock().is_ok_and(|f| f.is_some())
+    }
+
+    /// Gives up if [`Live::unreached`] still holds [`GIVE_UP_AFTER`] after
+    /// `start`; true if it did.
+    fn give_up_on_unreached(&self, start: Instant, now: Instant) -> bool {
+        if self.gave_up.load(Ordering::Relaxed) {
+            return true;
+        }
+        if self.unreached() && now - start >= GIVE_UP_AFTER {
+            self.gave_up.store(true, Ordering::SeqCst);
+            return true;
+        }
+        false
     }
 
     /// Adds to the shared counters what a worker counted since it last
@@ -220,6 +266,12 @@ pub struct Published {
     echoed: u64,
     errors: u64,
 }
+
+/// How long bench keeps trying a server it has never reached, once a
+/// connect has failed: long enough for a server started a moment ago to
+/// come up, short enough that a wrong port is told at once rather than
+/// after the whole `--duration` of identical failures.
+pub const GIVE_UP_AFTER: Duration = Duration::from_millis(1500);
 
 /// How often progress is shown.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -335,6 +387,9 @@ pub fn run(config: &BenchConfig) -> ExitCode {
             }
         }
     }
+    if live.gave_up.load(Ordering::SeqCst) {
+        return give_up(config, &setup, &total, measured, &live);
+    }
     if live.stopping() && measured < config.duration {
         eprintln!(
             "echod bench: interrupted; the report covers the {:.2} s measured",
@@ -374,6 +429,42 @@ pub fn run(config: &BenchConfig) -> ExitCode {
         );
     }
     ExitCode::from(EXIT_OK)
+}
+
+/// Ends a run that never reached the server: one sentence on stderr
+/// instead of a line per failed connect, the JSON report for scripts (no
+/// text report: it would only count the same failure), exit status 1.
+fn give_up(
+    config: &BenchConfig,
+    setup: &Setup,
+    total: &Stats,
+    measured: Duration,
+    live: &Live,
+) -> ExitCode {
+    if config.json {
+        let report = format!("{}\n", stats::json(setup, total, measured));
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(report.as_bytes()).and_then(|()| out.flush());
+    }
+    let why = live
+        .first_connect_error
+        .lock()
+        .ok()
+        .and_then(|first| first.clone())
+        .unwrap_or_else(|| format!("{} could not be reached", config.addr));
+    let never = if config.udp {
+        "a single echo"
+    } else {
+        "a single connection"
+    };
+    tool::fail(
+        "bench",
+        EXIT_FAILED,
+        &format!(
+            "gave up after {:.1} s without {never}: {why}",
+            GIVE_UP_AFTER.as_secs_f64()
+        ),
+    )
 }
 
 /// What a worker hands back.
@@ -425,6 +516,11 @@ fn show_progress(
     while !workers.iter().all(|w| w.is_finished()) {
         thread::sleep(TICK);
         let now = Instant::now();
+        if live.give_up_on_unreached(start, now) || live.unreached() {
+            // Nothing to show but failed connects, which the end tells in
+            // one sentence (the workers stop at their next turn if given up).
+            continue;
+        }
         if now - last_shown < PROGRESS_EVERY && bar.is_none() {
             continue;
         }

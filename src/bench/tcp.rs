@@ -219,14 +219,8 @@ impl Worker<'_> {
             match conn.phase {
                 Phase::Paused(until) if now >= until && self.core.sending => self.connect(i),
                 Phase::Connecting(since) if now - since >= self.core.plan.timeout => {
-                    let text = format!(
-                        "connection {}: connect to {} took longer than {}",
-                        conn.id,
-                        self.core.plan.addr,
-                        seconds(self.core.plan.timeout)
-                    );
-                    self.core.stats.errors.connect_failures += 1;
-                    self.drop_conn(i, text);
+                    let timed_out = io::Error::from(io::ErrorKind::TimedOut);
+                    self.connect_failed(i, timed_out);
                 }
                 Phase::Open
                     if conn.in_flight() > 0 && now - conn.last_echo >= self.core.plan.timeout =>
@@ -267,16 +261,17 @@ impl Worker<'_> {
                 conn.ready = Readiness::default();
                 conn.read_closed = false;
             }
-            Err(err) => {
-                let text = format!(
-                    "connection {}: {}",
-                    conn.id,
-                    connect_sentence(self.core.plan, err)
-                );
-                self.core.stats.errors.connect_failures += 1;
-                self.drop_conn(i, text);
-            }
+            Err(err) => self.connect_failed(i, err),
         }
+    }
+
+    /// Counts a failed connect of connection `i` and plans a new one.
+    fn connect_failed(&mut self, i: usize, err: io::Error) {
+        let sentence = connect_sentence(self.core.plan, err);
+        self.core.live.connect_failed(&sentence);
+        self.core.stats.errors.connect_failures += 1;
+        let text = format!("connection {}: {sentence}", self.conns[i].id);
+        self.drop_conn(i, text);
     }
 
     /// Counts nothing itself: the caller counted the error. Closes the
@@ -306,6 +301,7 @@ impl Worker<'_> {
             };
             match target::connect_result(stream) {
                 Ok(true) => {
+                    self.core.live.reached();
                     let conn = &mut self.conns[i];
                     conn.phase = Phase::Open;
                     conn.last_echo = Instant::now();
@@ -315,13 +311,7 @@ impl Worker<'_> {
                     return;
                 }
                 Err(err) => {
-                    let text = format!(
-                        "connection {}: {}",
-                        self.conns[i].id,
-                        connect_sentence(self.core.plan, err)
-                    );
-                    self.core.stats.errors.connect_failures += 1;
-                    self.drop_conn(i, text);
+                    self.connect_failed(i, err);
                     return;
                 }
             }

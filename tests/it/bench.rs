@@ -2,10 +2,15 @@
 //! and no errors; against a server that damages the echo it counts errors
 //! and fails.
 
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::tools::{Fault, Input, Run, echod, faulty_tcp};
-use crate::util::{Binary, InProcess, free_port};
+use crate::util::{Binary, ECHOD, InProcess, free_port, wait_bounded};
 
 /// Runs `echod bench --json --warmup 0 ARGS`; returns the run and its
 /// report.
@@ -173,4 +178,66 @@ fn dash_p_is_no_pipeline_and_a_bare_port_is_no_address() {
         run.stderr
     );
     assert!(run.stdout.is_empty());
+}
+
+/// Starts `echod bench ARGS` with its output piped, for tests that signal
+/// it or bound it more tightly than [`echod`] does.
+fn spawn_bench(args: &[&str]) -> Child {
+    Command::new(ECHOD)
+        .arg("bench")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("echod starts")
+}
+
+/// Waits for `child` at most `bound` (failing the test after that) and
+/// collects what it printed.
+#[track_caller]
+fn finish(mut child: Child, bound: Duration) -> Run {
+    // Readers on their own threads, so a full pipe cannot block the child.
+    let mut out = child.stdout.take().expect("stdout is piped");
+    let mut err = child.stderr.take().expect("stderr is piped");
+    let out_reader = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = wait_bounded(&mut child, bound);
+    Run {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+#[test]
+fn a_closed_port_ends_the_run_at_once_with_one_sentence() {
+    // Asked for 30 s; a server that was never reached is given up on
+    // within a couple of seconds. The bound is generous: only a run that
+    // goes on for its whole duration fails it.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = spawn_bench(&["-d", "30", "-c", "4", &addr]);
+    let run = finish(child, Duration::from_secs(15));
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout_text());
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one sentence, not a line per connect: {lines:?}"
+    );
+    assert!(
+        lines[0].starts_with("echod bench: gave up after 1.5 s without a single connection: ")
+            && lines[0].contains("refused: nothing is listening on TCP port"),
+        "{}",
+        lines[0]
+    );
 }
