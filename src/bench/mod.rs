@@ -35,7 +35,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::kit::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
-use stats::{Setup, Stats};
+use stats::{Setup, Stats, Window};
 
 /// What `echod bench` is to do: its command line, validated (by `cli.rs`).
 #[derive(Clone, Debug)]
@@ -387,10 +387,14 @@ pub fn run(config: &BenchConfig) -> ExitCode {
             }
         }
     }
+    let window = Window {
+        measured,
+        interrupted: live.stop.load(Ordering::SeqCst),
+    };
     if live.gave_up.load(Ordering::SeqCst) {
-        return give_up(config, &setup, &total, measured, &live);
+        return give_up(config, &setup, &total, &window, &live);
     }
-    if live.stopping() && measured < config.duration {
+    if window.interrupted && measured < config.duration {
         eprintln!(
             "echod bench: interrupted; the report covers the {:.2} s measured",
             measured.as_secs_f64()
@@ -401,9 +405,9 @@ pub fn run(config: &BenchConfig) -> ExitCode {
         eprintln!("echod bench: {note}");
     }
     let report = if config.json {
-        format!("{}\n", stats::json(&setup, &total, measured))
+        format!("{}\n", stats::json(&setup, &total, &window))
     } else {
-        stats::text(&setup, &total, measured)
+        stats::text(&setup, &total, &window)
     };
     // A closed stdout (`| head -1`) is the reader's choice, not an error
     // (and `print!` would panic on it).
@@ -438,11 +442,11 @@ fn give_up(
     config: &BenchConfig,
     setup: &Setup,
     total: &Stats,
-    measured: Duration,
+    window: &Window,
     live: &Live,
 ) -> ExitCode {
     if config.json {
-        let report = format!("{}\n", stats::json(setup, total, measured));
+        let report = format!("{}\n", stats::json(setup, total, window));
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(report.as_bytes()).and_then(|()| out.flush());
     }

@@ -127,6 +127,15 @@ pub struct Setup {
     pub threads: usize,
 }
 
+/// How the measured window went, beside the counts.
+#[derive(Clone, Debug, Default)]
+pub struct Window {
+    /// How long it lasted (shorter than `--duration` when stopped early).
+    pub measured: Duration,
+    /// Ended early by Ctrl-C (SIGINT) or SIGTERM.
+    pub interrupted: bool,
+}
+
 /// Latency percentiles in microseconds.
 fn percentile_us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
@@ -137,8 +146,8 @@ fn ms(us: f64) -> String {
 }
 
 /// The report for people.
-pub fn text(setup: &Setup, stats: &Stats, measured: Duration) -> String {
-    let secs = measured.as_secs_f64().max(f64::MIN_POSITIVE);
+pub fn text(setup: &Setup, stats: &Stats, window: &Window) -> String {
+    let secs = window.measured.as_secs_f64().max(f64::MIN_POSITIVE);
     let h = &stats.latency;
     let mut out = String::new();
     let mode = match setup.rate {
@@ -194,8 +203,8 @@ pub fn text(setup: &Setup, stats: &Stats, measured: Duration) -> String {
 }
 
 /// The report for scripts: one JSON object (latencies in microseconds).
-pub fn json(setup: &Setup, stats: &Stats, measured: Duration) -> serde_json::Value {
-    let secs = measured.as_secs_f64().max(f64::MIN_POSITIVE);
+pub fn json(setup: &Setup, stats: &Stats, window: &Window) -> serde_json::Value {
+    let secs = window.measured.as_secs_f64().max(f64::MIN_POSITIVE);
     let h = &stats.latency;
     let latency = if stats.messages > 0 {
         serde_json::json!({
@@ -231,6 +240,7 @@ pub fn json(setup: &Setup, stats: &Stats, measured: Duration) -> serde_json::Val
         "connect_failures": e.connect_failures,
         "lost": e.lost,
         "late": stats.late,
+        "interrupted": window.interrupted,
     })
 }
 
@@ -277,7 +287,11 @@ mod tests {
         };
         let mut s = Stats::new();
         s.echoed(64, Duration::from_micros(100));
-        let v = json(&setup, &s, Duration::from_secs(1));
+        let window = Window {
+            measured: Duration::from_secs(1),
+            ..Window::default()
+        };
+        let v = json(&setup, &s, &window);
         assert_eq!(v["messages"], 1);
         assert_eq!(v["errors"], 0);
         assert_eq!(v["mb_per_s"], 64.0 / 1e6);

@@ -2,15 +2,17 @@
 //! and no errors; against a server that damages the echo it counts errors
 //! and fails.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::tools::{Fault, Input, Run, echod, faulty_tcp};
-use crate::util::{Binary, ECHOD, InProcess, free_port, wait_bounded};
+use crate::util::{Binary, ECHOD, IO_TIMEOUT, InProcess, free_port, wait_bounded};
 
 /// Runs `echod bench --json --warmup 0 ARGS`; returns the run and its
 /// report.
@@ -53,6 +55,7 @@ fn json_report_against_the_server_has_messages_and_no_errors() {
         "{report}"
     );
     assert_eq!(count(&report, "bytes"), 64 * count(&report, "messages"));
+    assert_eq!(report["interrupted"], false, "{report}");
 }
 
 #[test]
@@ -240,4 +243,58 @@ fn a_closed_port_ends_the_run_at_once_with_one_sentence() {
         "{}",
         lines[0]
     );
+}
+
+/// Accepts one connection on `listener` within [`IO_TIMEOUT`] (failing the
+/// test otherwise) and echoes it on a thread until EOF; returns once the
+/// first echo went back.
+#[track_caller]
+fn accept_and_echo(listener: &TcpListener) {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let conn = loop {
+        match listener.accept() {
+            Ok((conn, _)) => break conn,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Err(err) => panic!("bench never connected: {err}"),
+        }
+    };
+    let (echoed, first) = mpsc::channel();
+    thread::spawn(move || echo_until_eof(conn, echoed));
+    first
+        .recv_timeout(IO_TIMEOUT)
+        .expect("bench sent something to echo");
+}
+
+fn echo_until_eof(mut conn: TcpStream, echoed: mpsc::Sender<()>) {
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = conn.read(&mut buf) {
+        if conn.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        let _ = echoed.send(());
+    }
+}
+
+#[test]
+fn ctrl_c_ends_the_run_with_a_report_that_says_so() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let child = spawn_bench(&["--json", "--warmup", "0", "-d", "60", "-c", "1", &addr]);
+    // Echoing: bench has set up its SIGINT handler (before any worker),
+    // and has a message to report.
+    accept_and_echo(&listener);
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let run = finish(child, Duration::from_secs(30));
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    let report: Value = serde_json::from_slice(&run.stdout).expect("one JSON object");
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert!(report["duration_s"].as_f64().unwrap() < 60.0, "{report}");
+    assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
 }
