@@ -404,6 +404,12 @@ pub fn run(config: &BenchConfig) -> ExitCode {
     for note in &notes {
         eprintln!("echod bench: {note}");
     }
+    if !config.udp && total.errors.stalls > 0 && live.echoed.load(Ordering::SeqCst) == 0 {
+        eprintln!(
+            "echod bench: {}",
+            tool::nothing_echoed_hint("message", config.addr)
+        );
+    }
     let report = if config.json {
         format!("{}\n", stats::json(&setup, &total, &window))
     } else {
