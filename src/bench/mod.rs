@@ -64,6 +64,10 @@ pub struct BenchConfig {
     /// Send UDP datagrams instead of TCP messages.
     pub udp: bool,
 
+    /// Close each connection after this many messages and open a new one
+    /// (TCP only; `None`: keep each connection for the whole run).
+    pub reconnect: Option<u64>,
+
     /// Open loop: send this many messages per second in all, spread over
     /// the connections, and measure latency from when each was due
     /// (0.01 to 1000000000).
@@ -115,6 +119,9 @@ pub struct Plan {
     pub size: usize,
     /// Messages in flight per connection, 1 to 65536.
     pub pipeline: usize,
+    /// Messages per connection before it is closed and a new one opened
+    /// (TCP); `None`: one connection for the whole run.
+    pub reconnect: Option<u64>,
     /// Messages per second per connection, if open loop.
     pub rate_per_connection: Option<f64>,
     /// When the load starts (the same for all workers).
@@ -305,9 +312,10 @@ pub fn run(config: &BenchConfig) -> ExitCode {
     let setup = Setup {
         addr: config.addr.to_string(),
         transport: if config.udp { "udp" } else { "tcp" },
-        connections: config.connections as usize,
+        concurrency: config.connections as usize,
         size,
         pipeline: config.pipeline as usize,
+        reconnect: config.reconnect,
         rate: config.rate,
         threads: threads as usize,
     };
@@ -335,6 +343,7 @@ pub fn run(config: &BenchConfig) -> ExitCode {
             total_connections: config.connections,
             size,
             pipeline: config.pipeline as usize,
+            reconnect: config.reconnect,
             rate_per_connection: config.rate.map(|r| r / f64::from(config.connections)),
             start,
             measure_from,

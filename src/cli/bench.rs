@@ -16,6 +16,7 @@ Examples:
   echod bench --pipeline 16 host:7007           16 messages in flight per connection
   echod bench --rate 50000 -c 50 host:7007      open loop: 50,000 messages/s in all
   echod bench --udp -c 4 host:7007              UDP datagrams from 4 sockets
+  echod bench --reconnect 1 host:7007           a new connection per message
   echod bench --json -d 5 host:7007 | jq .mb_per_s
 
 On a 2-core machine, pin the server and the bench to a core each:
@@ -73,6 +74,15 @@ pub struct BenchArgs {
     #[arg(short, long)]
     pub udp: bool,
 
+    /// Close each connection after this many messages and open a new one
+    /// (1: a fresh connection per message, as inetd-style clients and
+    /// health checks do), to measure connections per second and connect
+    /// latency. TCP only (1 to 1000000000).
+    #[arg(long, value_name = "MESSAGES", conflicts_with = "udp",
+          value_parser = |t: &str| parse_within::<u64>(
+              t, "a number of messages", 1..=1_000_000_000, ""))]
+    pub reconnect: Option<u64>,
+
     /// Open loop: send this many messages per second in all, spread over
     /// the connections, and measure latency from when each was due
     /// (0.01 to 1000000000).
@@ -107,6 +117,7 @@ impl BenchArgs {
             warmup: self.warmup,
             pipeline: self.pipeline,
             udp: self.udp,
+            reconnect: self.reconnect,
             rate: self.rate,
             threads: self.threads,
             timeout: self.timeout,

@@ -49,7 +49,10 @@ fn json_report_against_the_server_has_messages_and_no_errors() {
     assert!(count(&report, "messages") > 0, "{report}");
     assert_eq!(count(&report, "errors"), 0, "{report}");
     assert_eq!(report["transport"], "tcp");
+    assert_eq!(report["concurrency"], 4);
+    // Opened at the start, inside the window (no warm-up), and kept.
     assert_eq!(report["connections"], 4);
+    assert_eq!(report["reconnect"], Value::Null);
     assert!(
         report["latency_us"]["p99"].as_f64().unwrap() > 0.0,
         "{report}"
@@ -350,6 +353,47 @@ fn a_line_buffered_server_gets_a_hint_that_names_check() {
              newline, so a server that echoes only whole lines holds them back; run `echod \
              check {addr} --only echo unbuffered`"
         )),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn reconnect_1_opens_a_connection_per_message_and_times_the_connects() {
+    let server = InProcess::v4();
+    let addr = server.tcp_addr().to_string();
+    let (run, report) = bench_json(&["--reconnect", "1", "-d", "0.5", "-c", "2", &addr]);
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    assert_eq!(report["concurrency"], 2, "{report}");
+    assert_eq!(report["reconnect"], 1, "{report}");
+    let (messages, connections) = (count(&report, "messages"), count(&report, "connections"));
+    // Each connection made in the window carries one message, whose echo
+    // the run waits for; at most one per connection slot made at the end
+    // had nothing sent on it any more.
+    assert!(messages > 2 * 2, "connections were replaced: {report}");
+    assert!((messages..=messages + 2).contains(&connections), "{report}");
+    let connect = &report["latency_us"]["connect"];
+    assert!(connect["p99"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["latency_us"]["p99"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        report["connections_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert_eq!(count(&report, "errors"), 0, "{report}");
+}
+
+#[test]
+fn reconnect_is_for_tcp_only() {
+    let run = echod(
+        &["bench", "--udp", "--reconnect", "1", "127.0.0.1:7"],
+        Input::Bytes(b""),
+    );
+    assert_eq!(run.code(), 2, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("'--reconnect <MESSAGES>'"),
         "{}",
         run.stderr
     );
