@@ -21,13 +21,17 @@
 //!   that second report the stall, instead of being quietly sent later
 //!   (the "coordinated omission" that hides stalls in closed-loop tools).
 
+mod hgrm;
 pub mod stats;
 mod tcp;
+pub mod timeline;
 mod udp;
 mod worker;
 
+use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use crate::kit::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 use stats::{Setup, Stats, Window};
+use timeline::Timeline;
 
 /// What `echod bench` is to do: its command line, validated (by `cli.rs`).
 #[derive(Clone, Debug)]
@@ -83,6 +88,13 @@ pub struct BenchConfig {
 
     /// Print one JSON object with the results on stdout, and no progress.
     pub json: bool,
+
+    /// Where to write the measured window second by second, as CSV.
+    pub csv: Option<PathBuf>,
+
+    /// Where to write the latency histogram, as an `.hgrm` percentile
+    /// distribution.
+    pub hdr: Option<PathBuf>,
 }
 
 /// The most memory bench lets `--connections`, `--size` and `--pipeline`
@@ -109,6 +121,8 @@ pub fn memory_estimate(connections: u32, size: u32, pipeline: u32) -> u64 {
 /// What one worker thread is to do.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// This worker's number, from 0 (for the [`Timeline`]).
+    pub worker: usize,
     /// The server.
     pub addr: SocketAddr,
     /// The connection numbers of this worker (they key the payloads).
@@ -195,6 +209,8 @@ pub struct Live {
     first_connect_error: Mutex<Option<String>>,
     /// The first few errors, described, for the report.
     notes: Mutex<Vec<String>>,
+    /// The measured window second by second.
+    pub timeline: Timeline,
 }
 
 /// How many error descriptions are kept for the report.
@@ -308,6 +324,12 @@ pub fn run(config: &BenchConfig) -> ExitCode {
             ),
         );
     }
+    // Created before the load, so a path that cannot be written is told
+    // at once, not after the whole run.
+    let files = match Files::create(config) {
+        Ok(files) => files,
+        Err(text) => return tool::fail("bench", EXIT_SETUP, &text),
+    };
     let threads = config.threads.min(config.connections);
     let setup = Setup {
         addr: config.addr.to_string(),
@@ -321,6 +343,7 @@ pub fn run(config: &BenchConfig) -> ExitCode {
     };
     let live = Arc::new(Live {
         stop: tool::on_interrupt(),
+        timeline: Timeline::new(threads as usize),
         ..Live::default()
     });
     let start = Instant::now();
@@ -338,6 +361,7 @@ pub fn run(config: &BenchConfig) -> ExitCode {
     let mut workers = Vec::new();
     for t in 0..threads {
         let plan = Plan {
+            worker: t as usize,
             addr: config.addr,
             ids: (t * config.connections / threads)..((t + 1) * config.connections / threads),
             total_connections: config.connections,
@@ -399,7 +423,9 @@ pub fn run(config: &BenchConfig) -> ExitCode {
     let window = Window {
         measured,
         interrupted: live.stop.load(Ordering::SeqCst),
+        seconds: live.timeline.seconds(timeline::seconds_begun(measured)),
     };
+    let unwritten = files.write(&window, &total).err();
     if live.gave_up.load(Ordering::SeqCst) {
         return give_up(config, &setup, &total, &window, &live);
     }
@@ -428,6 +454,9 @@ pub fn run(config: &BenchConfig) -> ExitCode {
     // (and `print!` would panic on it).
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(report.as_bytes()).and_then(|()| out.flush());
+    if let Some(text) = unwritten {
+        return tool::fail("bench", EXIT_SETUP, &text);
+    }
     if total.errors.total() > 0 {
         return tool::fail(
             "bench",
@@ -448,6 +477,56 @@ pub fn run(config: &BenchConfig) -> ExitCode {
         );
     }
     ExitCode::from(EXIT_OK)
+}
+
+/// The files `--csv` and `--hdr` asked for, created before the run.
+struct Files {
+    csv: Option<(File, PathBuf)>,
+    hdr: Option<(File, PathBuf)>,
+}
+
+impl Files {
+    /// Creates (empties) the files asked for; the error is a sentence.
+    fn create(config: &BenchConfig) -> Result<Files, String> {
+        let open = |path: &Option<PathBuf>| -> Result<Option<(File, PathBuf)>, String> {
+            let Some(path) = path else {
+                return Ok(None);
+            };
+            let file = File::create(path).map_err(|err| {
+                format!(
+                    "could not create {}: {err}; give a path in a directory you may write to",
+                    path.display()
+                )
+            })?;
+            Ok(Some((file, path.clone())))
+        };
+        Ok(Files {
+            csv: open(&config.csv)?,
+            hdr: open(&config.hdr)?,
+        })
+    }
+
+    /// Writes the seconds to the CSV file and the latencies to the `.hgrm`
+    /// file; the error is a sentence.
+    fn write(self, window: &Window, total: &Stats) -> Result<(), String> {
+        let csv = self
+            .csv
+            .map(|f| (f, timeline::csv(&window.seconds, window.measured)));
+        let hdr = self
+            .hdr
+            .map(|f| (f, hgrm::percentile_distribution(&total.latency)));
+        for ((mut file, path), text) in csv.into_iter().chain(hdr) {
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.flush())
+                .map_err(|err| {
+                    format!(
+                        "could not write {}: {err}; the report above is complete",
+                        path.display()
+                    )
+                })?;
+        }
+        Ok(())
+    }
 }
 
 /// Ends a run that never reached the server: one sentence on stderr

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::timeline::Interval;
+
 /// The slowest latency the histogram can tell apart from "slower": one
 /// minute, in nanoseconds. Slower echoes are recorded as one minute.
 const LATENCY_MAX_NS: u64 = 60_000_000_000;
@@ -65,6 +67,10 @@ pub struct Stats {
     pub errors: Errors,
     /// UDP echoes that came back after they were counted lost, or twice.
     pub late: u64,
+    /// The messages of the second now running, for the time series (a
+    /// worker hands it to the [`Timeline`](super::timeline::Timeline)
+    /// each second; merging leaves it out).
+    pub second: Interval,
 }
 
 /// An empty latency histogram, in nanoseconds.
@@ -96,6 +102,7 @@ impl Stats {
             connect: latency_histogram(),
             errors: Errors::default(),
             late: 0,
+            second: Interval::default(),
         }
     }
 
@@ -104,6 +111,7 @@ impl Stats {
         self.messages += 1;
         self.bytes += size as u64;
         self.latency.saturating_record(nanos(latency));
+        self.second.echoed(size, nanos(latency));
     }
 
     /// Counts one connection made after `latency`.
@@ -120,6 +128,7 @@ impl Stats {
         self.latency.reset();
         self.connections = 0;
         self.connect.reset();
+        self.second.reset();
     }
 
     /// Adds `other`'s counts to these.
@@ -163,6 +172,8 @@ pub struct Window {
     pub measured: Duration,
     /// Ended early by Ctrl-C (SIGINT) or SIGTERM.
     pub interrupted: bool,
+    /// Its seconds, the last one perhaps partial.
+    pub seconds: Vec<super::timeline::Summary>,
 }
 
 /// Latency percentiles in microseconds.
@@ -304,6 +315,7 @@ pub fn json(setup: &Setup, stats: &Stats, window: &Window) -> serde_json::Value 
         "lost": e.lost,
         "late": stats.late,
         "interrupted": window.interrupted,
+        "intervals": super::timeline::json(&window.seconds, window.measured),
     })
 }
 

@@ -586,6 +586,7 @@ mod tests {
     fn plan(rate: Option<f64>, pipeline: usize) -> Plan {
         let start = Instant::now();
         Plan {
+            worker: 0,
             addr: "127.0.0.1:7".parse().unwrap(),
             ids: 0..4,
             total_connections: 4,

@@ -1,6 +1,7 @@
 //! `echod bench`'s command line, turned into a [`BenchConfig`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -18,6 +19,7 @@ Examples:
   echod bench --udp -c 4 host:7007              UDP datagrams from 4 sockets
   echod bench --reconnect 1 host:7007           a new connection per message
   echod bench --json -d 5 host:7007 | jq .mb_per_s
+  echod bench --csv s.csv --hdr l.hgrm host:7007  a row per second; latency histogram
 
 On a 2-core machine, pin the server and the bench to a core each:
   taskset -c 0 echod -p 7007 -b 127.0.0.1 &
@@ -104,6 +106,17 @@ pub struct BenchArgs {
     /// Print one JSON object with the results on stdout, and no progress.
     #[arg(long)]
     pub json: bool,
+
+    /// Write the measured window second by second to FILE as CSV: start_s,
+    /// duration_s, messages, mb, errors, p50_us, p99_us.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+
+    /// Write the latency histogram to FILE as HdrHistogram's percentile
+    /// distribution (.hgrm, in milliseconds), which HdrHistogram's plotter
+    /// and tools read.
+    #[arg(long, value_name = "FILE")]
+    pub hdr: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -122,6 +135,8 @@ impl BenchArgs {
             threads: self.threads,
             timeout: self.timeout,
             json: self.json,
+            csv: self.csv.clone(),
+            hdr: self.hdr.clone(),
         }
     }
 }

@@ -398,3 +398,139 @@ fn reconnect_is_for_tcp_only() {
         run.stderr
     );
 }
+
+/// A file in the temp directory for one test, removed on drop.
+struct OutFile(std::path::PathBuf);
+
+impl OutFile {
+    fn new(name: &str) -> OutFile {
+        let path = std::env::temp_dir().join(format!("echod-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        OutFile(path)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("the temp directory's path is UTF-8")
+    }
+
+    #[track_caller]
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.0).expect("the file was written")
+    }
+}
+
+impl Drop for OutFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn intervals_csv_and_hgrm_cover_the_measured_window() {
+    let server = InProcess::v4();
+    let addr = server.tcp_addr().to_string();
+    let (csv, hgrm) = (OutFile::new("seconds.csv"), OutFile::new("latency.hgrm"));
+    // 1.5 s after a warm-up: two seconds, the last one half, and the
+    // warm-up in neither.
+    let run = echod(
+        &[
+            "bench",
+            "--json",
+            "--warmup",
+            "0.3",
+            "-d",
+            "1.5",
+            "-c",
+            "2",
+            "--csv",
+            csv.arg(),
+            "--hdr",
+            hgrm.arg(),
+            &addr,
+        ],
+        Input::Bytes(b""),
+    );
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    let report: Value = serde_json::from_slice(&run.stdout).expect("one JSON object");
+    let messages = count(&report, "messages");
+    let intervals = report["intervals"].as_array().expect("intervals");
+    assert_eq!(intervals.len(), 2, "{report}");
+    assert_eq!(intervals[0]["start_s"], 0);
+    assert_eq!(intervals[0]["duration_s"], 1.0);
+    let last = intervals[1]["duration_s"].as_f64().unwrap();
+    assert!(last > 0.0 && last < 1.0, "{report}");
+    let per_second: Vec<u64> = intervals.iter().map(|i| count(i, "messages")).collect();
+    assert_eq!(per_second.iter().sum::<u64>(), messages, "{report}");
+    for interval in intervals {
+        assert_eq!(count(interval, "errors"), 0, "{report}");
+        assert!(interval["p99_us"].as_f64().unwrap() >= interval["p50_us"].as_f64().unwrap());
+        let bytes = 64 * count(interval, "messages");
+        assert_eq!(interval["mb"].as_f64().unwrap(), bytes as f64 / 1e6);
+    }
+
+    // The CSV: a header, then the same seconds.
+    let csv = csv.text();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("start_s,duration_s,messages,mb,errors,p50_us,p99_us")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    for (row, messages) in rows.iter().zip(&per_second) {
+        assert_eq!(row.len(), 7, "{csv}");
+        assert_eq!(row[2].parse::<u64>().unwrap(), *messages, "{csv}");
+        for cell in &row[3..] {
+            cell.parse::<f64>().expect("a number");
+        }
+    }
+
+    // The .hgrm: HdrHistogram's header, rows of value, percentile, count
+    // and 1/(1-p) (not on the 100 % row), and the footer.
+    let hgrm = hgrm.text();
+    let lines: Vec<&str> = hgrm.lines().collect();
+    assert_eq!(
+        lines[..2],
+        [
+            "       Value     Percentile TotalCount 1/(1-Percentile)",
+            ""
+        ]
+    );
+    let (rows, footer) = lines[2..].split_at(lines.len() - 5);
+    let mut previous = (0.0, 0.0, 0);
+    for row in rows {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        let value: f64 = cells[0].parse().unwrap();
+        let percentile: f64 = cells[1].parse().unwrap();
+        let total: u64 = cells[2].parse().unwrap();
+        assert!(
+            value >= previous.0 && percentile >= previous.1 && total >= previous.2,
+            "{row}"
+        );
+        assert_eq!(cells.len(), if percentile < 1.0 { 4 } else { 3 }, "{row}");
+        previous = (value, percentile, total);
+    }
+    assert_eq!(previous.1, 1.0, "the last row is 100 %: {hgrm}");
+    assert_eq!(previous.2, messages, "{hgrm}");
+    assert!(footer[0].starts_with("#[Mean    = "), "{hgrm}");
+    assert!(
+        footer[1].ends_with(&format!("Total count    = {messages:>12}]")),
+        "{hgrm}"
+    );
+    assert!(footer[2].starts_with("#[Buckets = "), "{hgrm}");
+}
+
+#[test]
+fn an_output_file_that_cannot_be_created_is_refused_before_the_run() {
+    let run = echod(
+        &["bench", "--csv", "/nonexistent-dir/s.csv", "127.0.0.1:7"],
+        Input::Bytes(b""),
+    );
+    assert_eq!(run.code(), 2, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with("echod bench: could not create /nonexistent-dir/s.csv: "),
+        "{}",
+        run.stderr
+    );
+}
