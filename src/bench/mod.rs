@@ -423,7 +423,11 @@ pub fn run(config: &BenchConfig) -> ExitCode {
     let window = Window {
         measured,
         interrupted: live.stop.load(Ordering::SeqCst),
-        seconds: live.timeline.seconds(timeline::seconds_begun(measured)),
+        // Sending stops at the first turn after the end, some microseconds
+        // late: that is no second of its own.
+        seconds: live
+            .timeline
+            .seconds(timeline::seconds_begun(measured.min(config.duration))),
     };
     let unwritten = files.write(&window, &total).err();
     if live.gave_up.load(Ordering::SeqCst) {
