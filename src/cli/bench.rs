@@ -19,7 +19,8 @@ Examples:
   echod bench --udp -c 4 host:7007              UDP datagrams from 4 sockets
   echod bench --reconnect 1 host:7007           a new connection per message
   echod bench --json -d 5 host:7007 | jq .mb_per_s
-  echod bench --csv s.csv --hdr l.hgrm host:7007  a row per second; latency histogram
+  echod bench --csv seconds.csv host:7007       a row per second, for spreadsheets
+  echod bench --hdr latency.hgrm host:7007      the latency histogram, for HdrHistogram
 
 On a 2-core machine, pin the server and the bench to a core each:
   taskset -c 0 echod -p 7007 -b 127.0.0.1 &
