@@ -248,6 +248,31 @@ fn a_closed_port_ends_the_run_at_once_with_one_sentence() {
     );
 }
 
+#[test]
+fn a_closed_port_ends_a_json_or_udp_run_at_once_too() {
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    // --json: the report still comes, for scripts, with the failures.
+    let child = spawn_bench(&["--json", "-d", "30", "-c", "2", &addr]);
+    let run = finish(child, Duration::from_secs(15));
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    let report: Value = serde_json::from_slice(&run.stdout).expect("one JSON object");
+    assert!(count(&report, "connect_failures") > 0, "{report}");
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    // UDP: loopback answers with ICMP port unreachable.
+    let child = spawn_bench(&["--udp", "-d", "30", "-c", "2", &addr]);
+    let run = finish(child, Duration::from_secs(15));
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "echod bench: gave up after 1.5 s without a single echo: {addr} answered that \
+             nothing is listening on UDP port {port}"
+        )),
+        "{}",
+        run.stderr
+    );
+}
+
 /// Accepts one connection on `listener` within [`IO_TIMEOUT`] (failing the
 /// test otherwise) and echoes it on a thread until EOF; returns once the
 /// first echo went back.
