@@ -257,6 +257,12 @@ ex_bench() {
   echo '```'
 }
 
+ex_bench_reconnect() {
+  echo '```console'
+  show 'echod bench --reconnect 1 -c 4 -d 1 --warmup 0.5 127.0.0.1:7007 2>/dev/null'
+  echo '```'
+}
+
 ex_bench_json() {
   echo '```console'
   show 'echod bench --json -d 1 --warmup 0.5 127.0.0.1:7007'
@@ -361,7 +367,7 @@ mask() {
     -e 's/127\.0\.0\.1:[0-9]{5}\b/127.0.0.1:#####/g' \
     -e 's/[0-9]+\.[0-9]+ (MiB|KiB|MB)/# \1/g' \
     -e '/^TRACE \[[a-z_:]+\] (poll returned|token 0 )/d' \
-    -e '/messages\/s|^  (measured|rate|latency) |^\{"/s/[0-9][0-9.]*/#/g'
+    -e '/messages\/s|^  (measured|rate|latency|connects) |^\{"/s/[0-9][0-9.]*/#/g'
 }
 
 # GitHub's anchor for a heading: lower case, punctuation dropped, spaces

@@ -21,13 +21,17 @@
 //!   that second report the stall, instead of being quietly sent later
 //!   (the "coordinated omission" that hides stalls in closed-loop tools).
 
+mod hgrm;
 pub mod stats;
 mod tcp;
+pub mod timeline;
 mod udp;
 mod worker;
 
+use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,7 +39,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::kit::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
-use stats::{Setup, Stats};
+use stats::{Setup, Stats, Window};
+use timeline::Timeline;
 
 /// What `echod bench` is to do: its command line, validated (by `cli.rs`).
 #[derive(Clone, Debug)]
@@ -64,6 +69,10 @@ pub struct BenchConfig {
     /// Send UDP datagrams instead of TCP messages.
     pub udp: bool,
 
+    /// Close each connection after this many messages and open a new one
+    /// (TCP only; `None`: keep each connection for the whole run).
+    pub reconnect: Option<u64>,
+
     /// Open loop: send this many messages per second in all, spread over
     /// the connections, and measure latency from when each was due
     /// (0.01 to 1000000000).
@@ -79,6 +88,13 @@ pub struct BenchConfig {
 
     /// Print one JSON object with the results on stdout, and no progress.
     pub json: bool,
+
+    /// Where to write the measured window second by second, as CSV.
+    pub csv: Option<PathBuf>,
+
+    /// Where to write the latency histogram, as an `.hgrm` percentile
+    /// distribution.
+    pub hdr: Option<PathBuf>,
 }
 
 /// The most memory bench lets `--connections`, `--size` and `--pipeline`
@@ -105,6 +121,8 @@ pub fn memory_estimate(connections: u32, size: u32, pipeline: u32) -> u64 {
 /// What one worker thread is to do.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// This worker's number, from 0 (for the [`Timeline`]).
+    pub worker: usize,
     /// The server.
     pub addr: SocketAddr,
     /// The connection numbers of this worker (they key the payloads).
@@ -115,6 +133,9 @@ pub struct Plan {
     pub size: usize,
     /// Messages in flight per connection, 1 to 65536.
     pub pipeline: usize,
+    /// Messages per connection before it is closed and a new one opened
+    /// (TCP); `None`: one connection for the whole run.
+    pub reconnect: Option<u64>,
     /// Messages per second per connection, if open loop.
     pub rate_per_connection: Option<f64>,
     /// When the load starts (the same for all workers).
@@ -177,8 +198,19 @@ pub struct Live {
     pub errors: AtomicU64,
     /// Set to stop early (Ctrl-C).
     pub stop: Arc<AtomicBool>,
+    /// Set when bench gives up on a server it never reached (see
+    /// [`GIVE_UP_AFTER`]); stops the workers as Ctrl-C does.
+    gave_up: AtomicBool,
+    /// True once any connection was made (UDP: any echo came back): from
+    /// then on, failures are the server's trouble under load, counted and
+    /// reported, not a wrong address.
+    reached: AtomicBool,
+    /// What went wrong with the first failed connect, as a sentence.
+    first_connect_error: Mutex<Option<String>>,
     /// The first few errors, described, for the report.
     notes: Mutex<Vec<String>>,
+    /// The measured window second by second.
+    pub timeline: Timeline,
 }
 
 /// How many error descriptions are kept for the report.
@@ -195,7 +227,44 @@ impl Live {
     }
 
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        self.stop.load(Ordering::Relaxed) || self.gave_up.load(Ordering::Relaxed)
+    }
+
+    /// A connection was made (UDP: an echo came back).
+    pub fn reached(&self) {
+        if !self.reached.load(Ordering::Relaxed) {
+            self.reached.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A connect failed (UDP: the port was unreachable) with `sentence`:
+    /// kept if it is the first, for the give-up message.
+    pub fn connect_failed(&self, sentence: &str) {
+        if let Ok(mut first) = self.first_connect_error.lock()
+            && first.is_none()
+        {
+            *first = Some(sentence.to_string());
+        }
+    }
+
+    /// True while no connection was ever made and one has failed: the
+    /// address may be wrong, and progress lines would only repeat it.
+    fn unreached(&self) -> bool {
+        !self.reached.load(Ordering::Relaxed)
+            && self.first_connect_error.lock().is_ok_and(|f| f.is_some())
+    }
+
+    /// Gives up if [`Live::unreached`] still holds [`GIVE_UP_AFTER`] after
+    /// `start`; true if it did.
+    fn give_up_on_unreached(&self, start: Instant, now: Instant) -> bool {
+        if self.gave_up.load(Ordering::Relaxed) {
+            return true;
+        }
+        if self.unreached() && now - start >= GIVE_UP_AFTER {
+            self.gave_up.store(true, Ordering::SeqCst);
+            return true;
+        }
+        false
     }
 
     /// Adds to the shared counters what a worker counted since it last
@@ -220,6 +289,12 @@ pub struct Published {
     echoed: u64,
     errors: u64,
 }
+
+/// How long bench keeps trying a server it has never reached, once a
+/// connect has failed: long enough for a server started a moment ago to
+/// come up, short enough that a wrong port is told at once rather than
+/// after the whole `--duration` of identical failures.
+pub const GIVE_UP_AFTER: Duration = Duration::from_millis(1500);
 
 /// How often progress is shown.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -249,18 +324,26 @@ pub fn run(config: &BenchConfig) -> ExitCode {
             ),
         );
     }
+    // Created before the load, so a path that cannot be written is told
+    // at once, not after the whole run.
+    let files = match Files::create(config) {
+        Ok(files) => files,
+        Err(text) => return tool::fail("bench", EXIT_SETUP, &text),
+    };
     let threads = config.threads.min(config.connections);
     let setup = Setup {
         addr: config.addr.to_string(),
         transport: if config.udp { "udp" } else { "tcp" },
-        connections: config.connections as usize,
+        concurrency: config.connections as usize,
         size,
         pipeline: config.pipeline as usize,
+        reconnect: config.reconnect,
         rate: config.rate,
         threads: threads as usize,
     };
     let live = Arc::new(Live {
         stop: tool::on_interrupt(),
+        timeline: Timeline::new(threads as usize),
         ..Live::default()
     });
     let start = Instant::now();
@@ -278,11 +361,13 @@ pub fn run(config: &BenchConfig) -> ExitCode {
     let mut workers = Vec::new();
     for t in 0..threads {
         let plan = Plan {
+            worker: t as usize,
             addr: config.addr,
             ids: (t * config.connections / threads)..((t + 1) * config.connections / threads),
             total_connections: config.connections,
             size,
             pipeline: config.pipeline as usize,
+            reconnect: config.reconnect,
             rate_per_connection: config.rate.map(|r| r / f64::from(config.connections)),
             start,
             measure_from,
@@ -335,7 +420,20 @@ pub fn run(config: &BenchConfig) -> ExitCode {
             }
         }
     }
-    if live.stopping() && measured < config.duration {
+    let window = Window {
+        measured,
+        interrupted: live.stop.load(Ordering::SeqCst),
+        // Sending stops at the first turn after the end, some microseconds
+        // late: that is no second of its own.
+        seconds: live
+            .timeline
+            .seconds(timeline::seconds_begun(measured.min(config.duration))),
+    };
+    let unwritten = files.write(&window, &total).err();
+    if live.gave_up.load(Ordering::SeqCst) {
+        return give_up(config, &setup, &total, &window, &live);
+    }
+    if window.interrupted && measured < config.duration {
         eprintln!(
             "echod bench: interrupted; the report covers the {:.2} s measured",
             measured.as_secs_f64()
@@ -345,15 +443,24 @@ pub fn run(config: &BenchConfig) -> ExitCode {
     for note in &notes {
         eprintln!("echod bench: {note}");
     }
+    if !config.udp && total.errors.stalls > 0 && live.echoed.load(Ordering::SeqCst) == 0 {
+        eprintln!(
+            "echod bench: {}",
+            tool::nothing_echoed_hint("message", config.addr)
+        );
+    }
     let report = if config.json {
-        format!("{}\n", stats::json(&setup, &total, measured))
+        format!("{}\n", stats::json(&setup, &total, &window))
     } else {
-        stats::text(&setup, &total, measured)
+        stats::text(&setup, &total, &window)
     };
     // A closed stdout (`| head -1`) is the reader's choice, not an error
     // (and `print!` would panic on it).
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(report.as_bytes()).and_then(|()| out.flush());
+    if let Some(text) = unwritten {
+        return tool::fail("bench", EXIT_SETUP, &text);
+    }
     if total.errors.total() > 0 {
         return tool::fail(
             "bench",
@@ -374,6 +481,92 @@ pub fn run(config: &BenchConfig) -> ExitCode {
         );
     }
     ExitCode::from(EXIT_OK)
+}
+
+/// The files `--csv` and `--hdr` asked for, created before the run.
+struct Files {
+    csv: Option<(File, PathBuf)>,
+    hdr: Option<(File, PathBuf)>,
+}
+
+impl Files {
+    /// Creates (empties) the files asked for; the error is a sentence.
+    fn create(config: &BenchConfig) -> Result<Files, String> {
+        let open = |path: &Option<PathBuf>| -> Result<Option<(File, PathBuf)>, String> {
+            let Some(path) = path else {
+                return Ok(None);
+            };
+            let file = File::create(path).map_err(|err| {
+                format!(
+                    "could not create {}: {err}; give a path in a directory you may write to",
+                    path.display()
+                )
+            })?;
+            Ok(Some((file, path.clone())))
+        };
+        Ok(Files {
+            csv: open(&config.csv)?,
+            hdr: open(&config.hdr)?,
+        })
+    }
+
+    /// Writes the seconds to the CSV file and the latencies to the `.hgrm`
+    /// file; the error is a sentence.
+    fn write(self, window: &Window, total: &Stats) -> Result<(), String> {
+        let csv = self
+            .csv
+            .map(|f| (f, timeline::csv(&window.seconds, window.measured)));
+        let hdr = self
+            .hdr
+            .map(|f| (f, hgrm::percentile_distribution(&total.latency)));
+        for ((mut file, path), text) in csv.into_iter().chain(hdr) {
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.flush())
+                .map_err(|err| {
+                    format!(
+                        "could not write {}: {err}; the report above is complete",
+                        path.display()
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Ends a run that never reached the server: one sentence on stderr
+/// instead of a line per failed connect, the JSON report for scripts (no
+/// text report: it would only count the same failure), exit status 1.
+fn give_up(
+    config: &BenchConfig,
+    setup: &Setup,
+    total: &Stats,
+    window: &Window,
+    live: &Live,
+) -> ExitCode {
+    if config.json {
+        let report = format!("{}\n", stats::json(setup, total, window));
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(report.as_bytes()).and_then(|()| out.flush());
+    }
+    let why = live
+        .first_connect_error
+        .lock()
+        .ok()
+        .and_then(|first| first.clone())
+        .unwrap_or_else(|| format!("{} could not be reached", config.addr));
+    let never = if config.udp {
+        "a single echo"
+    } else {
+        "a single connection"
+    };
+    tool::fail(
+        "bench",
+        EXIT_FAILED,
+        &format!(
+            "gave up after {:.1} s without {never}: {why}",
+            GIVE_UP_AFTER.as_secs_f64()
+        ),
+    )
 }
 
 /// What a worker hands back.
@@ -425,6 +618,11 @@ fn show_progress(
     while !workers.iter().all(|w| w.is_finished()) {
         thread::sleep(TICK);
         let now = Instant::now();
+        if live.give_up_on_unreached(start, now) || live.unreached() {
+            // Nothing to show but failed connects, which the end tells in
+            // one sentence (the workers stop at their next turn if given up).
+            continue;
+        }
         if now - last_shown < PROGRESS_EVERY && bar.is_none() {
             continue;
         }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use super::timeline::Interval;
+
 /// The slowest latency the histogram can tell apart from "slower": one
 /// minute, in nanoseconds. Slower echoes are recorded as one minute.
 const LATENCY_MAX_NS: u64 = 60_000_000_000;
@@ -56,10 +58,31 @@ pub struct Stats {
     pub bytes: u64,
     /// Latency of each of those messages, in nanoseconds.
     pub latency: Histogram<u64>,
+    /// TCP connections made after the warm-up.
+    pub connections: u64,
+    /// How long each of those took to connect (from the nonblocking
+    /// `connect` to the handshake's end), in nanoseconds.
+    pub connect: Histogram<u64>,
     /// Errors, warm-up included: a wrong echo is never forgiven.
     pub errors: Errors,
     /// UDP echoes that came back after they were counted lost, or twice.
     pub late: u64,
+    /// The messages of the second now running, for the time series (a
+    /// worker hands it to the [`Timeline`](super::timeline::Timeline)
+    /// each second; merging leaves it out).
+    pub second: Interval,
+}
+
+/// An empty latency histogram, in nanoseconds.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_NS, LATENCY_DIGITS)
+        .expect("the histogram bounds are valid constants")
+}
+
+/// `latency` as a histogram value: nanoseconds, at least 1 (the lowest
+/// value the histogram holds).
+fn nanos(latency: Duration) -> u64 {
+    u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1)
 }
 
 impl Default for Stats {
@@ -74,10 +97,12 @@ impl Stats {
         Stats {
             messages: 0,
             bytes: 0,
-            latency: Histogram::new_with_bounds(1, LATENCY_MAX_NS, LATENCY_DIGITS)
-                .expect("the histogram bounds are valid constants"),
+            latency: latency_histogram(),
+            connections: 0,
+            connect: latency_histogram(),
             errors: Errors::default(),
             late: 0,
+            second: Interval::default(),
         }
     }
 
@@ -85,16 +110,25 @@ impl Stats {
     pub fn echoed(&mut self, size: usize, latency: Duration) {
         self.messages += 1;
         self.bytes += size as u64;
-        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        self.latency.saturating_record(ns.max(1));
+        self.latency.saturating_record(nanos(latency));
+        self.second.echoed(size, nanos(latency));
     }
 
-    /// Forgets the messages and latencies (at the end of the warm-up);
-    /// errors are kept.
+    /// Counts one connection made after `latency`.
+    pub fn connected(&mut self, latency: Duration) {
+        self.connections += 1;
+        self.connect.saturating_record(nanos(latency));
+    }
+
+    /// Forgets the messages, connections and latencies (at the end of the
+    /// warm-up); errors are kept.
     pub fn end_warmup(&mut self) {
         self.messages = 0;
         self.bytes = 0;
         self.latency.reset();
+        self.connections = 0;
+        self.connect.reset();
+        self.second.reset();
     }
 
     /// Adds `other`'s counts to these.
@@ -103,6 +137,8 @@ impl Stats {
         self.bytes += other.bytes;
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
+        self.connections += other.connections;
+        let _ = self.connect.add(&other.connect);
         self.errors.add(&other.errors);
         self.late += other.late;
     }
@@ -115,16 +151,29 @@ pub struct Setup {
     pub addr: String,
     /// "tcp" or "udp".
     pub transport: &'static str,
-    /// Connections (UDP: sockets).
-    pub connections: usize,
+    /// Connections open at once, `-c` (UDP: sockets).
+    pub concurrency: usize,
     /// Bytes per message.
     pub size: usize,
     /// Messages in flight per connection.
     pub pipeline: usize,
+    /// Messages per connection before a new one is opened, if any.
+    pub reconnect: Option<u64>,
     /// Total messages per second asked for, if open loop.
     pub rate: Option<f64>,
     /// Worker threads.
     pub threads: usize,
+}
+
+/// How the measured window went, beside the counts.
+#[derive(Clone, Debug, Default)]
+pub struct Window {
+    /// How long it lasted (shorter than `--duration` when stopped early).
+    pub measured: Duration,
+    /// Ended early by Ctrl-C (SIGINT) or SIGTERM.
+    pub interrupted: bool,
+    /// Its seconds, the last one perhaps partial.
+    pub seconds: Vec<super::timeline::Summary>,
 }
 
 /// Latency percentiles in microseconds.
@@ -136,19 +185,52 @@ fn ms(us: f64) -> String {
     format!("{:.3} ms", us / 1000.0)
 }
 
+/// `h`'s percentiles for people: "p50 … p90 … p99 … p99.9 … max …".
+fn percentiles_text(h: &Histogram<u64>) -> String {
+    format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        ms(percentile_us(h, 0.5)),
+        ms(percentile_us(h, 0.9)),
+        ms(percentile_us(h, 0.99)),
+        ms(percentile_us(h, 0.999)),
+        ms(h.max() as f64 / 1000.0)
+    )
+}
+
+/// `h`'s percentiles for scripts, in microseconds; null if it is empty.
+fn percentiles_json(h: &Histogram<u64>) -> serde_json::Value {
+    if h.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::json!({
+        "p50": percentile_us(h, 0.5),
+        "p90": percentile_us(h, 0.9),
+        "p99": percentile_us(h, 0.99),
+        "p99_9": percentile_us(h, 0.999),
+        "max": h.max() as f64 / 1000.0,
+        "mean": h.mean() / 1000.0,
+    })
+}
+
 /// The report for people.
-pub fn text(setup: &Setup, stats: &Stats, measured: Duration) -> String {
-    let secs = measured.as_secs_f64().max(f64::MIN_POSITIVE);
+pub fn text(setup: &Setup, stats: &Stats, window: &Window) -> String {
+    let secs = window.measured.as_secs_f64().max(f64::MIN_POSITIVE);
     let h = &stats.latency;
     let mut out = String::new();
     let mode = match setup.rate {
         Some(rate) => format!("open loop at {rate} messages/s"),
         None => "closed loop".to_string(),
     };
+    let reconnect = match setup.reconnect {
+        Some(1) => ", a new connection per message".to_string(),
+        Some(n) => format!(", a new connection every {n} messages"),
+        None => String::new(),
+    };
     let _ = writeln!(
         out,
-        "{} over {}: {} connection(s), {}-byte messages, pipeline {}, {mode}, {} thread(s)",
-        setup.addr, setup.transport, setup.connections, setup.size, setup.pipeline, setup.threads
+        "{} over {}: {} connection(s){reconnect}, {}-byte messages, pipeline {}, {mode}, {} \
+         thread(s)",
+        setup.addr, setup.transport, setup.concurrency, setup.size, setup.pipeline, setup.threads
     );
     let _ = writeln!(
         out,
@@ -162,14 +244,15 @@ pub fn text(setup: &Setup, stats: &Stats, measured: Duration) -> String {
         stats.bytes as f64 / secs / 1e6
     );
     if stats.messages > 0 {
+        let _ = writeln!(out, "  latency    {}", percentiles_text(h));
+    }
+    if stats.connections > 0 {
         let _ = writeln!(
             out,
-            "  latency    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-            ms(percentile_us(h, 0.5)),
-            ms(percentile_us(h, 0.9)),
-            ms(percentile_us(h, 0.99)),
-            ms(percentile_us(h, 0.999)),
-            ms(h.max() as f64 / 1000.0)
+            "  connects   {} made, {:.0} connections/s; connect {}",
+            stats.connections,
+            stats.connections as f64 / secs,
+            percentiles_text(&stats.connect)
         );
     }
     let e = &stats.errors;
@@ -194,26 +277,26 @@ pub fn text(setup: &Setup, stats: &Stats, measured: Duration) -> String {
 }
 
 /// The report for scripts: one JSON object (latencies in microseconds).
-pub fn json(setup: &Setup, stats: &Stats, measured: Duration) -> serde_json::Value {
-    let secs = measured.as_secs_f64().max(f64::MIN_POSITIVE);
-    let h = &stats.latency;
-    let latency = if stats.messages > 0 {
-        serde_json::json!({
-            "p50": percentile_us(h, 0.5),
-            "p90": percentile_us(h, 0.9),
-            "p99": percentile_us(h, 0.99),
-            "p99_9": percentile_us(h, 0.999),
-            "max": h.max() as f64 / 1000.0,
-            "mean": h.mean() / 1000.0,
-        })
-    } else {
-        serde_json::Value::Null
+pub fn json(setup: &Setup, stats: &Stats, window: &Window) -> serde_json::Value {
+    let secs = window.measured.as_secs_f64().max(f64::MIN_POSITIVE);
+    // The messages' percentiles, with the connects' as "connect" (null
+    // when no connection was made in the window); null if neither.
+    let latency = match percentiles_json(&stats.latency) {
+        _ if stats.messages == 0 && stats.connections == 0 => serde_json::Value::Null,
+        serde_json::Value::Object(mut keys) => {
+            keys.insert("connect".into(), percentiles_json(&stats.connect));
+            serde_json::Value::Object(keys)
+        }
+        _ => serde_json::json!({ "connect": percentiles_json(&stats.connect) }),
     };
     let e = &stats.errors;
     serde_json::json!({
         "addr": setup.addr,
         "transport": setup.transport,
-        "connections": setup.connections,
+        "concurrency": setup.concurrency,
+        "connections": stats.connections,
+        "connections_per_s": stats.connections as f64 / secs,
+        "reconnect": setup.reconnect,
         "size": setup.size,
         "pipeline": setup.pipeline,
         "rate": setup.rate,
@@ -231,6 +314,8 @@ pub fn json(setup: &Setup, stats: &Stats, measured: Duration) -> serde_json::Val
         "connect_failures": e.connect_failures,
         "lost": e.lost,
         "late": stats.late,
+        "interrupted": window.interrupted,
+        "intervals": super::timeline::json(&window.seconds, window.measured),
     })
 }
 
@@ -269,15 +354,20 @@ mod tests {
         let setup = Setup {
             addr: "127.0.0.1:7".into(),
             transport: "tcp",
-            connections: 1,
+            concurrency: 1,
             size: 64,
             pipeline: 1,
+            reconnect: None,
             rate: None,
             threads: 1,
         };
         let mut s = Stats::new();
         s.echoed(64, Duration::from_micros(100));
-        let v = json(&setup, &s, Duration::from_secs(1));
+        let window = Window {
+            measured: Duration::from_secs(1),
+            ..Window::default()
+        };
+        let v = json(&setup, &s, &window);
         assert_eq!(v["messages"], 1);
         assert_eq!(v["errors"], 0);
         assert_eq!(v["mb_per_s"], 64.0 / 1e6);

@@ -9,6 +9,10 @@
 //! Trouble on a connection (wrong bytes, reset, stall, failed connect) is
 //! counted, the connection is dropped, and a new one is opened after a
 //! short pause, so a benchmark keeps its load and reports every error.
+//!
+//! With `--reconnect N`, a connection that has sent N messages sends no
+//! more; once their echoes are in, it is closed (the client closes first,
+//! a clean FIN) and a new one is opened at once, its connect timed.
 
 use std::cmp::Reverse;
 use std::collections::VecDeque;
@@ -69,6 +73,9 @@ struct Conn {
     read_closed: bool,
     /// Next message to send.
     next_seq: u64,
+    /// The first message sent on the current connection (`--reconnect`
+    /// counts from it).
+    first_seq: u64,
     /// Messages put in `out`, and how far writing has got.
     out: Vec<u8>,
     out_pos: usize,
@@ -95,6 +102,7 @@ impl Conn {
             ready: Readiness::default(),
             read_closed: false,
             next_seq: 0,
+            first_seq: 0,
             out: Vec::new(),
             out_pos: 0,
             recv_seq: 0,
@@ -108,6 +116,18 @@ impl Conn {
 
     fn in_flight(&self) -> usize {
         (self.next_seq - self.recv_seq) as usize
+    }
+
+    /// May this connection send another message under `--reconnect`?
+    fn may_send_more(&self, plan: &Plan) -> bool {
+        plan.reconnect
+            .is_none_or(|most| self.next_seq - self.first_seq < most)
+    }
+
+    /// Has this connection sent its `--reconnect` messages and had them all
+    /// back, so that it is to be replaced?
+    fn used_up(&self, plan: &Plan) -> bool {
+        !self.may_send_more(plan) && self.in_flight() == 0
     }
 }
 
@@ -219,14 +239,8 @@ impl Worker<'_> {
             match conn.phase {
                 Phase::Paused(until) if now >= until && self.core.sending => self.connect(i),
                 Phase::Connecting(since) if now - since >= self.core.plan.timeout => {
-                    let text = format!(
-                        "connection {}: connect to {} took longer than {}",
-                        conn.id,
-                        self.core.plan.addr,
-                        seconds(self.core.plan.timeout)
-                    );
-                    self.core.stats.errors.connect_failures += 1;
-                    self.drop_conn(i, text);
+                    let timed_out = io::Error::from(io::ErrorKind::TimedOut);
+                    self.connect_failed(i, timed_out);
                 }
                 Phase::Open
                     if conn.in_flight() > 0 && now - conn.last_echo >= self.core.plan.timeout =>
@@ -259,6 +273,7 @@ impl Worker<'_> {
                 conn.stream = Some(stream);
                 conn.phase = Phase::Connecting(Instant::now());
                 // Whatever was in flight on an earlier connection is gone.
+                conn.first_seq = conn.next_seq;
                 conn.recv_seq = conn.next_seq;
                 conn.recv_off = 0;
                 conn.sent_at.clear();
@@ -267,16 +282,30 @@ impl Worker<'_> {
                 conn.ready = Readiness::default();
                 conn.read_closed = false;
             }
-            Err(err) => {
-                let text = format!(
-                    "connection {}: {}",
-                    conn.id,
-                    connect_sentence(self.core.plan, err)
-                );
-                self.core.stats.errors.connect_failures += 1;
-                self.drop_conn(i, text);
-            }
+            Err(err) => self.connect_failed(i, err),
         }
+    }
+
+    /// Closes connection `i`, whose `--reconnect` messages all came back,
+    /// and opens the next one at once (none once sending has stopped).
+    fn replace(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        conn.stream = None; // closing deregisters it from the poll
+        conn.scheduled = None;
+        if self.core.sending {
+            self.connect(i);
+        } else {
+            conn.phase = Phase::Done;
+        }
+    }
+
+    /// Counts a failed connect of connection `i` and plans a new one.
+    fn connect_failed(&mut self, i: usize, err: io::Error) {
+        let sentence = connect_sentence(self.core.plan, err);
+        self.core.live.connect_failed(&sentence);
+        self.core.stats.errors.connect_failures += 1;
+        let text = format!("connection {}: {sentence}", self.conns[i].id);
+        self.drop_conn(i, text);
     }
 
     /// Counts nothing itself: the caller counted the error. Closes the
@@ -306,22 +335,21 @@ impl Worker<'_> {
             };
             match target::connect_result(stream) {
                 Ok(true) => {
+                    self.core.live.reached();
                     let conn = &mut self.conns[i];
+                    let now = Instant::now();
+                    if let Phase::Connecting(since) = conn.phase {
+                        self.core.stats.connected(now - since);
+                    }
                     conn.phase = Phase::Open;
-                    conn.last_echo = Instant::now();
+                    conn.last_echo = now;
                 }
                 Ok(false) => {
                     self.conns[i].ready.writable = false;
                     return;
                 }
                 Err(err) => {
-                    let text = format!(
-                        "connection {}: {}",
-                        self.conns[i].id,
-                        connect_sentence(self.core.plan, err)
-                    );
-                    self.core.stats.errors.connect_failures += 1;
-                    self.drop_conn(i, text);
+                    self.connect_failed(i, err);
                     return;
                 }
             }
@@ -330,7 +358,11 @@ impl Worker<'_> {
             return;
         }
         if self.receive(i) && self.conns[i].phase == Phase::Open {
-            self.send(i);
+            if self.conns[i].used_up(self.core.plan) {
+                self.replace(i);
+            } else {
+                self.send(i);
+            }
         }
     }
 
@@ -456,7 +488,8 @@ impl Worker<'_> {
 /// pipeline has room for, and in an open loop only those already due.
 /// Returns when to look again if it stopped at a message not yet due.
 fn fill(conn: &mut Conn, plan: &Plan, now: Instant) -> Option<Instant> {
-    while conn.in_flight() < plan.pipeline && conn.out.len() < MAX_BATCH {
+    while conn.in_flight() < plan.pipeline && conn.out.len() < MAX_BATCH && conn.may_send_more(plan)
+    {
         let sent_at = match plan.send_time(conn.id, conn.next_seq, now) {
             Ok(at) => at,
             Err(wake) => return Some(wake),
@@ -528,6 +561,16 @@ fn check(
 }
 
 fn connect_sentence(plan: &Plan, source: io::Error) -> String {
+    if source.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+        // Many short connections: each one the client closed waits in
+        // TIME_WAIT for a minute, holding its local port.
+        return format!(
+            "no local port was free to connect to {} from ({source}): closed connections \
+             hold theirs for a minute (TIME_WAIT). Use a larger --reconnect or fewer \
+             connections, or widen net.ipv4.ip_local_port_range.",
+            plan.addr
+        );
+    }
     target::ConnectError {
         addr: plan.addr,
         timeout: plan.timeout,
@@ -543,11 +586,13 @@ mod tests {
     fn plan(rate: Option<f64>, pipeline: usize) -> Plan {
         let start = Instant::now();
         Plan {
+            worker: 0,
             addr: "127.0.0.1:7".parse().unwrap(),
             ids: 0..4,
             total_connections: 4,
             size: 8,
             pipeline,
+            reconnect: None,
             rate_per_connection: rate,
             start,
             measure_from: start,

@@ -271,6 +271,7 @@ impl Worker<'_> {
                     now.saturating_duration_since(flight.sent_at),
                 );
                 self.core.echoed += 1;
+                self.core.live.reached();
                 continue;
             }
             let late = n == self.core.plan.size
@@ -308,6 +309,9 @@ impl Worker<'_> {
         if err.kind() == io::ErrorKind::ConnectionRefused {
             // ICMP port unreachable, reported on the next call.
             self.core.stats.errors.connect_failures += 1;
+            self.core
+                .live
+                .connect_failed(&target::udp_refused(self.core.plan.addr));
             if !self.told_refused {
                 self.core
                     .live

@@ -11,6 +11,7 @@ use mio::event::Event;
 use mio::{Events, Poll};
 
 use super::stats::Stats;
+use super::timeline::{FINISHED, seconds_begun};
 use super::{Live, Plan, Published, WorkerResult};
 
 /// What the workers of both transports keep alike.
@@ -30,6 +31,39 @@ pub struct Core<'a> {
     /// Open loop: units (connections, sockets) by the time their next
     /// message is due.
     pub due: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Where this worker is in the measured window's seconds.
+    clock: Clock,
+}
+
+/// A worker's place in the time series: the second of the measured window
+/// it counts in, and the last second it may count in.
+#[derive(Debug)]
+struct Clock {
+    /// The second now counted in `Stats::second`, from 0.
+    second: u64,
+    /// The window's last second: echoes after the window (the drain) count
+    /// in it. Set from `--duration`, lowered when sending stops early.
+    last: u64,
+    /// Errors counted before the current second began.
+    errors_before: u64,
+}
+
+impl Clock {
+    /// The second `now` falls in, within the window's seconds.
+    fn second_at(&self, plan: &Plan, now: Instant) -> u64 {
+        now.saturating_duration_since(plan.measure_from)
+            .as_secs()
+            .min(self.last)
+    }
+
+    /// When the current second ends, if a later one is to come.
+    fn next_boundary(&self, plan: &Plan) -> Option<Instant> {
+        if self.second >= self.last {
+            return None;
+        }
+        let secs = Duration::from_secs(self.second + 1);
+        plan.measure_from.checked_add(secs)
+    }
 }
 
 impl<'a> Core<'a> {
@@ -43,7 +77,39 @@ impl<'a> Core<'a> {
             published: Published::default(),
             sending: true,
             due: BinaryHeap::new(),
+            clock: Clock {
+                second: 0,
+                last: seconds_begun(plan.end - plan.measure_from).saturating_sub(1),
+                errors_before: 0,
+            },
         }
+    }
+
+    /// Starts the time series: the warm-up is over (its errors are not in
+    /// any second).
+    fn start_seconds(&mut self) {
+        self.clock.second = 0;
+        self.clock.errors_before = self.stats.errors.total();
+    }
+
+    /// Hands the current second to the timeline if `now` is past it.
+    fn tick(&mut self, now: Instant) {
+        let second = self.clock.second_at(self.plan, now);
+        if second > self.clock.second {
+            self.hand_over(second);
+        }
+    }
+
+    /// Hands the current second's counts to the timeline; this worker is
+    /// in second `now_in` from then on ([`FINISHED`]: no more).
+    fn hand_over(&mut self, now_in: u64) {
+        let errors = self.stats.errors.total();
+        self.stats.second.errors = errors - self.clock.errors_before;
+        let (timeline, worker) = (&self.live.timeline, self.plan.worker);
+        timeline.add(worker, self.clock.second, &self.stats.second, now_in);
+        self.stats.second.reset();
+        self.clock.errors_before = errors;
+        self.clock.second = now_in;
     }
 
     /// Moves this worker's counts to the shared progress counters.
@@ -96,12 +162,22 @@ pub fn run<'a, L: Load<'a>>(load: &mut L, poll: &mut Poll) -> io::Result<WorkerR
         let core = load.core();
         if !warm && now >= plan.measure_from {
             core.stats.end_warmup();
+            core.start_seconds();
             warm = true;
+        }
+        if warm {
+            core.tick(now);
         }
         if core.sending && (now >= plan.end || core.live.stopping()) {
             // Stop sending; wait a little for the echoes in flight.
             core.sending = false;
-            measured_until = Some(now.max(plan.measure_from));
+            let until = now.max(plan.measure_from);
+            measured_until = Some(until);
+            // Stopped early: the window ends in the second it stopped in.
+            // (Not before the second already counted in, should the stop
+            // fall exactly on its start.)
+            let seconds = seconds_begun(until - plan.measure_from).max(1);
+            core.clock.last = core.clock.last.min(seconds - 1).max(core.clock.second);
             if L::DRAIN {
                 drain_until = Some(now + timeout);
             }
@@ -135,6 +211,8 @@ pub fn run<'a, L: Load<'a>>(load: &mut L, poll: &mut Poll) -> io::Result<WorkerR
         }
         if !warm {
             deadline = deadline.min(plan.measure_from);
+        } else if let Some(boundary) = core.clock.next_boundary(plan) {
+            deadline = deadline.min(boundary);
         }
         if let Some(until) = drain_until {
             deadline = deadline.min(until);
@@ -156,6 +234,14 @@ pub fn run<'a, L: Load<'a>>(load: &mut L, poll: &mut Poll) -> io::Result<WorkerR
     load.finish();
     let core = load.core();
     core.publish();
+    if warm {
+        core.hand_over(FINISHED);
+    } else {
+        // Stopped during the warm-up: no second to count in.
+        core.live
+            .timeline
+            .add(plan.worker, 0, &Default::default(), FINISHED);
+    }
     let stats = std::mem::take(&mut core.stats);
     Ok(WorkerResult::new(stats, plan, measured_until))
 }

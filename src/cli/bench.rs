@@ -1,6 +1,7 @@
 //! `echod bench`'s command line, turned into a [`BenchConfig`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -16,7 +17,10 @@ Examples:
   echod bench --pipeline 16 host:7007           16 messages in flight per connection
   echod bench --rate 50000 -c 50 host:7007      open loop: 50,000 messages/s in all
   echod bench --udp -c 4 host:7007              UDP datagrams from 4 sockets
+  echod bench --reconnect 1 host:7007           a new connection per message
   echod bench --json -d 5 host:7007 | jq .mb_per_s
+  echod bench --csv seconds.csv host:7007       a row per second, for spreadsheets
+  echod bench --hdr latency.hgrm host:7007      the latency histogram, for HdrHistogram
 
 On a 2-core machine, pin the server and the bench to a core each:
   taskset -c 0 echod -p 7007 -b 127.0.0.1 &
@@ -62,7 +66,9 @@ pub struct BenchArgs {
     pub warmup: Duration,
 
     /// Messages in flight per connection, 1 to 65536.
-    #[arg(short, long, default_value_t = 1,
+    // No short flag: `-p` is the server's port, and `echod bench -p 7007
+    // HOST` used to bench port 7 with a pipeline of 7007.
+    #[arg(long, default_value_t = 1,
           value_parser = |t: &str| parse_within::<u32>(
               t, "a number of messages", 1..=65_536, ""))]
     pub pipeline: u32,
@@ -70,6 +76,15 @@ pub struct BenchArgs {
     /// Send UDP datagrams instead of TCP messages.
     #[arg(short, long)]
     pub udp: bool,
+
+    /// Close each connection after this many messages and open a new one
+    /// (1: a fresh connection per message, as inetd-style clients and
+    /// health checks do), to measure connections per second and connect
+    /// latency. TCP only (1 to 1000000000).
+    #[arg(long, value_name = "MESSAGES", conflicts_with = "udp",
+          value_parser = |t: &str| parse_within::<u64>(
+              t, "a number of messages", 1..=1_000_000_000, ""))]
+    pub reconnect: Option<u64>,
 
     /// Open loop: send this many messages per second in all, spread over
     /// the connections, and measure latency from when each was due
@@ -92,6 +107,17 @@ pub struct BenchArgs {
     /// Print one JSON object with the results on stdout, and no progress.
     #[arg(long)]
     pub json: bool,
+
+    /// Write the measured window second by second to FILE as CSV: start_s,
+    /// duration_s, messages, mb, errors, p50_us, p99_us.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+
+    /// Write the latency histogram to FILE as HdrHistogram's percentile
+    /// distribution (.hgrm, in milliseconds), which HdrHistogram's plotter
+    /// and tools read.
+    #[arg(long, value_name = "FILE")]
+    pub hdr: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -105,10 +131,13 @@ impl BenchArgs {
             warmup: self.warmup,
             pipeline: self.pipeline,
             udp: self.udp,
+            reconnect: self.reconnect,
             rate: self.rate,
             threads: self.threads,
             timeout: self.timeout,
             json: self.json,
+            csv: self.csv.clone(),
+            hdr: self.hdr.clone(),
         }
     }
 }

@@ -39,6 +39,28 @@ impl fmt::Display for Target {
     }
 }
 
+/// The sentence for `ADDR` given as a bare number, or `None` if `text` is
+/// not one.
+///
+/// A number alone is almost always a port typed where the address goes
+/// (`echod bench 7007`, or `echod bench -p 7007 HOST` read the old way).
+/// The resolver would take it for an IPv4 address in the old BSD
+/// `inet_aton` style (`7007` is 0.0.27.95) and connect to nowhere, so it
+/// is refused before any lookup, whatever the tool.
+fn bare_number(text: &str) -> Option<String> {
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(match text.parse::<u16>() {
+        Ok(port) if port > 0 => {
+            format!("'{text}' is a port, not an address; write 127.0.0.1:{port} or HOST:{port}")
+        }
+        _ => {
+            format!("'{text}' is a number, not an address; give HOST:PORT, such as localhost:7007")
+        }
+    })
+}
+
 impl Target {
     /// Parses `host:port`, `[ipv6]:port`, a bare IPv6 address, or a bare
     /// host (port 7, the echo port of RFC 862).
@@ -49,6 +71,9 @@ impl Target {
         let text = text.trim();
         if text.is_empty() {
             return Err("the address is empty; give HOST:PORT, such as localhost:7007".into());
+        }
+        if let Some(err) = bare_number(text) {
+            return Err(err);
         }
         let (host, port) = if let Some(rest) = text.strip_prefix('[') {
             let (host, after) = rest.split_once(']').ok_or_else(|| {
@@ -398,6 +423,12 @@ mod tests {
             ("::1:7007:x", "brackets"),
             (":7007", "no host"),
             ("localhost:0", "port 0"),
+            (
+                "17507",
+                "'17507' is a port, not an address; write 127.0.0.1:17507",
+            ),
+            ("0", "'0' is a number, not an address"),
+            ("99999", "'99999' is a number, not an address"),
         ] {
             let err = Target::parse(text).unwrap_err();
             assert!(err.contains(needle), "{text:?}: {err}");

@@ -57,6 +57,19 @@ pub fn sleep_until(when: Instant, interrupted: &AtomicBool) -> bool {
     }
 }
 
+/// What to say when a TCP server sent no `what` (message, probe) back
+/// whole. The likeliest cause: a server that echoes only whole lines (one
+/// that reads with `readline`), waiting for a newline that the tools'
+/// binary payloads do not end with. `echod check`'s `unbuffered` check
+/// tells line buffering from a server that echoes nothing at all.
+pub fn nothing_echoed_hint(what: &str, addr: SocketAddr) -> String {
+    format!(
+        "no {what} came back whole from {addr}: {what}s are binary and do not end in a \
+         newline, so a server that echoes only whole lines holds them back; run \
+         `echod check {addr} --only echo unbuffered` to see whether it does"
+    )
+}
+
 /// The transport a tool's `--udp` flag asks for.
 pub fn transport(udp: bool) -> Transport {
     if udp { Transport::Udp } else { Transport::Tcp }
