@@ -480,9 +480,14 @@ fn stdout_failure(err: &io::Error) -> Failure {
     ))
 }
 
-/// The UDP mode: stdin cut into datagrams of up to `--size` bytes (one
-/// read of stdin each, as nc does), each sent and its echo awaited in
-/// turn, resent up to `--retries` times.
+/// The UDP mode: stdin cut into datagrams of exactly `--size` bytes (the
+/// last one shorter), each sent and its echo awaited in turn, resent up to
+/// `--retries` times.
+///
+/// A datagram is filled from as many reads as it takes, not one read each
+/// as nc does: reads follow the pipe and stdin's 8 KiB buffer, so their
+/// sizes would shape the datagrams (1472 × 5 and 832 with the default
+/// size), and a loss report could not name a predictable byte range.
 pub fn run_udp(config: &ClientConfig) -> ExitCode {
     let mut exchanger = match tool::exchanger("client", config.addr, Transport::Udp, config.timeout)
     {
@@ -494,10 +499,9 @@ pub fn run_udp(config: &ClientConfig) -> ExitCode {
     let mut datagram = vec![0; config.size as usize];
     let (mut count, mut offset, mut lost, mut wrong, mut resent) = (0u64, 0u64, 0u64, 0u64, 0u64);
     loop {
-        let n = match stdin.read(&mut datagram) {
+        let n = match fill(&mut stdin, &mut datagram) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
                 return tool::fail(
                     "client",
@@ -558,4 +562,63 @@ pub fn run_udp(config: &ClientConfig) -> ExitCode {
         );
     }
     ExitCode::from(EXIT_OK)
+}
+
+/// Reads into `buf` until it is full or the input ends; returns how many
+/// bytes it holds (0 at the end of the input). Unlike `read_exact`, a
+/// short last piece is kept, not an error.
+fn fill(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out at most `step` bytes per read, as a pipe
+    /// or a buffered stdin does.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn datagrams_are_filled_across_reads_and_the_last_is_shorter() {
+        let data: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        let mut input = Trickle {
+            data: &data,
+            step: 300,
+        };
+        let mut buf = vec![0; 1000];
+        let mut sizes = Vec::new();
+        let mut joined = Vec::new();
+        loop {
+            let n = fill(&mut input, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            sizes.push(n);
+            joined.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(sizes, [1000, 1000, 500]);
+        assert_eq!(joined, data);
+    }
 }

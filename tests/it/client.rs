@@ -1,8 +1,53 @@
 //! `echod client`: stdin through the server, checked; against the real
 //! server and against servers that damage, cut or drop the echo.
 
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
 use crate::tools::{Fault, Input, TempFile, drop_every_other_udp, echod, faulty_tcp};
-use crate::util::{ECHOD, InProcess, random_bytes};
+use crate::util::{ECHOD, IO_TIMEOUT, InProcess, random_bytes};
+
+/// A UDP echo server on 127.0.0.1:0 that also reports the size of every
+/// datagram it receives, for a bounded time.
+fn recording_udp() -> (SocketAddr, Receiver<usize>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (sizes, received) = mpsc::channel();
+    thread::spawn(move || {
+        let deadline = Instant::now() + 2 * IO_TIMEOUT;
+        let mut buf = vec![0; 65_536];
+        while Instant::now() < deadline {
+            let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            if sizes.send(n).is_err() {
+                return; // the test is over
+            }
+            let _ = socket.send_to(&buf[..n], peer);
+        }
+    });
+    (addr, received)
+}
+
+/// `client --udp -s SIZE` of `len` bytes through [`recording_udp`]: the
+/// sizes of the datagrams the server received.
+fn datagram_sizes(size: &str, len: usize) -> Vec<usize> {
+    let (addr, sizes) = recording_udp();
+    let input = random_bytes(len as u64, len);
+    let run = echod(
+        &["client", "--udp", "-s", size, &addr.to_string()],
+        Input::Bytes(&input),
+    );
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    assert!(run.stdout == input, "the echo differs from the input");
+    // The client has exited: every datagram it sent has been received.
+    sizes.try_iter().collect()
+}
 
 #[test]
 fn a_32_mib_file_comes_back_unchanged() {
@@ -137,6 +182,18 @@ fn udp_datagrams_come_back_in_order() {
     );
     assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
     assert!(run.stdout == input);
+}
+
+/// Datagrams are exactly --size bytes, not shaped by how stdin happens to
+/// be read (its 8 KiB buffer made 1000 × 8 and 192, again and again).
+#[test]
+fn udp_datagrams_are_exactly_the_size_asked() {
+    assert_eq!(datagram_sizes("1000", 20_000), vec![1000; 20]);
+    assert_eq!(datagram_sizes("8000", 8192), [8000, 192]);
+    assert_eq!(
+        datagram_sizes("1472", 10_000),
+        [1472, 1472, 1472, 1472, 1472, 1472, 1168]
+    );
 }
 
 #[test]
