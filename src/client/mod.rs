@@ -240,13 +240,7 @@ pub fn run_tcp(config: &ClientConfig) -> Result<(), Failure> {
             && session.awaiting_echo()
             && session.last_echo.elapsed() >= config.timeout
         {
-            return Err(Failure::Echo(format!(
-                "no echo from {} for {} with {} bytes sent and not yet echoed; the server \
-                 may be stuck or overloaded (allow longer with --timeout)",
-                config.addr,
-                seconds(config.timeout),
-                session.sent - session.received
-            )));
+            return Err(session.silence(config));
         }
     }
     match out.flush() {
@@ -457,6 +451,31 @@ impl Session {
             )));
         }
         Ok(())
+    }
+
+    /// The server said nothing for `--timeout` while it owed bytes or its
+    /// close: which of the two it owed says what is wrong.
+    fn silence(&self, config: &ClientConfig) -> Failure {
+        let waited = seconds(config.timeout);
+        if self.write_shut && self.received == self.sent {
+            // Everything came back; only the close is missing. RFC 862's
+            // TCP service ends when the client's half does (and `check`
+            // calls this the same way): a server that keeps its side open
+            // makes `nc -N` and scripts wait for ever.
+            return Failure::Echo(format!(
+                "all {} bytes came back, but the server did not close its side within \
+                 {waited} after the client shut down its own: it ignores half-close, so \
+                 clients that wait for the end of the echo wait for ever (the echo on \
+                 stdout is complete; `echod check --only half-close` tells more)",
+                self.sent
+            ));
+        }
+        Failure::Echo(format!(
+            "no echo from {} for {waited} with {} bytes sent and not yet echoed; the server \
+             may be stuck or overloaded (allow longer with --timeout)",
+            config.addr,
+            self.sent - self.received
+        ))
     }
 
     fn broken(&self, doing: &str, err: &io::Error) -> Failure {

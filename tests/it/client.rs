@@ -1,7 +1,8 @@
 //! `echod client`: stdin through the server, checked; against the real
 //! server and against servers that damage, cut or drop the echo.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -123,6 +124,64 @@ fn an_early_close_is_reported_as_truncation() {
         run.stderr
     );
     assert_eq!(run.stdout, input[..3000]);
+}
+
+/// A TCP echo server on 127.0.0.1:0 for one connection that echoes all
+/// it reads but, after the client's EOF, keeps its side open until the
+/// returned sender is dropped (or a bounded time passes).
+fn never_closing_tcp() -> (SocketAddr, mpsc::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done, hold) = mpsc::channel::<()>();
+    thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // EOF read, everything echoed: the close never comes.
+        let _ = hold.recv_timeout(2 * IO_TIMEOUT);
+        drop(conn);
+    });
+    (addr, done)
+}
+
+/// Everything came back, only the close is missing: the client says so,
+/// in the words `check` uses, not "stuck or overloaded".
+#[test]
+fn a_server_that_never_closes_after_the_half_close_is_named() {
+    let (addr, done) = never_closing_tcp();
+    let input = random_bytes(8, 3000);
+    let run = echod(
+        &["client", "-W", "300ms", &addr.to_string()],
+        Input::Bytes(&input),
+    );
+    drop(done);
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "all 3000 bytes came back, but the server did not close its side within 300 ms \
+             after the client shut down its own"
+        ),
+        "stderr: {}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("stuck or overloaded"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout == input, "the echo on stdout is complete");
 }
 
 #[test]
