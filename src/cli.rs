@@ -62,8 +62,9 @@ Talk to it:
 Exit status: 0 after a stop in which every session finished, 1 when the server
 cannot start, stops on an error or has no socket left to serve (the message
 says why and what to do), 2 for a command-line mistake, 3 when the grace ran
-out and sessions were cut, 4 when a second signal cut them. SIGHUP stops
-gracefully like SIGTERM, unless it was ignored at start (nohup).
+out and sessions were cut, 4 when a second signal cut them.
+
+SIGHUP stops gracefully like SIGTERM, unless it was ignored at start (nohup).
 
 Under systemd, echod serves the sockets of its .socket unit (LISTEN_FDS);
 see contrib/systemd/. Man page and completions: echod generate --help.";

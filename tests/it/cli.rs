@@ -181,3 +181,156 @@ fn global_flags_and_the_port_variable_still_go_with_a_tool() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("seq=1"));
 }
+
+// --- man pages ----------------------------------------------------------------
+
+/// `echod generate ARGS`'s standard output.
+#[track_caller]
+fn generated(args: &[&str]) -> String {
+    let out = Command::new(ECHOD)
+        .arg("generate")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The roff lines of `page` after the `heading` line (`.SH NAME`) up to the next
+/// section.
+fn section<'a>(page: &'a str, heading: &str) -> Vec<&'a str> {
+    let mut lines = page.lines().skip_while(|line| *line != heading);
+    assert!(lines.next().is_some(), "no {heading} in:\n{page}");
+    lines.take_while(|line| !line.starts_with(".SH ")).collect()
+}
+
+/// The lines of `page`'s EXAMPLES section set without filling (between
+/// `.nf` and `.fi`), as they appear on the screen.
+fn preformatted(page: &str) -> Vec<&str> {
+    let mut inside = false;
+    let mut lines = Vec::new();
+    for line in section(page, ".SH EXAMPLES") {
+        match line {
+            ".nf" => inside = true,
+            ".fi" => inside = false,
+            _ if inside => lines.push(line),
+            _ => {}
+        }
+    }
+    lines
+}
+
+/// echod(1) has the sections man-pages(7) names, its examples one per
+/// line (clap_mangen's EXTRA section let man reflow them into one
+/// paragraph), and a SYNOPSIS that names each option's value.
+#[test]
+fn the_man_page_has_examples_exit_status_and_value_names() {
+    let page = generated(&["man"]);
+    assert!(!page.contains(".SH EXTRA"), "{page}");
+    let synopsis = section(&page, ".SH SYNOPSIS").join("\n");
+    for value in [
+        r"\fB\-\-port\fR \fIPORT\fR",
+        r"\fB\-\-bind\fR \fIADDR\fR]...",
+    ] {
+        assert!(
+            synopsis.contains(value),
+            "SYNOPSIS lacks {value}: {synopsis}"
+        );
+    }
+    let statuses = section(&page, ".SH \"EXIT STATUS\"").join("\n");
+    for status in 0..=4 {
+        assert!(
+            statuses.contains(&format!(".TP\n\\fB{status}\\fR")),
+            "{statuses}"
+        );
+    }
+    let examples = preformatted(&page);
+    assert!(
+        examples
+            .iter()
+            .any(|line| line.starts_with(r"echod \-p 0 ")),
+        "{examples:?}"
+    );
+    assert!(
+        examples
+            .iter()
+            .any(|line| line.starts_with(r"nc \-N localhost 7007")),
+        "{examples:?}"
+    );
+    // Prose stays prose, out of the examples.
+    let notes = section(&page, ".SH NOTES").join("\n");
+    assert!(notes.contains("(nohup)"), "{notes}");
+}
+
+/// `generate man --dir` writes a page per tool, each with its own
+/// examples and exit statuses, and echod(1) names them.
+#[test]
+fn each_tool_has_its_man_page() {
+    let dir = std::env::temp_dir().join(format!("echod-man-pages-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let listing = generated(&["man", "--dir", dir.to_str().unwrap()]);
+    let read = |name: &str| {
+        let path = dir.join(name);
+        assert!(listing.contains(path.to_str().unwrap()), "{listing}");
+        std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{name}: {err}"))
+    };
+    let main = read("echod.1");
+    for tool in ["client", "ping", "bench", "check"] {
+        let page = read(&format!("echod-{tool}.1"));
+        assert!(page.contains(&format!(".TH echod-{tool} 1")), "{page}");
+        let synopsis = section(&page, ".SH SYNOPSIS").join("\n");
+        assert!(
+            synopsis.contains(&format!(r"\fBechod {tool}\fR")),
+            "{synopsis}"
+        );
+        assert!(synopsis.contains(r"\fIADDR\fR"), "{synopsis}");
+        let examples = preformatted(&page);
+        assert!(
+            examples.len() >= 4
+                && examples
+                    .iter()
+                    .any(|line| line.contains(&format!(r"echod {tool} "))),
+            "echod-{tool}(1) examples: {examples:?}"
+        );
+        let statuses = section(&page, ".SH \"EXIT STATUS\"").join("\n");
+        assert!(
+            statuses.contains('0') && statuses.contains('2'),
+            "{statuses}"
+        );
+        assert!(main.contains(&format!("echod\\-{tool}(1)")));
+    }
+    // check lists its statuses: one entry each.
+    let check = read("echod-check.1");
+    let statuses = section(&check, ".SH \"EXIT STATUS\"").join("\n");
+    assert!(
+        statuses.contains(".TP\n\\fB1\\fR\nat least one check failed"),
+        "{statuses}"
+    );
+
+    // groff reads every page without a warning, where it is installed.
+    if crate::util::have("groff") {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let out = Command::new("groff")
+                .args(["-k", "-man", "-ww", "-z"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && err.is_empty(),
+                "{}: {err}",
+                path.display()
+            );
+        }
+    } else {
+        eprintln!("groff is not installed: the man pages are not checked with it");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
