@@ -368,6 +368,79 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// The command line as `echod generate` documents it: the one that
+    /// parses, plus what only completions and man pages use. Values that
+    /// are numbers, durations or addresses complete to nothing rather
+    /// than to file names (clap_complete's default), and `check --only`
+    /// completes to the check names, each with what it looks for.
+    ///
+    /// Parsing stays as it is: `check` refuses an unknown name with its
+    /// own sentence, which a clap list of possible values would replace.
+    pub fn documented() -> clap::Command {
+        let command = Cli::command().mut_subcommand("check", |check| {
+            check.mut_arg("only", |only| only.value_parser(CheckNames))
+        });
+        with_value_hints(command)
+    }
+}
+
+/// `check --only`'s values: any string parses, and the possible values
+/// (for completions and the man page) are the names in [`CHECKS`].
+///
+/// [`CHECKS`]: crate::check::CHECKS
+#[derive(Clone, Copy, Debug)]
+struct CheckNames;
+
+impl clap::builder::TypedValueParser for CheckNames {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(command, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(crate::check::CHECKS.iter().map(|check| {
+            clap::builder::PossibleValue::new(check.name).help(check.reason)
+        })))
+    }
+}
+
+/// `command` and its subcommands with [`ValueHint::Other`] on every value
+/// that has neither a hint nor possible values: no file names offered for
+/// a count, a duration or an address.
+///
+/// [`ValueHint::Other`]: clap::ValueHint::Other
+fn with_value_hints(mut command: clap::Command) -> clap::Command {
+    let plain: Vec<clap::Id> = command
+        .get_arguments()
+        .filter(|arg| {
+            arg.get_action().takes_values()
+                && arg.get_value_hint() == clap::ValueHint::Unknown
+                && arg.get_possible_values().is_empty()
+        })
+        .map(|arg| arg.get_id().clone())
+        .collect();
+    for id in plain {
+        command = command.mut_arg(id, |arg| arg.value_hint(clap::ValueHint::Other));
+    }
+    let subcommands: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_string())
+        .collect();
+    for name in subcommands {
+        command = command.mut_subcommand(name, with_value_hints);
+    }
+    command
+}
+
 /// The server's flags (`--port`, …) written on the command line, as typed
 /// (the long form). The PORT variable does not count: it is set for a
 /// whole environment, tools included.
@@ -861,6 +934,31 @@ mod tests {
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+        Cli::documented().debug_assert();
+    }
+
+    /// The check names `generate` documents for `--only` are only a
+    /// hint: any name still parses, for check to refuse in its words.
+    #[test]
+    fn the_documented_command_parses_as_the_real_one() {
+        let only = |command: clap::Command| {
+            command
+                .try_get_matches_from(["echod", "check", "--only", "nonsense", "127.0.0.1:7"])
+                .map(|m| m.subcommand().map(|(name, _)| name.to_string()))
+        };
+        use clap::CommandFactory;
+        assert_eq!(only(Cli::command()).unwrap(), Some("check".into()));
+        assert_eq!(only(Cli::documented()).unwrap(), Some("check".into()));
+        let check = Cli::documented().find_subcommand("check").cloned().unwrap();
+        let names: Vec<String> = check
+            .get_arguments()
+            .find(|arg| arg.get_id() == "only")
+            .unwrap()
+            .get_possible_values()
+            .iter()
+            .map(|value| value.get_name().to_string())
+            .collect();
+        assert!(names.contains(&"half-close".to_string()), "{names:?}");
     }
 
     /// `echod --port 9 --no-splice ping HOST` used to run ping and drop

@@ -39,7 +39,7 @@ pub struct GenerateArgs {
 
     /// Write the file(s) into this directory instead of printing; the
     /// paths written are printed.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub dir: Option<PathBuf>,
 }
 
@@ -116,6 +116,9 @@ impl GenerateArgs {
             Some(shell) => {
                 let name = command.get_name().to_string();
                 clap_complete::generate(shell, &mut command, name, &mut text);
+                if shell == Shell::Fish {
+                    text.extend_from_slice(fish_positionals(&command).as_bytes());
+                }
             }
         }
         Ok(text)
@@ -136,11 +139,43 @@ impl GenerateArgs {
             }
             Some(shell) => {
                 let name = command.get_name().to_string();
-                vec![clap_complete::generate_to(shell, &mut command, name, dir)?]
+                let path = clap_complete::generate_to(shell, &mut command, name, dir)?;
+                if shell == Shell::Fish {
+                    std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&path)?
+                        .write_all(fish_positionals(&command).as_bytes())?;
+                }
+                vec![path]
             }
         };
         Ok(written)
     }
+}
+
+/// The fish completions clap_complete leaves out: it completes options
+/// only, so after `echod generate` fish offered file names instead of
+/// the verbs. One line per possible value of each subcommand's
+/// positionals, with `-f` so that no file names join them.
+fn fish_positionals(command: &clap::Command) -> String {
+    let name = command.get_name();
+    let mut lines = String::new();
+    for sub in command.get_subcommands() {
+        for arg in sub.get_positionals() {
+            for value in arg.get_possible_values() {
+                let help = value
+                    .get_help()
+                    .map(|help| format!(" -d '{}'", help.to_string().replace('\'', "\\'")))
+                    .unwrap_or_default();
+                lines.push_str(&format!(
+                    "complete -c {name} -n \"__fish_{name}_using_subcommand {}\" -f -a \"{}\"{help}\n",
+                    sub.get_name(),
+                    value.get_name()
+                ));
+            }
+        }
+    }
+    lines
 }
 
 /// A man page: clap_mangen's sections where they serve (name,

@@ -334,3 +334,97 @@ fn each_tool_has_its_man_page() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// --- completions --------------------------------------------------------------
+
+/// What bash offers for `words` (the last one being completed), with the
+/// completion script in `dir` loaded and `dir` as the working directory,
+/// so that any file name offered is one of `dir`'s.
+fn bash_offers(dir: &std::path::Path, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let program = format!(
+        "source '{}'\n\
+         COMP_WORDS=({})\n\
+         COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))\n\
+         COMP_LINE=\"${{COMP_WORDS[*]}}\"; COMP_POINT=${{#COMP_LINE}}\n\
+         _echod echod \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\" 2>/dev/null\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        dir.join("echod.bash").display(),
+        quoted.join(" ")
+    );
+    let out = Command::new("bash")
+        .current_dir(dir)
+        .args(["--norc", "--noprofile", "-c", &program])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `check --only` completes to the check names, `generate` to its verbs,
+/// and values such as a count to nothing: never to file names.
+#[test]
+fn completions_offer_check_names_and_verbs_not_files() {
+    let names: Vec<&str> = echod::check::CHECKS.iter().map(|c| c.name).collect();
+    let verbs = ["man", "bash", "zsh", "fish", "elvish", "powershell"];
+    let script = generated(&["bash"]);
+    let only = script
+        .split("--only)")
+        .nth(1)
+        .and_then(|rest| rest.lines().nth(1))
+        .unwrap_or_default();
+    assert!(
+        only.contains(&format!("compgen -W \"{}\"", names.join(" "))),
+        "{only}"
+    );
+    let count = script
+        .split("--count)")
+        .nth(1)
+        .and_then(|rest| rest.lines().nth(1))
+        .unwrap_or_default();
+    assert!(!count.contains("compgen -f"), "{count}");
+    let fish = generated(&["fish"]);
+    for verb in verbs {
+        assert!(
+            fish.contains(&format!(
+                "__fish_echod_using_subcommand generate\" -f -a \"{verb}\""
+            )),
+            "fish completions lack the verb {verb}"
+        );
+    }
+
+    // What bash itself offers, with the script loaded.
+    if !crate::util::have("bash") {
+        eprintln!("bash is not installed: its completions are only read, not run");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("echod-completion-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A file that file-name completion would offer.
+    std::fs::write(dir.join("half-file"), "").unwrap();
+    std::fs::write(dir.join("echod.bash"), &script).unwrap();
+    let offers = |words: &[&str]| bash_offers(&dir, words);
+    assert_eq!(offers(&["echod", "check", "--only", ""]), names);
+    assert_eq!(
+        offers(&["echod", "check", "--only", "half"]),
+        ["half-close"]
+    );
+    let after_generate = offers(&["echod", "generate", ""]);
+    for verb in verbs {
+        assert!(
+            after_generate.iter().any(|w| w == verb),
+            "{after_generate:?}"
+        );
+    }
+    assert!(!after_generate.iter().any(|w| w == "half-file"));
+    let count = offers(&["echod", "ping", "-c", "half"]);
+    assert!(
+        !count.iter().any(|w| w == "half-file"),
+        "a count completes to file names: {count:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
