@@ -316,7 +316,7 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let mut command = Cli::command();
+        let mut command = Cli::with_tool_help();
         let matches = command.try_get_matches_from_mut(args)?;
         let cli = Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
         if let Some(tool) = matches.subcommand_name() {
@@ -378,10 +378,74 @@ impl Cli {
     /// Parsing stays as it is: `check` refuses an unknown name with its
     /// own sentence, which a clap list of possible values would replace.
     pub fn documented() -> clap::Command {
-        let command = Cli::command().mut_subcommand("check", |check| {
+        let command = Cli::with_tool_help().mut_subcommand("check", |check| {
             check.mut_arg("only", |only| only.value_parser(CheckNames))
         });
         with_value_hints(command)
+    }
+}
+
+/// What `-v` and `-q` do for each tool, in place of the server's words
+/// (`-v` logs each connection, …), which the global flags would otherwise
+/// carry into every tool's help.
+const TOOL_LOGGING: &[(&str, &str)] = &[
+    (
+        "client",
+        "More log output: -v logs the connection, the half-close, the server's close and \
+         each datagram sent again; -vv also every read and write and each datagram's round \
+         trip",
+    ),
+    (
+        "ping",
+        "More log output: -v logs the address the name resolved to, each failed probe's \
+         full reason and late echoes skipped; -vv also each probe's round trip in microseconds",
+    ),
+    (
+        "bench",
+        "Accepted as by every echod command, but bench logs nothing more: its report \
+         (--json for every figure) is all it prints",
+    ),
+    (
+        "check",
+        "Accepted as by every echod command, but check logs nothing more: its report \
+         (--json for every figure, --list for what each check does) is all it prints",
+    ),
+    (
+        "generate",
+        "Accepted as by every echod command; generate logs nothing",
+    ),
+];
+
+/// `-q` in a tool's help: the tools' messages and reports are not log
+/// lines, so it never hides them.
+const TOOL_QUIET: &str = "Less log output: -q shows warnings and errors only, -qq errors \
+                          only; the tool's own messages and report always print";
+
+impl Cli {
+    /// The command with each tool's own words for `-v` and `-q` (see
+    /// [`TOOL_LOGGING`]). The flags are global, defined once on `echod`;
+    /// clap copies a global flag into a subcommand only where the
+    /// subcommand has none of that name, so each tool gets its own copy,
+    /// the same flag with its own help. Its count still reaches
+    /// [`Cli::verbose`], as clap hands global values up.
+    fn with_tool_help() -> clap::Command {
+        let command = Cli::command();
+        let global = |id: &str| {
+            command
+                .get_arguments()
+                .find(|arg| arg.get_id() == id)
+                .cloned()
+                .expect("verbose and quiet are defined on Cli")
+        };
+        let (verbose, quiet) = (global("verbose"), global("quiet"));
+        let mut command = command.clone();
+        for &(tool, help) in TOOL_LOGGING {
+            command = command.mut_subcommand(tool, |sub| {
+                sub.arg(verbose.clone().help(help))
+                    .arg(quiet.clone().help(TOOL_QUIET))
+            });
+        }
+        command
     }
 }
 
@@ -975,6 +1039,44 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("`echod ping` does not run"), "{text}");
+    }
+
+    /// Each tool's -v and -q are its own copies of the global flags:
+    /// their counts still set the log level, before or after the tool.
+    #[test]
+    fn verbosity_reaches_the_log_level_from_either_side_of_a_tool() {
+        use log::LevelFilter::*;
+        for (args, level) in [
+            (&["echod", "ping", "-v", "127.0.0.1:1"][..], Debug),
+            (&["echod", "-v", "ping", "127.0.0.1:1"], Debug),
+            (&["echod", "client", "-vv", "127.0.0.1:1"], Trace),
+            (&["echod", "check", "-q", "127.0.0.1:1"], Warn),
+            (&["echod", "-qq", "bench", "127.0.0.1:1"], Error),
+            (&["echod", "ping", "127.0.0.1:1"], Info),
+        ] {
+            let cli = Cli::try_parse_checked(args.iter().copied()).unwrap();
+            assert_eq!(cli.log_level(), level, "{args:?}");
+        }
+        assert!(Cli::try_parse_checked(["echod", "ping", "-v", "-q", "127.0.0.1:1"]).is_err());
+    }
+
+    /// A tool's help says what -v logs for that tool, not the server.
+    #[test]
+    fn each_tool_says_what_v_logs_for_it() {
+        let server = "-v logs each connection, -vv every read and write";
+        let mut command = Cli::with_tool_help();
+        let top = command.render_long_help().to_string();
+        assert!(top.contains(server), "{top}");
+        for &(tool, words) in TOOL_LOGGING {
+            let help = command
+                .find_subcommand_mut(tool)
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            assert!(!help.contains(server), "echod {tool} --help: {help}");
+            assert!(help.contains(words), "echod {tool} --help: {help}");
+            assert!(help.contains(TOOL_QUIET), "echod {tool} --help: {help}");
+        }
     }
 
     #[test]

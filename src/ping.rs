@@ -88,6 +88,7 @@ pub fn run(config: &PingConfig) -> ExitCode {
         Ok(addr) => addr,
         Err(err) => return tool::fail("ping", EXIT_SETUP, &err),
     };
+    log::debug!("{} is {addr}", config.target);
     let mut exchanger = match tool::exchanger("ping", addr, transport, config.timeout) {
         Ok(ex) => ex,
         Err(status) => return status,
@@ -134,7 +135,22 @@ pub fn run(config: &PingConfig) -> ExitCode {
         }
         let message = payload::message(0, seq, size);
         sent += 1;
+        let late = exchanger.late;
         let probe = probe(&mut exchanger, config, &clock, &message);
+        if exchanger.late > late {
+            log::debug!(
+                "seq={seq}: skipped {} late or duplicate echo(es) of earlier probes",
+                exchanger.late - late
+            );
+        }
+        match &probe {
+            Probe::Echoed(rtt) => log::trace!(
+                "seq={seq}: {size} bytes sent, all back intact in {} µs",
+                rtt.as_micros()
+            ),
+            // The short line below names the failure; this is all of it.
+            Probe::Failed(err) => log::debug!("seq={seq}: {err}"),
+        }
         if !matches!(probe, Probe::Failed(ExchangeError::Timeout { received: 0 })) {
             all_timed_out = false;
         }

@@ -186,6 +186,10 @@ pub fn run_tcp(config: &ClientConfig) -> Result<(), Failure> {
     let waker = Arc::new(Waker::new(poll.registry(), STDIN).map_err(setup)?);
     let mut stream = target::connect(config.addr, config.timeout)
         .map_err(|err| Failure::Echo(err.to_string()))?;
+    match stream.local_addr() {
+        Ok(local) => log::debug!("connected to {} from {local}", config.addr),
+        Err(_) => log::debug!("connected to {}", config.addr),
+    }
     poll.registry()
         .register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)
         .map_err(setup)?;
@@ -329,6 +333,7 @@ impl Session {
                     }
                     pending.written += n;
                     self.sent += n as u64;
+                    log::trace!("sent {n} bytes ({} in all)", self.sent);
                     if pending.rest().is_empty() {
                         self.pending = None;
                     }
@@ -363,6 +368,12 @@ impl Session {
             .map_err(|err| self.broken("finishing", &err))?;
         self.write_shut = true;
         self.last_echo = Instant::now(); // the server's close is awaited from now
+        log::debug!(
+            "standard input ended after {} bytes, all sent: sending side shut down, \
+             awaiting the rest of the echo ({} bytes) and the server's close",
+            self.sent,
+            self.sent - self.received
+        );
         Ok(true)
     }
 
@@ -417,6 +428,7 @@ impl Session {
             }
             self.received += n as u64;
             self.last_echo = Instant::now();
+            log::trace!("received {n} bytes of echo ({} in all)", self.received);
             match out.write_all(echo) {
                 Ok(()) => {}
                 // A closed stdout (`| head`): nobody wants the rest.
@@ -431,6 +443,11 @@ impl Session {
     /// The server closed its side: fine if everything came back and
     /// everything was sent, else the echo is truncated.
     fn on_close(&self) -> Result<(), Failure> {
+        log::debug!(
+            "the server closed its side after echoing {} of the {} bytes sent",
+            self.received,
+            self.sent
+        );
         if self.verify
             && let Some(err) = self.flight.at_end()
         {
@@ -532,17 +549,27 @@ pub fn run_udp(config: &ClientConfig) -> ExitCode {
         count += 1;
         let message = &datagram[..n];
         let range = format!("bytes {offset}..{} of the input", offset + n as u64);
+        log::trace!("datagram {count} ({range}): {n} bytes sent");
         let mut tries = 0;
         let outcome = loop {
             tries += 1;
             match exchanger.round_trip(message, config.timeout) {
-                Err(ExchangeError::Timeout { .. }) if tries <= config.retries => resent += 1,
+                Err(ExchangeError::Timeout { .. }) if tries <= config.retries => {
+                    resent += 1;
+                    log::debug!(
+                        "datagram {count} ({range}): no echo within {}, sending it again",
+                        seconds(config.timeout)
+                    );
+                }
                 other => break other,
             }
         };
         match outcome {
-            Ok(_) => match out.write_all(message) {
-                Ok(()) => {}
+            Ok(rtt) => match out.write_all(message) {
+                Ok(()) => log::trace!(
+                    "datagram {count} echoed intact in {:.3} ms",
+                    rtt.as_secs_f64() * 1000.0
+                ),
                 Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
                     return ExitCode::from(EXIT_OK);
                 }
