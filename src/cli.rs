@@ -8,6 +8,7 @@
 //! server's types and the tools'; only `main.rs` imports it, and the tools
 //! never do: they get their configuration, not the command line.
 
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -385,6 +386,14 @@ impl Cli {
     }
 }
 
+/// Whether the environment forbids colour, on a terminal too: `NO_COLOR`
+/// set and not empty (<https://no-color.org>), or `TERM=dumb` (Emacs
+/// shells, some CI logs: a terminal that shows escape codes as text).
+/// The logger and clap's help and errors both ask this.
+pub fn colour_forbidden(no_color: Option<OsString>, term: Option<OsString>) -> bool {
+    no_color.is_some_and(|value| !value.is_empty()) || term.is_some_and(|value| value == "dumb")
+}
+
 /// What `-v` and `-q` do for each tool, in place of the server's words
 /// (`-v` logs each connection, …), which the global flags would otherwise
 /// carry into every tool's help.
@@ -429,7 +438,12 @@ impl Cli {
     /// the same flag with its own help. Its count still reaches
     /// [`Cli::verbose`], as clap hands global values up.
     fn with_tool_help() -> clap::Command {
-        let command = Cli::command();
+        let mut command = Cli::command();
+        if colour_forbidden(std::env::var_os("NO_COLOR"), std::env::var_os("TERM")) {
+            // clap's own detection (anstream's) already honours NO_COLOR
+            // and TERM=dumb, but lets a CI variable override TERM=dumb.
+            command = command.color(clap::ColorChoice::Never);
+        }
         let global = |id: &str| {
             command
                 .get_arguments()
@@ -992,6 +1006,16 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn no_color_counts_when_set_and_not_empty_and_a_dumb_terminal_gets_none() {
+        let some = |text: &str| Some(OsString::from(text));
+        assert!(!colour_forbidden(None, some("xterm-256color")));
+        assert!(!colour_forbidden(some(""), some("xterm-256color")));
+        assert!(colour_forbidden(some("1"), some("xterm-256color")));
+        assert!(colour_forbidden(None, some("dumb")));
+        assert!(!colour_forbidden(None, None));
     }
 
     #[test]

@@ -428,3 +428,78 @@ fn completions_offer_check_names_and_verbs_not_files() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// --- colour -------------------------------------------------------------------
+
+#[cfg(target_os = "linux")]
+/// Runs `echod ARGS` with stdout and stderr on a pseudo-terminal (so it
+/// believes it talks to a person) and the environment `env` (colour
+/// variables not named there removed); returns what the terminal showed.
+fn on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> String {
+    let (master, slave) = crate::util::pseudo_terminal();
+    let mut child = {
+        // The command holds the terminal's descriptors until dropped.
+        let mut command = Command::new(ECHOD);
+        command
+            .args(args)
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR")
+            .env_remove("CLICOLOR_FORCE")
+            .env_remove("CI")
+            .env("TERM", "xterm-256color")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave));
+        command.spawn().expect("echod starts")
+    };
+    // Read until the terminal has no writer left (EIO once echod exits).
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut &master, &mut buf) {
+            seen.extend_from_slice(&buf[..n]);
+        }
+        seen
+    });
+    crate::util::wait_bounded(&mut child, crate::util::IO_TIMEOUT);
+    String::from_utf8_lossy(&reader.join().unwrap()).into_owned()
+}
+
+/// NO_COLOR (set, not empty) and TERM=dumb turn colour off on a terminal
+/// too: clap's help and usage errors, the log lines, a tool's output.
+/// Without them the same runs are coloured, so the terminal is real.
+#[cfg(target_os = "linux")]
+#[test]
+fn no_color_and_a_dumb_terminal_mean_no_escape_codes() {
+    let server = crate::util::InProcess::v4();
+    let addr = server.tcp_addr().to_string();
+    let runs: [&[&str]; 4] = [
+        &["ping", "--help"],
+        &["ping", "--count", "0", "127.0.0.1:7"],
+        &["-vv", "ping", "-c", "1", &addr],
+        &["-v", "client", &addr],
+    ];
+    // Colour where nothing forbids it: help, errors and log levels.
+    for args in runs {
+        let shown = on_a_terminal(args, &[]);
+        assert!(
+            shown.contains("\x1b["),
+            "{args:?} has no colour even so:\n{shown}"
+        );
+    }
+    // CI=true: clap's own detection would colour despite TERM=dumb.
+    for env in [
+        &[("NO_COLOR", "1")][..],
+        &[("TERM", "dumb"), ("CI", "true")],
+    ] {
+        for args in runs {
+            let shown = on_a_terminal(args, env);
+            assert!(!shown.is_empty(), "{args:?} showed nothing");
+            assert!(
+                !shown.contains('\x1b'),
+                "{env:?} {args:?} shows escape codes:\n{shown:?}"
+            );
+        }
+    }
+}
