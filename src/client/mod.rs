@@ -577,9 +577,13 @@ pub fn run_udp(config: &ClientConfig) -> ExitCode {
             },
             Err(ExchangeError::Timeout { .. }) => {
                 lost += 1;
+                let sent = match tries {
+                    1 => "sent once".to_string(),
+                    n => format!("sent {n} times"),
+                };
                 eprintln!(
-                    "echod client: datagram {count} ({range}) was lost: no echo within {} \
-                     after {tries} tries",
+                    "echod client: datagram {count} ({range}) was lost: no echo within {}, \
+                     {sent}",
                     seconds(config.timeout)
                 );
             }

@@ -291,6 +291,44 @@ fn udp_loss_is_reported_with_a_failing_status() {
     assert_eq!(run.stdout, expected);
 }
 
+/// Loss reports name datagrams by the --size boundaries: the tenth of
+/// 1000 bytes holds bytes 9000..10000, whatever stdin's reads were (they
+/// made it 8192..9192 when 8 KiB reads shaped the datagrams).
+#[test]
+fn udp_loss_names_the_size_boundaries() {
+    let addr = drop_every_other_udp().to_string();
+    let input = random_bytes(9, 12_000);
+    let run = echod(
+        &[
+            "client",
+            "--udp",
+            "-s",
+            "1000",
+            "--retries",
+            "0",
+            "-W",
+            "200ms",
+            &addr,
+        ],
+        Input::Bytes(&input),
+    );
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    for (n, range) in [(2, "1000..2000"), (10, "9000..10000"), (12, "11000..12000")] {
+        assert!(
+            run.stderr.contains(&format!(
+                "datagram {n} (bytes {range} of the input) was lost"
+            )),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(
+        run.stderr.contains("6 of 12 datagrams were lost"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn udp_retries_recover_a_dropped_datagram() {
     let addr = drop_every_other_udp().to_string();
