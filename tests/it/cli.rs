@@ -1,5 +1,6 @@
 //! The command line of the server: help, the PORT variable, and start-up
-//! errors a person can act on.
+//! errors a person can act on; and what every command prints besides its
+//! work: man pages, shell completions, colour only where it is wanted.
 
 use std::process::{Command, Stdio};
 
