@@ -8,6 +8,7 @@
 //! server's types and the tools'; only `main.rs` imports it, and the tools
 //! never do: they get their configuration, not the command line.
 
+use std::ffi::OsString;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -62,8 +63,9 @@ Talk to it:
 Exit status: 0 after a stop in which every session finished, 1 when the server
 cannot start, stops on an error or has no socket left to serve (the message
 says why and what to do), 2 for a command-line mistake, 3 when the grace ran
-out and sessions were cut, 4 when a second signal cut them. SIGHUP stops
-gracefully like SIGTERM, unless it was ignored at start (nohup).
+out and sessions were cut, 4 when a second signal cut them.
+
+SIGHUP stops gracefully like SIGTERM, unless it was ignored at start (nohup).
 
 Under systemd, echod serves the sockets of its .socket unit (LISTEN_FDS);
 see contrib/systemd/. Man page and completions: echod generate --help.";
@@ -315,7 +317,7 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let mut command = Cli::command();
+        let mut command = Cli::with_tool_help();
         let matches = command.try_get_matches_from_mut(args)?;
         let cli = Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
         if let Some(tool) = matches.subcommand_name() {
@@ -365,6 +367,156 @@ impl Cli {
             (_, _) => Error,
         }
     }
+}
+
+impl Cli {
+    /// The command line as `echod generate` documents it: the one that
+    /// parses, plus what only completions and man pages use. Values that
+    /// are numbers, durations or addresses complete to nothing rather
+    /// than to file names (clap_complete's default), and `check --only`
+    /// completes to the check names, each with what it looks for.
+    ///
+    /// Parsing stays as it is: `check` refuses an unknown name with its
+    /// own sentence, which a clap list of possible values would replace.
+    pub fn documented() -> clap::Command {
+        let command = Cli::with_tool_help().mut_subcommand("check", |check| {
+            check.mut_arg("only", |only| only.value_parser(CheckNames))
+        });
+        with_value_hints(command)
+    }
+}
+
+/// Whether the environment forbids colour, on a terminal too: `NO_COLOR`
+/// set and not empty (<https://no-color.org>), or `TERM=dumb` (Emacs
+/// shells, some CI logs: a terminal that shows escape codes as text).
+/// The logger and clap's help and errors both ask this.
+pub fn colour_forbidden(no_color: Option<OsString>, term: Option<OsString>) -> bool {
+    no_color.is_some_and(|value| !value.is_empty()) || term.is_some_and(|value| value == "dumb")
+}
+
+/// What `-v` and `-q` do for each tool, in place of the server's words
+/// (`-v` logs each connection, …), which the global flags would otherwise
+/// carry into every tool's help.
+const TOOL_LOGGING: &[(&str, &str)] = &[
+    (
+        "client",
+        "More log output: -v logs the connection, the half-close, the server's close and \
+         each datagram sent again; -vv also every read and write and each datagram's round \
+         trip",
+    ),
+    (
+        "ping",
+        "More log output: -v logs the address the name resolved to, each failed probe's \
+         full reason and late echoes skipped; -vv also each probe's round trip in microseconds",
+    ),
+    (
+        "bench",
+        "Accepted as by every echod command, but bench logs nothing more: its report \
+         (--json for every figure) is all it prints",
+    ),
+    (
+        "check",
+        "Accepted as by every echod command, but check logs nothing more: its report \
+         (--json for every figure, --list for what each check does) is all it prints",
+    ),
+    (
+        "generate",
+        "Accepted as by every echod command; generate logs nothing",
+    ),
+];
+
+/// `-q` in a tool's help: the tools' messages and reports are not log
+/// lines, so it never hides them.
+const TOOL_QUIET: &str = "Less log output: -q shows warnings and errors only, -qq errors \
+                          only; the tool's own messages and report always print";
+
+impl Cli {
+    /// The command with each tool's own words for `-v` and `-q` (see
+    /// [`TOOL_LOGGING`]). The flags are global, defined once on `echod`;
+    /// clap copies a global flag into a subcommand only where the
+    /// subcommand has none of that name, so each tool gets its own copy,
+    /// the same flag with its own help. Its count still reaches
+    /// [`Cli::verbose`], as clap hands global values up.
+    fn with_tool_help() -> clap::Command {
+        let mut command = Cli::command();
+        if colour_forbidden(std::env::var_os("NO_COLOR"), std::env::var_os("TERM")) {
+            // clap's own detection (anstream's) already honours NO_COLOR
+            // and TERM=dumb, but lets a CI variable override TERM=dumb.
+            command = command.color(clap::ColorChoice::Never);
+        }
+        let global = |id: &str| {
+            command
+                .get_arguments()
+                .find(|arg| arg.get_id() == id)
+                .cloned()
+                .expect("verbose and quiet are defined on Cli")
+        };
+        let (verbose, quiet) = (global("verbose"), global("quiet"));
+        let mut command = command.clone();
+        for &(tool, help) in TOOL_LOGGING {
+            command = command.mut_subcommand(tool, |sub| {
+                sub.arg(verbose.clone().help(help))
+                    .arg(quiet.clone().help(TOOL_QUIET))
+            });
+        }
+        command
+    }
+}
+
+/// `check --only`'s values: any string parses, and the possible values
+/// (for completions and the man page) are the names in [`CHECKS`].
+///
+/// [`CHECKS`]: crate::check::CHECKS
+#[derive(Clone, Copy, Debug)]
+struct CheckNames;
+
+impl clap::builder::TypedValueParser for CheckNames {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(command, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(crate::check::CHECKS.iter().map(|check| {
+            clap::builder::PossibleValue::new(check.name).help(check.reason)
+        })))
+    }
+}
+
+/// `command` and its subcommands with [`ValueHint::Other`] on every value
+/// that has neither a hint nor possible values: no file names offered for
+/// a count, a duration or an address.
+///
+/// [`ValueHint::Other`]: clap::ValueHint::Other
+fn with_value_hints(mut command: clap::Command) -> clap::Command {
+    let plain: Vec<clap::Id> = command
+        .get_arguments()
+        .filter(|arg| {
+            arg.get_action().takes_values()
+                && arg.get_value_hint() == clap::ValueHint::Unknown
+                && arg.get_possible_values().is_empty()
+        })
+        .map(|arg| arg.get_id().clone())
+        .collect();
+    for id in plain {
+        command = command.mut_arg(id, |arg| arg.value_hint(clap::ValueHint::Other));
+    }
+    let subcommands: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_string())
+        .collect();
+    for name in subcommands {
+        command = command.mut_subcommand(name, with_value_hints);
+    }
+    command
 }
 
 /// The server's flags (`--port`, …) written on the command line, as typed
@@ -857,9 +1009,44 @@ mod tests {
     }
 
     #[test]
+    fn no_color_counts_when_set_and_not_empty_and_a_dumb_terminal_gets_none() {
+        let some = |text: &str| Some(OsString::from(text));
+        assert!(!colour_forbidden(None, some("xterm-256color")));
+        assert!(!colour_forbidden(some(""), some("xterm-256color")));
+        assert!(colour_forbidden(some("1"), some("xterm-256color")));
+        assert!(colour_forbidden(None, some("dumb")));
+        assert!(!colour_forbidden(None, None));
+    }
+
+    #[test]
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+        Cli::documented().debug_assert();
+    }
+
+    /// The check names `generate` documents for `--only` are only a
+    /// hint: any name still parses, for check to refuse in its words.
+    #[test]
+    fn the_documented_command_parses_as_the_real_one() {
+        let only = |command: clap::Command| {
+            command
+                .try_get_matches_from(["echod", "check", "--only", "nonsense", "127.0.0.1:7"])
+                .map(|m| m.subcommand().map(|(name, _)| name.to_string()))
+        };
+        use clap::CommandFactory;
+        assert_eq!(only(Cli::command()).unwrap(), Some("check".into()));
+        assert_eq!(only(Cli::documented()).unwrap(), Some("check".into()));
+        let check = Cli::documented().find_subcommand("check").cloned().unwrap();
+        let names: Vec<String> = check
+            .get_arguments()
+            .find(|arg| arg.get_id() == "only")
+            .unwrap()
+            .get_possible_values()
+            .iter()
+            .map(|value| value.get_name().to_string())
+            .collect();
+        assert!(names.contains(&"half-close".to_string()), "{names:?}");
     }
 
     /// `echod --port 9 --no-splice ping HOST` used to run ping and drop
@@ -876,6 +1063,44 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("`echod ping` does not run"), "{text}");
+    }
+
+    /// Each tool's -v and -q are its own copies of the global flags:
+    /// their counts still set the log level, before or after the tool.
+    #[test]
+    fn verbosity_reaches_the_log_level_from_either_side_of_a_tool() {
+        use log::LevelFilter::*;
+        for (args, level) in [
+            (&["echod", "ping", "-v", "127.0.0.1:1"][..], Debug),
+            (&["echod", "-v", "ping", "127.0.0.1:1"], Debug),
+            (&["echod", "client", "-vv", "127.0.0.1:1"], Trace),
+            (&["echod", "check", "-q", "127.0.0.1:1"], Warn),
+            (&["echod", "-qq", "bench", "127.0.0.1:1"], Error),
+            (&["echod", "ping", "127.0.0.1:1"], Info),
+        ] {
+            let cli = Cli::try_parse_checked(args.iter().copied()).unwrap();
+            assert_eq!(cli.log_level(), level, "{args:?}");
+        }
+        assert!(Cli::try_parse_checked(["echod", "ping", "-v", "-q", "127.0.0.1:1"]).is_err());
+    }
+
+    /// A tool's help says what -v logs for that tool, not the server.
+    #[test]
+    fn each_tool_says_what_v_logs_for_it() {
+        let server = "-v logs each connection, -vv every read and write";
+        let mut command = Cli::with_tool_help();
+        let top = command.render_long_help().to_string();
+        assert!(top.contains(server), "{top}");
+        for &(tool, words) in TOOL_LOGGING {
+            let help = command
+                .find_subcommand_mut(tool)
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            assert!(!help.contains(server), "echod {tool} --help: {help}");
+            assert!(help.contains(words), "echod {tool} --help: {help}");
+            assert!(help.contains(TOOL_QUIET), "echod {tool} --help: {help}");
+        }
     }
 
     #[test]

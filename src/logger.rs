@@ -40,8 +40,10 @@ impl StderrLogger {
         StderrLogger {
             level,
             colours: io::stderr().is_terminal()
-                && !no_color(std::env::var_os("NO_COLOR"))
-                && !dumb_terminal(std::env::var_os("TERM")),
+                && !echod::cli::colour_forbidden(
+                    std::env::var_os("NO_COLOR"),
+                    std::env::var_os("TERM"),
+                ),
         }
     }
 
@@ -97,18 +99,6 @@ fn colour(level: Level) -> Option<u8> {
     }
 }
 
-/// Whether `NO_COLOR` asks for no colour: set and not empty
-/// (<https://no-color.org>).
-fn no_color(value: Option<std::ffi::OsString>) -> bool {
-    value.is_some_and(|value| !value.is_empty())
-}
-
-/// Whether `TERM` names a terminal that shows escape codes as text
-/// (`dumb`: Emacs shells, some CI logs).
-fn dumb_terminal(value: Option<std::ffi::OsString>) -> bool {
-    value.is_some_and(|value| value == "dumb")
-}
-
 /// Installs the logger for records up to `level`. If a logger is set
 /// already there is nobody to tell, so the program carries on with it.
 pub fn init(level: LevelFilter) {
@@ -156,19 +146,5 @@ mod tests {
             line(true, Level::Trace, "x"),
             "2026-12-04T08:32:37.123Z TRACE [echod::server] x\n"
         );
-    }
-
-    #[test]
-    fn no_color_counts_when_set_and_not_empty() {
-        assert!(!no_color(None));
-        assert!(!no_color(Some("".into())));
-        assert!(no_color(Some("1".into())));
-    }
-
-    #[test]
-    fn a_dumb_terminal_gets_no_colour() {
-        assert!(dumb_terminal(Some("dumb".into())));
-        assert!(!dumb_terminal(Some("xterm-256color".into())));
-        assert!(!dumb_terminal(None));
     }
 }

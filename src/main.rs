@@ -3,8 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::CommandFactory;
-
 use echod::cli::{Cli, Command};
 
 mod logger;
@@ -50,7 +48,7 @@ fn serve(cli: &Cli) -> ExitCode {
 
 fn generate(args: &echod::generate::GenerateArgs) -> ExitCode {
     let mut out = std::io::stdout().lock();
-    match args.write(Cli::command(), &mut out) {
+    match args.write(Cli::documented(), &mut out) {
         Ok(()) => ExitCode::SUCCESS,
         // `echod generate man | head`: the reader has all it wanted.
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

@@ -186,6 +186,10 @@ pub fn run_tcp(config: &ClientConfig) -> Result<(), Failure> {
     let waker = Arc::new(Waker::new(poll.registry(), STDIN).map_err(setup)?);
     let mut stream = target::connect(config.addr, config.timeout)
         .map_err(|err| Failure::Echo(err.to_string()))?;
+    match stream.local_addr() {
+        Ok(local) => log::debug!("connected to {} from {local}", config.addr),
+        Err(_) => log::debug!("connected to {}", config.addr),
+    }
     poll.registry()
         .register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)
         .map_err(setup)?;
@@ -240,13 +244,7 @@ pub fn run_tcp(config: &ClientConfig) -> Result<(), Failure> {
             && session.awaiting_echo()
             && session.last_echo.elapsed() >= config.timeout
         {
-            return Err(Failure::Echo(format!(
-                "no echo from {} for {} with {} bytes sent and not yet echoed; the server \
-                 may be stuck or overloaded (allow longer with --timeout)",
-                config.addr,
-                seconds(config.timeout),
-                session.sent - session.received
-            )));
+            return Err(session.silence(config));
         }
     }
     match out.flush() {
@@ -335,6 +333,7 @@ impl Session {
                     }
                     pending.written += n;
                     self.sent += n as u64;
+                    log::trace!("sent {n} bytes ({} in all)", self.sent);
                     if pending.rest().is_empty() {
                         self.pending = None;
                     }
@@ -369,6 +368,12 @@ impl Session {
             .map_err(|err| self.broken("finishing", &err))?;
         self.write_shut = true;
         self.last_echo = Instant::now(); // the server's close is awaited from now
+        log::debug!(
+            "standard input ended after {} bytes, all sent: sending side shut down, \
+             awaiting the rest of the echo ({} bytes) and the server's close",
+            self.sent,
+            self.sent - self.received
+        );
         Ok(true)
     }
 
@@ -423,6 +428,7 @@ impl Session {
             }
             self.received += n as u64;
             self.last_echo = Instant::now();
+            log::trace!("received {n} bytes of echo ({} in all)", self.received);
             match out.write_all(echo) {
                 Ok(()) => {}
                 // A closed stdout (`| head`): nobody wants the rest.
@@ -437,6 +443,11 @@ impl Session {
     /// The server closed its side: fine if everything came back and
     /// everything was sent, else the echo is truncated.
     fn on_close(&self) -> Result<(), Failure> {
+        log::debug!(
+            "the server closed its side after echoing {} of the {} bytes sent",
+            self.received,
+            self.sent
+        );
         if self.verify
             && let Some(err) = self.flight.at_end()
         {
@@ -457,6 +468,31 @@ impl Session {
             )));
         }
         Ok(())
+    }
+
+    /// The server said nothing for `--timeout` while it owed bytes or its
+    /// close: which of the two it owed says what is wrong.
+    fn silence(&self, config: &ClientConfig) -> Failure {
+        let waited = seconds(config.timeout);
+        if self.write_shut && self.received == self.sent {
+            // Everything came back; only the close is missing. RFC 862's
+            // TCP service ends when the client's half does (and `check`
+            // calls this the same way): a server that keeps its side open
+            // makes `nc -N` and scripts wait for ever.
+            return Failure::Echo(format!(
+                "all {} bytes came back, but the server did not close its side within \
+                 {waited} after the client shut down its own: it ignores half-close, so \
+                 clients that wait for the end of the echo wait for ever (the echo on \
+                 stdout is complete; `echod check --only half-close` tells more)",
+                self.sent
+            ));
+        }
+        Failure::Echo(format!(
+            "no echo from {} for {waited} with {} bytes sent and not yet echoed; the server \
+             may be stuck or overloaded (allow longer with --timeout)",
+            config.addr,
+            self.sent - self.received
+        ))
     }
 
     fn broken(&self, doing: &str, err: &io::Error) -> Failure {
@@ -480,9 +516,14 @@ fn stdout_failure(err: &io::Error) -> Failure {
     ))
 }
 
-/// The UDP mode: stdin cut into datagrams of up to `--size` bytes (one
-/// read of stdin each, as nc does), each sent and its echo awaited in
-/// turn, resent up to `--retries` times.
+/// The UDP mode: stdin cut into datagrams of exactly `--size` bytes (the
+/// last one shorter), each sent and its echo awaited in turn, resent up to
+/// `--retries` times.
+///
+/// A datagram is filled from as many reads as it takes, not one read each
+/// as nc does: reads follow the pipe and stdin's 8 KiB buffer, so their
+/// sizes would shape the datagrams (1472 × 5 and 832 with the default
+/// size), and a loss report could not name a predictable byte range.
 pub fn run_udp(config: &ClientConfig) -> ExitCode {
     let mut exchanger = match tool::exchanger("client", config.addr, Transport::Udp, config.timeout)
     {
@@ -494,10 +535,9 @@ pub fn run_udp(config: &ClientConfig) -> ExitCode {
     let mut datagram = vec![0; config.size as usize];
     let (mut count, mut offset, mut lost, mut wrong, mut resent) = (0u64, 0u64, 0u64, 0u64, 0u64);
     loop {
-        let n = match stdin.read(&mut datagram) {
+        let n = match fill(&mut stdin, &mut datagram) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => {
                 return tool::fail(
                     "client",
@@ -509,17 +549,27 @@ pub fn run_udp(config: &ClientConfig) -> ExitCode {
         count += 1;
         let message = &datagram[..n];
         let range = format!("bytes {offset}..{} of the input", offset + n as u64);
+        log::trace!("datagram {count} ({range}): {n} bytes sent");
         let mut tries = 0;
         let outcome = loop {
             tries += 1;
             match exchanger.round_trip(message, config.timeout) {
-                Err(ExchangeError::Timeout { .. }) if tries <= config.retries => resent += 1,
+                Err(ExchangeError::Timeout { .. }) if tries <= config.retries => {
+                    resent += 1;
+                    log::debug!(
+                        "datagram {count} ({range}): no echo within {}, sending it again",
+                        seconds(config.timeout)
+                    );
+                }
                 other => break other,
             }
         };
         match outcome {
-            Ok(_) => match out.write_all(message) {
-                Ok(()) => {}
+            Ok(rtt) => match out.write_all(message) {
+                Ok(()) => log::trace!(
+                    "datagram {count} echoed intact in {:.3} ms",
+                    rtt.as_secs_f64() * 1000.0
+                ),
                 Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {
                     return ExitCode::from(EXIT_OK);
                 }
@@ -527,9 +577,13 @@ pub fn run_udp(config: &ClientConfig) -> ExitCode {
             },
             Err(ExchangeError::Timeout { .. }) => {
                 lost += 1;
+                let sent = match tries {
+                    1 => "sent once".to_string(),
+                    n => format!("sent {n} times"),
+                };
                 eprintln!(
-                    "echod client: datagram {count} ({range}) was lost: no echo within {} \
-                     after {tries} tries",
+                    "echod client: datagram {count} ({range}) was lost: no echo within {}, \
+                     {sent}",
                     seconds(config.timeout)
                 );
             }
@@ -558,4 +612,63 @@ pub fn run_udp(config: &ClientConfig) -> ExitCode {
         );
     }
     ExitCode::from(EXIT_OK)
+}
+
+/// Reads into `buf` until it is full or the input ends; returns how many
+/// bytes it holds (0 at the end of the input). Unlike `read_exact`, a
+/// short last piece is kept, not an error.
+fn fill(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out at most `step` bytes per read, as a pipe
+    /// or a buffered stdin does.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn datagrams_are_filled_across_reads_and_the_last_is_shorter() {
+        let data: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        let mut input = Trickle {
+            data: &data,
+            step: 300,
+        };
+        let mut buf = vec![0; 1000];
+        let mut sizes = Vec::new();
+        let mut joined = Vec::new();
+        loop {
+            let n = fill(&mut input, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            sizes.push(n);
+            joined.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(sizes, [1000, 1000, 500]);
+        assert_eq!(joined, data);
+    }
 }

@@ -153,6 +153,12 @@ impl Exchanger {
         self.addr
     }
 
+    /// Sets the time the next TCP connects may take (`ping -w` shortens
+    /// it as its deadline nears).
+    pub fn set_connect_timeout(&mut self, timeout: Duration) {
+        self.connect_timeout = timeout;
+    }
+
     /// Makes the TCP connection now, if there is none (nothing for UDP).
     pub fn connect(&mut self) -> Result<(), ExchangeError> {
         if let Link::Disconnected = self.link {

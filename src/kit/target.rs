@@ -168,6 +168,83 @@ pub fn resolve(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("'{text}' has no addresses"))
 }
 
+/// An address family, as ping(8)'s `-4` and `-6` choose one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 only (`-4`).
+    V4,
+    /// IPv6 only (`-6`).
+    V6,
+}
+
+impl Family {
+    fn holds(self, addr: &SocketAddr) -> bool {
+        match self {
+            Family::V4 => addr.is_ipv4(),
+            Family::V6 => addr.is_ipv6(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        }
+    }
+}
+
+/// The first address of `target` in `family` (any, if `None`), in the
+/// resolver's order; the error is a sentence that names the family asked
+/// for and the addresses there were.
+pub fn resolve_in(target: &Target, family: Option<Family>) -> Result<SocketAddr, String> {
+    pick_family(target, &target.lookup()?, family)
+}
+
+/// [`resolve_in`] once the lookup is done (`found` is never empty).
+fn pick_family(
+    target: &Target,
+    found: &[SocketAddr],
+    family: Option<Family>,
+) -> Result<SocketAddr, String> {
+    let Some(family) = family else {
+        return found
+            .first()
+            .copied()
+            .ok_or_else(|| format!("'{target}' has no addresses"));
+    };
+    if let Some(&addr) = found.iter().find(|addr| family.holds(addr)) {
+        return Ok(addr);
+    }
+    let (flag, name) = (family.flag(), family.name());
+    if target.host.parse::<IpAddr>().is_ok() {
+        return Err(format!(
+            "{flag} asks for {name}, but {} is not an {name} address; leave out {flag}, or \
+             give an {name} address",
+            target.host
+        ));
+    }
+    let mut ips: Vec<String> = Vec::new();
+    for addr in found {
+        let ip = addr.ip().to_string();
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    Err(format!(
+        "{flag} asks for {name}, but the host name '{}' has no {name} address (it resolves \
+         to {}); leave out {flag}, or give a name or address that has one",
+        target.host,
+        ips.join(", ")
+    ))
+}
+
 /// The first address of each family, in the resolver's order (which puts
 /// the family clients will try first first).
 pub fn one_per_family(found: &[SocketAddr]) -> Vec<SocketAddr> {
@@ -450,6 +527,31 @@ mod tests {
         assert_eq!(one_per_family(&found), vec![found[0], found[1]]);
         assert_eq!(one_per_family(&found[1..2]), vec![found[1]]);
         assert!(one_per_family(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_family_picks_its_first_address_or_says_there_is_none() {
+        let found: Vec<SocketAddr> = ["127.0.0.1:7", "10.0.0.1:7", "[::1]:7", "127.0.0.1:7"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let name = target("echo.example", 7);
+        assert_eq!(pick_family(&name, &found, None), Ok(found[0]));
+        assert_eq!(pick_family(&name, &found, Some(Family::V4)), Ok(found[0]));
+        assert_eq!(pick_family(&name, &found, Some(Family::V6)), Ok(found[2]));
+        let err = pick_family(&name, &found[..2], Some(Family::V6)).unwrap_err();
+        assert_eq!(
+            err,
+            "-6 asks for IPv6, but the host name 'echo.example' has no IPv6 address (it \
+             resolves to 127.0.0.1, 10.0.0.1); leave out -6, or give a name or address that \
+             has one"
+        );
+        let literal = target("::1", 7);
+        let err = pick_family(&literal, &found[2..3], Some(Family::V4)).unwrap_err();
+        assert!(
+            err.starts_with("-4 asks for IPv4, but ::1 is not an IPv4 address"),
+            "{err}"
+        );
     }
 
     #[test]

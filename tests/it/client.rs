@@ -1,8 +1,54 @@
 //! `echod client`: stdin through the server, checked; against the real
 //! server and against servers that damage, cut or drop the echo.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
 use crate::tools::{Fault, Input, TempFile, drop_every_other_udp, echod, faulty_tcp};
-use crate::util::{ECHOD, InProcess, random_bytes};
+use crate::util::{ECHOD, IO_TIMEOUT, InProcess, random_bytes};
+
+/// A UDP echo server on 127.0.0.1:0 that also reports the size of every
+/// datagram it receives, for a bounded time.
+fn recording_udp() -> (SocketAddr, Receiver<usize>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (sizes, received) = mpsc::channel();
+    thread::spawn(move || {
+        let deadline = Instant::now() + 2 * IO_TIMEOUT;
+        let mut buf = vec![0; 65_536];
+        while Instant::now() < deadline {
+            let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            if sizes.send(n).is_err() {
+                return; // the test is over
+            }
+            let _ = socket.send_to(&buf[..n], peer);
+        }
+    });
+    (addr, received)
+}
+
+/// `client --udp -s SIZE` of `len` bytes through [`recording_udp`]: the
+/// sizes of the datagrams the server received.
+fn datagram_sizes(size: &str, len: usize) -> Vec<usize> {
+    let (addr, sizes) = recording_udp();
+    let input = random_bytes(len as u64, len);
+    let run = echod(
+        &["client", "--udp", "-s", size, &addr.to_string()],
+        Input::Bytes(&input),
+    );
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    assert!(run.stdout == input, "the echo differs from the input");
+    // The client has exited: every datagram it sent has been received.
+    sizes.try_iter().collect()
+}
 
 #[test]
 fn a_32_mib_file_comes_back_unchanged() {
@@ -80,6 +126,64 @@ fn an_early_close_is_reported_as_truncation() {
     assert_eq!(run.stdout, input[..3000]);
 }
 
+/// A TCP echo server on 127.0.0.1:0 for one connection that echoes all
+/// it reads but, after the client's EOF, keeps its side open until the
+/// returned sender is dropped (or a bounded time passes).
+fn never_closing_tcp() -> (SocketAddr, mpsc::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done, hold) = mpsc::channel::<()>();
+    thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // EOF read, everything echoed: the close never comes.
+        let _ = hold.recv_timeout(2 * IO_TIMEOUT);
+        drop(conn);
+    });
+    (addr, done)
+}
+
+/// Everything came back, only the close is missing: the client says so,
+/// in the words `check` uses, not "stuck or overloaded".
+#[test]
+fn a_server_that_never_closes_after_the_half_close_is_named() {
+    let (addr, done) = never_closing_tcp();
+    let input = random_bytes(8, 3000);
+    let run = echod(
+        &["client", "-W", "300ms", &addr.to_string()],
+        Input::Bytes(&input),
+    );
+    drop(done);
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "all 3000 bytes came back, but the server did not close its side within 300 ms \
+             after the client shut down its own"
+        ),
+        "stderr: {}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("stuck or overloaded"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout == input, "the echo on stdout is complete");
+}
+
 #[test]
 fn a_reset_while_sending_still_names_where_the_echo_stops() {
     // The server echoes 1000 bytes and closes with the rest unread: the
@@ -139,6 +243,18 @@ fn udp_datagrams_come_back_in_order() {
     assert!(run.stdout == input);
 }
 
+/// Datagrams are exactly --size bytes, not shaped by how stdin happens to
+/// be read (its 8 KiB buffer made 1000 × 8 and 192, again and again).
+#[test]
+fn udp_datagrams_are_exactly_the_size_asked() {
+    assert_eq!(datagram_sizes("1000", 20_000), vec![1000; 20]);
+    assert_eq!(datagram_sizes("8000", 8192), [8000, 192]);
+    assert_eq!(
+        datagram_sizes("1472", 10_000),
+        [1472, 1472, 1472, 1472, 1472, 1472, 1168]
+    );
+}
+
 #[test]
 fn udp_loss_is_reported_with_a_failing_status() {
     let addr = drop_every_other_udp().to_string();
@@ -173,6 +289,44 @@ fn udp_loss_is_reported_with_a_failing_status() {
     );
     let expected: Vec<u8> = [&input[..100], &input[200..300], &input[400..]].concat();
     assert_eq!(run.stdout, expected);
+}
+
+/// Loss reports name datagrams by the --size boundaries: the tenth of
+/// 1000 bytes holds bytes 9000..10000, whatever stdin's reads were (they
+/// made it 8192..9192 when 8 KiB reads shaped the datagrams).
+#[test]
+fn udp_loss_names_the_size_boundaries() {
+    let addr = drop_every_other_udp().to_string();
+    let input = random_bytes(9, 12_000);
+    let run = echod(
+        &[
+            "client",
+            "--udp",
+            "-s",
+            "1000",
+            "--retries",
+            "0",
+            "-W",
+            "200ms",
+            &addr,
+        ],
+        Input::Bytes(&input),
+    );
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    for (n, range) in [(2, "1000..2000"), (10, "9000..10000"), (12, "11000..12000")] {
+        assert!(
+            run.stderr.contains(&format!(
+                "datagram {n} (bytes {range} of the input) was lost"
+            )),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(
+        run.stderr.contains("6 of 12 datagrams were lost"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -1,8 +1,14 @@
 //! `echod ping`: probe lines and the summary, against the real server and
 //! a closed port.
 
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
 use crate::tools::{Fault, Input, echod, faulty_tcp};
-use crate::util::{Binary, InProcess, free_port};
+use crate::util::{Binary, IO_TIMEOUT, InProcess, free_port};
 
 /// The probe lines of a ping output (those that report a sequence number).
 fn probe_lines(out: &str) -> Vec<&str> {
@@ -123,4 +129,207 @@ fn usage_errors_exit_2() {
     );
     assert_eq!(run.code(), 2);
     assert!(run.stderr.contains("at most 65507 bytes"), "{}", run.stderr);
+}
+
+/// A TCP server on 127.0.0.1:0 that accepts and reads but never echoes,
+/// as a line-buffered server does with input that holds no newline; it
+/// serves until the returned sender is dropped or a bounded time passes.
+fn silent_tcp() -> (SocketAddr, mpsc::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let (done, stop) = mpsc::channel::<()>();
+    thread::spawn(move || {
+        let deadline = Instant::now() + 2 * IO_TIMEOUT;
+        let mut held = Vec::new();
+        while Instant::now() < deadline {
+            match stop.recv_timeout(Duration::from_millis(5)) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return, // the test is over
+            }
+            if let Ok((conn, _)) = listener.accept() {
+                // Read what arrives so the client's sends never block;
+                // keep the connection open, answer nothing.
+                conn.set_nonblocking(true).unwrap();
+                held.push(conn);
+            }
+            let mut buf = [0; 4096];
+            for conn in &mut held {
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            }
+        }
+    });
+    (addr, done)
+}
+
+/// A UDP socket on 127.0.0.1 that never answers (kept open so that no
+/// ICMP port unreachable comes back either).
+fn silent_udp() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").unwrap()
+}
+
+/// -w stops the run whatever the count: a million probes a tenth of a
+/// second apart would take days; the test's own bound fails it if -w is
+/// ignored. A probe still waiting at the deadline is lost, and said so.
+#[test]
+fn a_deadline_stops_the_run_whatever_the_count() {
+    let server = InProcess::v4();
+    let addr = server.tcp_addr().to_string();
+    let run = echod(
+        &["ping", "-c", "1000000", "-i", "0.1", "-w", "500ms", &addr],
+        Input::Bytes(b""),
+    );
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    let out = run.stdout_text();
+    let probes = probe_lines(&out).len();
+    assert!(probes >= 1, "{out}");
+    assert!(
+        out.contains(&format!("{probes} probes sent, {probes} echoed intact")),
+        "{out}"
+    );
+
+    let silent = silent_udp();
+    let addr = silent.local_addr().unwrap().to_string();
+    let run = echod(
+        &[
+            "ping", "--udp", "-c", "1", "-W", "3600", "-w", "300ms", &addr,
+        ],
+        Input::Bytes(b""),
+    );
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    let out = run.stdout_text();
+    assert!(
+        out.contains("seq=1 timeout, no echo before the -w deadline"),
+        "{out}"
+    );
+    assert!(out.contains("1 probes sent, 0 echoed intact"), "{out}");
+}
+
+/// Nothing came back at all: the summary is followed by a hint that names
+/// the likely cause (a server waiting for a newline) and `echod check`.
+#[test]
+fn no_echo_at_all_names_line_buffering_and_check() {
+    let (addr, done) = silent_tcp();
+    let run = echod(
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0",
+            "-W",
+            "200ms",
+            &addr.to_string(),
+        ],
+        Input::Bytes(b""),
+    );
+    drop(done);
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    assert_eq!(probe_lines(&run.stdout_text()).len(), 2);
+    assert!(
+        run.stderr
+            .contains("nothing came back for any probe. If the server echoes only whole lines"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(&format!("`echod check {addr}`")),
+        "{}",
+        run.stderr
+    );
+}
+
+/// -4 and -6 pick the family; an address of the other family is refused
+/// with a sentence and status 2.
+#[test]
+fn four_and_six_choose_the_family() {
+    let server = InProcess::start(echod_server::server::ServerConfig {
+        bind: vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+        ..Default::default()
+    });
+    let port = server.tcp_addr().port();
+    // localhost has an IPv4 address everywhere.
+    let run = echod(
+        &["ping", "-4", "-c", "1", &format!("localhost:{port}")],
+        Input::Bytes(b""),
+    );
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    assert!(
+        run.stdout_text()
+            .contains(&format!("64 bytes from 127.0.0.1:{port}: seq=1")),
+        "{}",
+        run.stdout_text()
+    );
+    let run = echod(
+        &["ping", "-6", "-c", "1", &format!("[::1]:{port}")],
+        Input::Bytes(b""),
+    );
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    assert!(run.stdout_text().contains(&format!("from [::1]:{port}")));
+
+    let run = echod(
+        &["ping", "-6", "-c", "1", &format!("127.0.0.1:{port}")],
+        Input::Bytes(b""),
+    );
+    assert_eq!(run.code(), 2, "stdout: {}", run.stdout_text());
+    assert!(
+        run.stderr
+            .contains("-6 asks for IPv6, but 127.0.0.1 is not an IPv6 address"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "no probe was sent");
+    let run = echod(&["ping", "-4", "-6", "127.0.0.1:7"], Input::Bytes(b""));
+    assert_eq!(run.code(), 2, "{}", run.stderr);
+}
+
+/// --json: one line on stdout, nothing else there, with the summary's
+/// figures and each probe.
+#[test]
+fn json_is_one_line_with_the_summary_and_each_probe() {
+    let server = InProcess::v4();
+    let addr = server.tcp_addr().to_string();
+    let run = echod(
+        &["ping", "--json", "-c", "3", "-i", "0.05", &addr],
+        Input::Bytes(b""),
+    );
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    let out = run.stdout_text();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["addr"], addr.as_str());
+    assert_eq!(v["transport"], "tcp");
+    assert_eq!(v["sent"], 3);
+    assert_eq!(v["received"], 3);
+    assert_eq!(v["lost"], 0);
+    assert_eq!(v["interrupted"], false);
+    for key in ["min", "avg", "median", "max", "stddev"] {
+        assert!(v["rtt_ms"][key].as_f64().is_some(), "{key}: {out}");
+    }
+    let probes = v["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 3);
+    assert_eq!(probes[2]["seq"], 3);
+    assert!(probes[0]["rtt_ms"].as_f64().is_some(), "{out}");
+
+    let port = free_port();
+    let run = echod(
+        &[
+            "ping",
+            "--json",
+            "-c",
+            "2",
+            "-i",
+            "0",
+            &format!("127.0.0.1:{port}"),
+        ],
+        Input::Bytes(b""),
+    );
+    assert_eq!(run.code(), 1);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout_text()).unwrap();
+    assert_eq!((v["sent"].as_u64(), v["lost"].as_u64()), (Some(2), Some(2)));
+    assert!(v["rtt_ms"].is_null());
+    assert_eq!(
+        v["probes"][0]["error"],
+        "could not connect: connection refused"
+    );
 }

@@ -324,3 +324,25 @@ pub fn wait_bounded(child: &mut Child, bound: Duration) -> std::process::ExitSta
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A new pseudo-terminal: its master side (what a terminal window reads
+/// and writes) and its slave side (what a program run "on the terminal"
+/// gets as its stdio). Both close-on-exec from the start, so that no child
+/// spawned meanwhile by another test keeps the terminal open.
+#[cfg(target_os = "linux")]
+pub fn pseudo_terminal() -> (nix::pty::PtyMaster, std::fs::File) {
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(ptsname_r(&master).unwrap())
+        .unwrap();
+    (master, slave)
+}

@@ -4,15 +4,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
-
-use nix::fcntl::OFlag;
-use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
 
 use crate::util::{self, Binary, ECHOD, IO_TIMEOUT, connect, need};
 
@@ -224,17 +220,9 @@ fn a_terminal_hang_up_drains_and_exits_0() {
     if !need("setsid", "it comes with util-linux") {
         return;
     }
-    // Close-on-exec from the start, so that no child spawned meanwhile by
-    // another test keeps the terminal open and the hang-up from happening.
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).unwrap();
-    grantpt(&master).unwrap();
-    unlockpt(&master).unwrap();
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open(ptsname_r(&master).unwrap())
-        .unwrap();
+    // Close-on-exec, so that no child spawned meanwhile by another test
+    // keeps the terminal open and the hang-up from happening.
+    let (master, slave) = util::pseudo_terminal();
     let mut child = {
         // The command holds the terminal's descriptors until it is dropped.
         let mut command = Command::new("setsid");
