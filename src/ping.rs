@@ -17,6 +17,7 @@ use crate::kit::exchange::{ExchangeError, Exchanger};
 use crate::kit::payload;
 use crate::kit::target::{self, Family, Target};
 use crate::kit::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
+use echod_server::net::Transport;
 
 /// Probes sent when neither `-c` nor `-w` is given: five, a few seconds'
 /// look, not ping(8)'s endless run.
@@ -220,27 +221,18 @@ pub fn run(config: &PingConfig) -> ExitCode {
     };
     let _ = write!(out, "{text}");
     let _ = out.flush();
-    if sent > 0 && all_timed_out {
-        eprintln!("echod ping: {}", nothing_came_back(&config.target));
+    // Over UDP a datagram is never held back for a newline: no hint.
+    if sent > 0 && all_timed_out && transport == Transport::Tcp {
+        eprintln!(
+            "echod ping: {}",
+            tool::nothing_echoed_hint("probe", &config.target)
+        );
     }
     ExitCode::from(if rtts.is_empty() {
         EXIT_FAILED
     } else {
         EXIT_OK
     })
-}
-
-/// The hint when no probe got a single byte back. A server that echoes
-/// only whole lines (a line-buffered `cat`, a chat-style loop) waits for
-/// a newline that a probe, arbitrary bytes with no newline at its end,
-/// never brings; from here that looks like loss. `echod check` tells
-/// this and the other defects apart.
-fn nothing_came_back(target: &Target) -> String {
-    format!(
-        "nothing came back for any probe. If the server echoes only whole lines, it is \
-         waiting for a newline, which the probes do not end with; `echod check {target}` \
-         tells which defect it is"
-    )
 }
 
 /// The time the run has left: each wait is `--timeout`, cut short by the

@@ -1,6 +1,7 @@
 //! What the tools share besides addresses:
 //! exit statuses, how a failure is told, and Ctrl-C.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -62,7 +63,7 @@ pub fn sleep_until(when: Instant, interrupted: &AtomicBool) -> bool {
 /// that reads with `readline`), waiting for a newline that the tools'
 /// binary payloads do not end with. `echod check`'s `unbuffered` check
 /// tells line buffering from a server that echoes nothing at all.
-pub fn nothing_echoed_hint(what: &str, addr: SocketAddr) -> String {
+pub fn nothing_echoed_hint(what: &str, addr: impl fmt::Display) -> String {
     format!(
         "no {what} came back whole from {addr}: {what}s are binary and do not end in a \
          newline, so a server that echoes only whole lines holds them back; run \

@@ -228,12 +228,13 @@ fn no_echo_at_all_names_line_buffering_and_check() {
     assert_eq!(probe_lines(&run.stdout_text()).len(), 2);
     assert!(
         run.stderr
-            .contains("nothing came back for any probe. If the server echoes only whole lines"),
+            .contains("no probe came back whole from 127.0.0.1:"),
         "{}",
         run.stderr
     );
     assert!(
-        run.stderr.contains(&format!("`echod check {addr}`")),
+        run.stderr
+            .contains(&format!("`echod check {addr} --only echo unbuffered`")),
         "{}",
         run.stderr
     );
