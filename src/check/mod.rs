@@ -225,6 +225,37 @@ impl Defect {
     }
 }
 
+impl Defect {
+    /// What a server with this defect does, as the end of "the server …":
+    /// the root-cause line's words.
+    pub fn what(self) -> &'static str {
+        match self {
+            Defect::NeverReplying => "sends nothing back",
+            Defect::CorruptsBytes => "changes the bytes it echoes",
+            Defect::ExtraBytes => "adds bytes of its own",
+            Defect::LineBuffering => "waits for a newline before it echoes",
+            Defect::HoldsBackBytes => "holds small pieces back",
+            Defect::Stalls => "stops echoing part way",
+            Defect::ClosesEarly => "closes connections before echoing everything",
+            Defect::ResetsConnection => "resets connections instead of closing them",
+            Defect::IgnoresHalfClose => "does not close its side when the client half-closes",
+            Defect::CloseOnEofWithoutFlush => "loses what it holds when the client half-closes",
+            Defect::OneClientAtATime => "serves one client at a time",
+            Defect::LimitedClients => "serves only so many clients at a time",
+            Defect::SmallBacklog => {
+                "serves clients that arrive together late (its listen backlog is too small)"
+            }
+            Defect::BlocksOnSlowReader => "lets one client that does not read stop it for everyone",
+            Defect::UnboundedBuffering => "buffers without bound for a client that does not read",
+            Defect::DiesOnReset => "dies when clients reset their connections",
+            Defect::StoppedServing => "stopped serving during the run",
+            Defect::UdpTruncation => "truncates datagrams",
+            Defect::UdpWrongSource => "replies from another address than the one written to",
+            Defect::UdpCrossedReplies => "sends replies to the wrong sender",
+        }
+    }
+}
+
 /// A named figure a check measured (bytes, milliseconds, an offset).
 pub type Figure = (&'static str, serde_json::Value);
 
@@ -313,8 +344,35 @@ impl Verdict {
 #[derive(Debug)]
 pub(crate) struct Unreachable(pub(crate) io::Error);
 
+/// What earlier checks on an address established, so that later ones
+/// name what they see in its light: a server seen to echo is not called a
+/// discard server when a half-close fails, and one that echoes nothing is
+/// not probed further.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Known {
+    /// A check passed, so bytes sent came back exact.
+    pub(crate) echoes: bool,
+    /// `echo` got nothing at all back.
+    pub(crate) silent: bool,
+}
+
+impl Known {
+    /// Takes in what check `name` came to.
+    fn learn(&mut self, name: &str, verdict: &Verdict) {
+        match verdict.outcome {
+            Outcome::Pass => self.echoes = true,
+            Outcome::Fail if name == "echo" && verdict.defect == Some(Defect::NeverReplying) => {
+                self.silent = true;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// What a check is given.
 pub(crate) struct Context {
+    /// What the checks before it established.
+    pub(crate) known: Known,
     /// The address under test.
     pub(crate) addr: SocketAddr,
     /// The bound on the check's waiting.
@@ -354,6 +412,15 @@ pub struct CheckInfo {
     pub name: &'static str,
     /// TCP or UDP.
     pub transport: Transport,
+    /// The rule it tests, with its source (an RFC and section, a CERT
+    /// advisory), for `--list`, the report and `--junit`.
+    pub rule: &'static str,
+    /// It cannot pass unless the server echoes at all: skipped once
+    /// `echo` got nothing back.
+    pub needs_echo: bool,
+    /// Run only with `--strict`: behaviour RFC 862 does not require but
+    /// careful servers have.
+    pub strict: bool,
     /// What it does and the defect it finds, for `--list`.
     pub reason: &'static str,
     /// How many waits of `--timeout` it may take one after another.
@@ -383,6 +450,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "echo",
         transport: Transport::Tcp,
+        rule: "RFC 862: once a connection is established, any data received is sent back",
+        needs_echo: false,
+        strict: false,
         reason: "a short line comes back: the server is there and echoes at all",
         waits: 1,
         fixed: Duration::ZERO,
@@ -391,6 +461,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "binary",
         transport: Transport::Tcp,
+        rule: "RFC 862: any data received is sent back (data, not text: every byte value)",
+        needs_echo: true,
+        strict: false,
         reason: "all 256 byte values, then 1 MiB of random bytes with no newline, come back \
                  exact: catches text-only servers (NUL, CR/LF or UTF-8 mangling) and line buffering",
         waits: 1,
@@ -400,6 +473,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "unbuffered",
         transport: Transport::Tcp,
+        rule: "RFC 862: data is sent back as it is received, not by lines",
+        needs_echo: true,
+        strict: false,
         reason: "a few bytes with no newline come back promptly: catches servers that wait for \
                  a newline before echoing (line buffering)",
         waits: 1,
@@ -409,6 +485,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "half-close",
         transport: Transport::Tcp,
+        rule: "RFC 9293 section 3.6 and RFC 1122 section 4.2.2.13: after a CLOSE (FIN) a connection still carries data the other way, and a FIN is answered by closing",
+        needs_echo: false,
+        strict: false,
         reason: "send, shut down the write side, then receive every byte and EOF: not a reset, \
                  not a hang (what `nc -N` and scripts rely on)",
         waits: 1,
@@ -418,26 +497,37 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "eof-with-queued-output",
         transport: Transport::Tcp,
+        rule: "RFC 9293 section 3.6: closing does not lose data already queued; RFC 1122 section 4.2.2.13",
+        needs_echo: true,
+        strict: false,
         reason: "send MiBs without reading, so the server holds echo it cannot write yet, then \
                  shut down the write side: every byte must still arrive (catches closing on \
                  EOF without flushing)",
         waits: 2,
-        fixed: Duration::ZERO,
+        fixed: Duration::from_millis(
+            stream::EOF_PAUSE.as_millis() as u64 + stream::SLOW_PHASE.as_millis() as u64,
+        ),
         run: stream::eof_with_queued_output,
     },
     CheckInfo {
         name: "concurrency",
         transport: Transport::Tcp,
+        rule: "RFC 862: the service answers every connection, not one at a time",
+        needs_echo: true,
+        strict: false,
         reason: "N clients (--clients) connect and each gets a first echo before any finishes, \
                  then each sends more, half-closes and gets exactly its bytes: catches servers \
                  that serve one client at a time",
-        waits: 1,
+        waits: 2,
         fixed: Duration::ZERO,
         run: clients::concurrency,
     },
     CheckInfo {
         name: "backpressure",
         transport: Transport::Tcp,
+        rule: "RFC 9293 section 3.8.6: flow control, the receive window is the bound",
+        needs_echo: true,
+        strict: false,
         reason: "a client writes without reading until the server stops taking bytes; meanwhile \
                  a second client is served; then the first reads everything back: catches \
                  unbounded buffering and servers one slow reader can stall",
@@ -448,6 +538,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "slow-drip",
         transport: Transport::Tcp,
+        rule: "RFC 862: data is sent back as it is received",
+        needs_echo: true,
+        strict: false,
         reason: "1 byte every 10 ms for 2 s is echoed as it goes: catches servers that hold \
                  small pieces back (interactive use feels dead)",
         waits: 1,
@@ -457,6 +550,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "reset-survival",
         transport: Transport::Tcp,
+        rule: "RFC 9293 section 3.5.3 and RFC 1122 section 4.2.2.12: a reset ends that connection only",
+        needs_echo: true,
+        strict: false,
         reason: "clients that reset mid-transfer do not take the server down: a client connected \
                  before them and a fresh one are still served (catches dying on ECONNRESET, \
                  EPIPE or SIGPIPE)",
@@ -467,6 +563,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "udp-sizes",
         transport: Transport::Udp,
+        rule: "RFC 862: each datagram is sent back in an answering datagram, the data as received (RFC 768: up to 65,507 bytes over IPv4)",
+        needs_echo: false,
+        strict: false,
         reason: "datagrams of 0, 1, 1472, 8192 and 65,507 bytes come back identical: reports \
                  the size a server truncates at",
         waits: 1,
@@ -476,6 +575,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "udp-source",
         transport: Transport::Udp,
+        rule: "RFC 1122 section 4.1.3.5: a reply goes out from the specific address the request was sent to",
+        needs_echo: false,
+        strict: false,
         reason: "the reply comes from the address and port the datagram was sent to, or \
                  connected clients (nc -u) never see it",
         waits: 1,
@@ -485,6 +587,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "udp-interleaved",
         transport: Transport::Udp,
+        rule: "RFC 862: each datagram is answered to its own sender",
+        needs_echo: false,
+        strict: false,
         reason: "several senders interleave datagrams and each gets exactly its own replies",
         waits: 1,
         fixed: Duration::ZERO,
@@ -524,6 +629,7 @@ pub fn run_on(
     for &addr in addrs {
         on_event(Event::Address(addr));
         let context = Context {
+            known: Known::default(),
             addr,
             timeout: config.timeout,
             clients: config.clients,
@@ -537,6 +643,7 @@ pub fn run_on(
         // that means the server went away during the run.
         let mut reached = false;
         let mut gone_during: Option<&str> = None;
+        let mut context = context;
         for check in &config.checks {
             let start = Instant::now();
             let verdict = if let Some(why) = &report.unreachable {
@@ -545,6 +652,12 @@ pub fn run_on(
                 Verdict::skip(format!(
                     "not run: the server stopped accepting connections during {earlier}"
                 ))
+            } else if context.known.silent && check.needs_echo {
+                Verdict::skip(
+                    "not run: echo got nothing back, and this check cannot pass against a \
+                     server that echoes nothing"
+                        .to_string(),
+                )
             } else {
                 match (check.run)(&context) {
                     Ok(verdict) => {
@@ -567,6 +680,7 @@ pub fn run_on(
                     .server_gone(),
                 }
             };
+            context.known.learn(check.name, &verdict);
             if verdict.server_gone && gone_during.is_none() {
                 gone_during = Some(check.name);
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::{CHECKS, CheckConfig, CheckResult, Outcome};
+use super::{CHECKS, CheckConfig, CheckResult, Defect, Outcome};
 use echod_server::net::Transport;
 
 /// Everything a run found.
@@ -42,6 +42,62 @@ pub struct AddressReport {
 impl AddressReport {
     fn count(&self, outcome: Outcome) -> usize {
         self.results.iter().filter(|r| r.outcome == outcome).count()
+    }
+
+    fn outcome_of(&self, name: &str) -> Option<Outcome> {
+        self.results
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.outcome)
+    }
+
+    /// What the results come to, in one sentence about the server: the
+    /// defect of the first failure (later checks build on earlier ones,
+    /// so the first is the cause), said in the light of what passed, and
+    /// any other defect seen after it. `None` when nothing ran.
+    pub fn root_cause(&self) -> Option<String> {
+        if self.unreachable.is_some() || self.results.is_empty() {
+            return None;
+        }
+        let failures: Vec<&CheckResult> = self
+            .results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Fail)
+            .collect();
+        let Some(first) = failures.first() else {
+            return Some(if self.count(Outcome::Pass) == 0 {
+                "was not tested: every check was skipped".to_string()
+            } else {
+                "echoes as RFC 862 asks: no check failed".to_string()
+            });
+        };
+        let echoes = self.count(Outcome::Pass) > 0;
+        let mut text = match first.defect {
+            Some(Defect::NeverReplying) if first.name == "echo" => {
+                if self.outcome_of("half-close") == Some(Outcome::Pass) {
+                    "holds every echo back until the client half-closes (its output is \
+                     buffered until EOF)"
+                        .to_string()
+                } else {
+                    "accepts connections but echoes nothing".to_string()
+                }
+            }
+            Some(defect) if echoes => format!("echoes, but {}", defect.what()),
+            Some(defect) => defect.what().to_string(),
+            None => format!("fails {}: its line says what was seen", first.name),
+        };
+        let mut also: Vec<&str> = Vec::new();
+        for failure in &failures[1..] {
+            if let Some(defect) = failure.defect {
+                if Some(defect) != first.defect && !also.contains(&defect.name()) {
+                    also.push(defect.name());
+                }
+            }
+        }
+        if !also.is_empty() {
+            let _ = write!(text, " (also seen: {})", also.join(", "));
+        }
+        Some(text)
     }
 }
 
@@ -104,6 +160,9 @@ impl Report {
                 let _ = write!(text, " ({})", failed.join(", "));
             }
             text.push('\n');
+            if let Some(cause) = address.root_cause() {
+                let _ = writeln!(text, "root cause: the server {cause}");
+            }
         }
         let _ = write!(
             text,
@@ -130,6 +189,7 @@ impl Report {
                     "passed": a.count(Outcome::Pass),
                     "failed": a.count(Outcome::Fail),
                     "skipped": a.count(Outcome::Skip),
+                    "root_cause": a.root_cause(),
                     "checks": a.results.iter().map(result_json).collect::<Vec<_>>(),
                 })
             })
@@ -256,7 +316,6 @@ pub fn fmt_duration(time: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::Defect;
 
     #[test]
     fn bytes_read_naturally() {

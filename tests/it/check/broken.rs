@@ -124,12 +124,23 @@ pub fn line_buffering(stream: TcpStream, _: &AtomicBool) {
 
 /// Reads on one thread and writes on another, and closes the connection
 /// as soon as the reader sees EOF: whatever the writer still holds is lost.
-pub fn close_on_eof_without_flush(stream: TcpStream, _: &AtomicBool) {
-    // A small send buffer, so that most of the echo waits in the writer's
-    // queue rather than in the kernel.
+/// A small send buffer, so that most of the echo waits in the writer's
+/// queue rather than in the kernel.
+pub fn close_on_eof_without_flush(stream: TcpStream, stop: &AtomicBool) {
     socket2::SockRef::from(&stream)
         .set_send_buffer_size(16 * 1024)
         .unwrap();
+    close_on_eof(stream, stop);
+}
+
+/// [`close_on_eof_without_flush`] with the kernel's own buffers, which
+/// grow to MiBs: more of the echo is in the kernel when EOF comes (and
+/// still delivered), less in the writer's queue.
+pub fn close_on_eof_large_buffers(stream: TcpStream, stop: &AtomicBool) {
+    close_on_eof(stream, stop);
+}
+
+fn close_on_eof(stream: TcpStream, _: &AtomicBool) {
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let mut writer = stream.try_clone().unwrap();
     thread::spawn(move || {
@@ -156,6 +167,57 @@ pub fn close_on_eof_without_flush(stream: TcpStream, _: &AtomicBool) {
         }
     }
 }
+
+/// A nonblocking-style echo that holds at most [`ONE_SEND_HOLD`] bytes
+/// (it stops reading while it holds that much, as an event loop with a
+/// bounded buffer does), and on EOF makes one nonblocking send of what it
+/// holds and closes. Against a client that reads at full speed when the
+/// EOF comes, that one send takes everything and nothing is lost; against
+/// one that is not reading (a slow link), the send buffer is full and what
+/// is held is lost. Small socket buffers (8 KiB to send, 16 KiB to
+/// receive) keep the bytes in flight few.
+pub fn one_send_on_eof(stream: TcpStream, _: &AtomicBool) {
+    let socket = socket2::SockRef::from(&stream);
+    socket.set_send_buffer_size(8 * 1024).unwrap();
+    // Reads wait at most this long, so that what is held is offered to the
+    // socket again while the client sends nothing.
+    stream.set_read_timeout(Some(POLL)).unwrap();
+    stream.set_write_timeout(Some(POLL)).unwrap();
+    let mut held: Vec<u8> = Vec::with_capacity(ONE_SEND_HOLD);
+    let mut buf = [0; ONE_SEND_HOLD];
+    let until = Instant::now() + HANDLER_TIMEOUT;
+    while Instant::now() < until {
+        let room = ONE_SEND_HOLD - held.len();
+        let read = if room == 0 {
+            // Full: wait (a little) until the socket takes some, as an
+            // event loop waits for writability.
+            if let Ok(k) = (&stream).write(&held) {
+                held.drain(..k);
+            }
+            Err(ErrorKind::WouldBlock.into())
+        } else {
+            (&stream).read(&mut buf[..room])
+        };
+        if let Ok(n) = read {
+            held.extend_from_slice(&buf[..n]);
+        }
+        // One nonblocking send of what it holds, after each read (or wait)
+        // and at EOF.
+        if let Ok(k) = socket.send_with_flags(&held, libc::MSG_DONTWAIT) {
+            held.drain(..k);
+        }
+        match read {
+            // The defect: at EOF, close now, whatever is still held.
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// What [`one_send_on_eof`] holds at most.
+const ONE_SEND_HOLD: usize = 16 * 1024;
 
 /// A correct echo, served one connection at a time.
 pub fn plain_echo(stream: TcpStream, _: &AtomicBool) {
