@@ -302,6 +302,85 @@ fn a_server_that_never_replies_fails_every_check_within_its_bounds() {
     assert_finds(&report, "udp-interleaved", Defect::NeverReplying, "0 of 32");
 }
 
+/// Once echo got nothing back, what cannot pass is skipped and says so:
+/// at the default --timeout (5 s) the run against a server that accepts
+/// and does nothing ends well within the generous bound below (it took
+/// 38 s before; now echo and half-close wait, 10 s).
+#[test]
+fn a_server_that_echoes_nothing_is_given_up_on_early() {
+    let server = broken::tcp(Serve::Threads, broken::hung);
+    let addr = server.addr.to_string();
+    let mut child = Command::new(ECHOD)
+        .args(["check", &addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = crate::util::wait_bounded(&mut child, Duration::from_secs(30));
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("FAIL  echo  "), "{out}");
+    let skipped: Vec<&str> = out.lines().filter(|l| l.starts_with("SKIP  ")).collect();
+    assert_eq!(skipped.len(), 7, "{out}");
+    for line in skipped {
+        assert!(line.contains("echo got nothing back"), "{line}");
+    }
+    assert!(
+        out.contains("root cause: the server accepts connections but echoes nothing"),
+        "{out}"
+    );
+}
+
+/// A server that echoes but drops what it holds at EOF is not called a
+/// discard server by half-close, nor one that dies on resets.
+#[test]
+fn a_half_close_fault_is_named_as_such_after_echoes_worked() {
+    let server = broken::tcp(Serve::Threads, broken::close_on_eof_without_flush);
+    let report = run(tcp(server.addr, 1.0));
+    for result in report.results() {
+        assert_ne!(
+            result.defect,
+            Some(Defect::NeverReplying),
+            "{}: {}",
+            result.name,
+            result.detail
+        );
+        assert_ne!(
+            result.defect,
+            Some(Defect::DiesOnReset),
+            "{}: {}",
+            result.name,
+            result.detail
+        );
+        if result.name == "reset-survival" {
+            assert_eq!(result.outcome, Outcome::Pass, "{}", result.detail);
+        }
+    }
+    assert_passes(&report, "echo");
+    let cause = report.addresses[0].root_cause().unwrap();
+    assert!(
+        cause.starts_with("echoes, but loses what it holds when the client half-closes"),
+        "{cause}"
+    );
+}
+
+/// A backlog that overflows is small-backlog, whether the clients wait
+/// to connect or connect and wait to be served: never limited-clients.
+#[test]
+fn a_small_backlog_is_named_small_backlog() {
+    let server = broken::small_backlog();
+    let report = run(tcp(server.addr, 3.0).only(&["echo", "concurrency"]));
+    assert_finds(&report, "concurrency", Defect::SmallBacklog, "backlog");
+    assert_passes(&report, "echo");
+}
+
 #[test]
 fn truncating_datagrams_at_1024_bytes_fails_udp_sizes_and_names_the_size() {
     let server = broken::udp(broken::udp_truncating);

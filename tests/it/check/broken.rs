@@ -72,6 +72,37 @@ pub fn tcp(serve: Serve, handle: fn(TcpStream, &AtomicBool)) -> Broken {
     Broken { addr, stop }
 }
 
+/// A thread-per-connection echo listening with a backlog of 1 and
+/// accepting one connection every [`SLOW_ACCEPT`], as a busy event loop
+/// does: clients arriving together overflow its accept queue.
+pub fn small_backlog() -> Broken {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&bind.into()).unwrap();
+    socket.listen(1).unwrap();
+    let listener: TcpListener = socket.into();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    thread::spawn(move || {
+        while !flag.load(Ordering::SeqCst) {
+            if let Ok((stream, _)) = listener.accept() {
+                stream.set_nonblocking(false).unwrap();
+                stream.set_read_timeout(Some(HANDLER_TIMEOUT)).unwrap();
+                stream.set_write_timeout(Some(HANDLER_TIMEOUT)).unwrap();
+                let flag = Arc::clone(&flag);
+                thread::spawn(move || plain_echo(stream, &flag));
+            }
+            thread::sleep(SLOW_ACCEPT);
+        }
+    });
+    Broken { addr, stop }
+}
+
+/// How often [`small_backlog`] accepts.
+const SLOW_ACCEPT: Duration = Duration::from_millis(20);
+
 /// A UDP server calling `handle` for each datagram, until dropped.
 pub fn udp(mut handle: impl FnMut(&UdpSocket, &[u8], SocketAddr) + Send + 'static) -> Broken {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -230,6 +261,16 @@ pub fn plain_echo(stream: TcpStream, _: &AtomicBool) {
 pub fn never_replying(mut stream: TcpStream, _: &AtomicBool) {
     let mut buf = [0; 64 * 1024];
     while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+/// Accepts and then does nothing at all: reads nothing, sends nothing,
+/// closes nothing, until the server stops or [`HANDLER_TIMEOUT`] passes
+/// (a server hung on something else).
+pub fn hung(_stream: TcpStream, stop: &AtomicBool) {
+    let until = Instant::now() + HANDLER_TIMEOUT;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+        thread::sleep(POLL * 5);
+    }
 }
 
 /// Echoes, but never closes its side after the client's EOF; it keeps
