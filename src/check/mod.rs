@@ -794,11 +794,16 @@ pub fn command(request: Result<Request, String>) -> ExitCode {
         Ok(report) => report,
         Err(err) => {
             eprintln!("echod check: {err}");
+            if json {
+                // Scripts reading stdout get an object too, with the reason.
+                let _ = writeln!(out, "{}", report::error_json(&config, &err));
+            }
             return ExitCode::from(2);
         }
     };
+    // One line, as `bench --json`: for machines; `jq .` indents it.
     let text = if json {
-        serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()
+        report.to_json().to_string()
     } else {
         report.render_summary()
     };

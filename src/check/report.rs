@@ -212,6 +212,23 @@ impl Report {
     }
 }
 
+/// `--json` when the run could not start (the name did not resolve): the
+/// target, the error, and the exit status, in the report's shape.
+pub fn error_json(config: &CheckConfig, error: &str) -> Value {
+    json!({
+        "target": config.target.to_string(),
+        "transport": config.transport.to_string(),
+        "error": error,
+        "addresses": [],
+        "summary": {
+            "passed": 0,
+            "failed": 0,
+            "skipped": 0,
+            "exit_code": 2,
+        },
+    })
+}
+
 fn result_json(result: &CheckResult) -> Value {
     let figures: Map<String, Value> = result
         .figures

@@ -13,7 +13,7 @@ use echod_server::net::Transport;
 const CHECK_HELP: &str = "\
 Examples:
   echod check localhost:7007                   every TCP check (IPv4 and IPv6 if the name has both)
-  echod check --udp 127.0.0.1:7007             the UDP checks
+  echod check -u 127.0.0.1:7007                the UDP checks
   echod check [::1]:7 --only echo half-close   two checks only
   echod check --list                           each check and the defect it looks for
   echod check host:7 --json | jq .summary      one JSON object, for scripts and CI
@@ -34,7 +34,7 @@ pub struct CheckArgs {
     pub addr: Option<String>,
 
     /// Check the UDP service instead of TCP.
-    #[arg(long)]
+    #[arg(short, long)]
     pub udp: bool,
 
     /// Run only the named checks (see --list), separated by spaces or commas.
@@ -54,10 +54,11 @@ pub struct CheckArgs {
     /// How long a check waits for the server before it fails (5, 0.5,
     /// 250ms; 10 ms to an hour). A check in steps gives each step this long
     /// (--list shows how many); slow-drip takes 2 s more by design.
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
+    #[arg(short = 'W', long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
     pub timeout: Duration,
 
-    /// Print one JSON object with every result and figure, instead of lines.
+    /// Print one JSON object with every result and figure, on one line,
+    /// instead of lines (`| jq .` shows it indented).
     #[arg(long)]
     pub json: bool,
 }

@@ -557,8 +557,10 @@ fn the_command_prints_a_line_per_check_and_exits_0_against_echod() {
 fn json_is_one_object_with_every_result() {
     let server = Binary::start(&["--port", "0", "-b", "127.0.0.1"]);
     let addr = server.udp.unwrap().to_string();
-    let (status, out, err) = echod(&["check", "--udp", &addr, "--json"]);
+    let (status, out, err) = echod(&["check", "-u", &addr, "--json"]);
     assert_eq!(status.code(), Some(0), "{out}{err}");
+    // One line for machines, as bench --json; `jq .` indents it.
+    assert_eq!(out.lines().count(), 1, "{out}");
     let json: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
     assert_eq!(json["transport"], "udp");
     assert_eq!(json["summary"]["passed"], 3);
@@ -590,6 +592,35 @@ fn an_unreachable_server_exits_2_with_a_sentence() {
         "{err}"
     );
     assert!(err.contains("Is the server running"), "{err}");
+}
+
+#[test]
+fn json_for_a_name_that_does_not_resolve_carries_the_error() {
+    let (status, out, err) = echod(&["check", "no-such-host.invalid:7", "--json"]);
+    assert_eq!(status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("no-such-host.invalid"), "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    assert!(
+        json["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-host.invalid"),
+        "{out}"
+    );
+    assert_eq!(json["summary"]["exit_code"], 2);
+}
+
+/// `-u` and `-W` as client, ping and bench have them.
+#[test]
+fn check_takes_the_short_flags_of_the_other_tools() {
+    let server = Binary::start(&["--port", "0", "-b", "127.0.0.1"]);
+    let addr = server.udp.unwrap().to_string();
+    let (status, out, err) = echod(&["check", "-u", "-W", "2", "--only", "udp-source", &addr]);
+    assert_eq!(status.code(), Some(0), "{out}{err}");
+    assert!(out.contains("checking udp echo"), "{out}");
+    assert!(out.contains("at most 2 s"), "{out}");
+    assert!(out.contains("PASS  udp-source"), "{out}");
 }
 
 #[test]
