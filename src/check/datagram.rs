@@ -5,12 +5,12 @@
 //! lost, and a missing reply is the server's doing.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use super::probe::recv_datagram;
 use super::report::fmt_duration;
-use super::{Context, Defect, Unreachable, Verdict};
+use super::{Context, Defect, Outcome, Unreachable, Verdict};
 use crate::kit::deadline::Deadline;
 use crate::kit::payload::Payload;
 use crate::kit::target::udp_socket_blocking as udp_socket;
@@ -262,6 +262,79 @@ pub(super) fn source(ctx: &Context) -> Result<Verdict, Unreachable> {
         Some(Defect::NeverReplying),
         format!("no reply within {} (sent twice)", fmt_duration(ctx.timeout)),
     ))
+}
+
+/// The other loopback address udp-source-wildcard sends to: 127.0.0.2
+/// (127.0.0.3 if the target is 127.0.0.2). Every 127/8 address is the
+/// host's own on Linux, so a server on 0.0.0.0 gets the datagram, and one
+/// bound to the target address alone does not.
+fn other_loopback(target: SocketAddr) -> Option<SocketAddr> {
+    let SocketAddr::V4(v4) = target else {
+        return None;
+    };
+    if !v4.ip().is_loopback() {
+        return None;
+    }
+    let other = if v4.ip().octets() == [127, 0, 0, 2] {
+        Ipv4Addr::new(127, 0, 0, 3)
+    } else {
+        Ipv4Addr::new(127, 0, 0, 2)
+    };
+    Some((other, v4.port()).into())
+}
+
+/// udp-source-wildcard (strict): a datagram to another loopback address
+/// must be answered from that address. A server on a wildcard address
+/// that replies without saying the source lets routing pick it, here the
+/// target address: the RFC 1122 section 4.1.3.5 defect that a multihomed
+/// host shows on its real interfaces.
+pub(super) fn source_wildcard(ctx: &Context) -> Result<Verdict, Unreachable> {
+    const LINE: &[u8] = b"echod check: which of my addresses answers?";
+    let Some(other) = other_loopback(ctx.addr) else {
+        return Ok(Verdict::skip(format!(
+            "{} is not an IPv4 loopback address: this check needs a second address of the \
+             server's host, so it runs on that host against 127.0.0.1 (with a server on \
+             0.0.0.0)",
+            ctx.addr
+        )));
+    };
+    let deadline = ctx.deadline();
+    let socket = udp_socket(ctx.addr, false).map_err(Unreachable)?;
+    let mut buf = vec![0; RECV_BUF];
+    let half = Deadline::after(ctx.timeout / 2);
+    for wait in [half, deadline] {
+        if let Err(err) = socket.send_to(LINE, other) {
+            return Ok(Verdict::fail(
+                None,
+                format!("sending to {other} failed: {err}"),
+            ));
+        }
+        loop {
+            let (n, from) = match recv_datagram(&socket, &mut buf, wait) {
+                Ok(Some(got)) => got,
+                Ok(None) => break,
+                Err(err) => return Ok(Verdict::fail(None, format!("receiving failed: {err}"))),
+            };
+            if buf[..n] == *LINE {
+                let verdict = source_verdict(other, from);
+                return Ok(if verdict.outcome == Outcome::Pass {
+                    Verdict::pass(format!(
+                        "a datagram to {other}, another address of the host, was answered from \
+                         {other}: the server replies from the address each datagram was sent to"
+                    ))
+                    .figure("sent_to", other.to_string())
+                    .figure("reply_from", display_addr(from).to_string())
+                } else {
+                    verdict.figure("sent_to", other.to_string())
+                });
+            }
+        }
+    }
+    Ok(Verdict::skip(format!(
+        "no reply to a datagram sent to {other} (twice, within {}): the server does not \
+         listen on a wildcard address, so the rule does not arise",
+        fmt_duration(ctx.timeout)
+    )))
 }
 
 fn source_verdict(sent_to: SocketAddr, from: SocketAddr) -> Verdict {

@@ -49,10 +49,18 @@ pub const DEFAULT_CLIENTS: usize = 50;
 /// The most clients `--clients` accepts: each is a socket of this process.
 pub const MAX_CLIENTS: usize = 1000;
 
-/// The checks to run: every one of `transport`, or those named.
-pub fn select(transport: Transport, only: &[String]) -> Result<Vec<&'static CheckInfo>, String> {
+/// The checks to run: every one of `transport` (the strict ones too if
+/// `strict`), or those named (strict or not).
+pub fn select(
+    transport: Transport,
+    only: &[String],
+    strict: bool,
+) -> Result<Vec<&'static CheckInfo>, String> {
     if only.is_empty() {
-        return Ok(CHECKS.iter().filter(|c| c.transport == transport).collect());
+        return Ok(CHECKS
+            .iter()
+            .filter(|c| c.transport == transport && (strict || !c.strict))
+            .collect());
     }
     let mut chosen: Vec<&'static CheckInfo> = Vec::new();
     for name in only {
@@ -112,10 +120,22 @@ impl CheckConfig {
                 port: addr.port(),
             },
             transport,
-            checks: CHECKS.iter().filter(|c| c.transport == transport).collect(),
+            checks: CHECKS
+                .iter()
+                .filter(|c| c.transport == transport && !c.strict)
+                .collect(),
             clients: DEFAULT_CLIENTS,
             timeout,
         }
+    }
+
+    /// Adds the strict checks of the transport (`--strict`).
+    pub fn strict(mut self) -> CheckConfig {
+        self.checks = CHECKS
+            .iter()
+            .filter(|c| c.transport == self.transport)
+            .collect();
+        self
     }
 
     /// Keeps only the named checks (in catalogue order).
@@ -185,6 +205,8 @@ pub enum Defect {
     BlocksOnSlowReader,
     /// Keeps taking bytes from a client that reads nothing back.
     UnboundedBuffering,
+    /// Drops urgent (MSG_OOB) data, or stops reading at the urgent mark.
+    DropsUrgentData,
     /// Dies (or stops serving) when clients reset their connections.
     DiesOnReset,
     /// Stopped accepting connections part way through the run.
@@ -216,6 +238,7 @@ impl Defect {
             Defect::SmallBacklog => "small-backlog",
             Defect::BlocksOnSlowReader => "blocks-on-slow-reader",
             Defect::UnboundedBuffering => "unbounded-buffering",
+            Defect::DropsUrgentData => "drops-urgent-data",
             Defect::DiesOnReset => "dies-on-reset",
             Defect::StoppedServing => "stopped-serving",
             Defect::UdpTruncation => "udp-truncation",
@@ -247,6 +270,7 @@ impl Defect {
             }
             Defect::BlocksOnSlowReader => "lets one client that does not read stop it for everyone",
             Defect::UnboundedBuffering => "buffers without bound for a client that does not read",
+            Defect::DropsUrgentData => "drops urgent data (or stops reading at its mark)",
             Defect::DiesOnReset => "dies when clients reset their connections",
             Defect::StoppedServing => "stopped serving during the run",
             Defect::UdpTruncation => "truncates datagrams",
@@ -548,6 +572,20 @@ pub static CHECKS: &[CheckInfo] = &[
         run: stream::slow_drip,
     },
     CheckInfo {
+        name: "urgent-inline",
+        transport: Transport::Tcp,
+        rule: "RFC 9293 section 3.8.5 and RFC 1122 section 4.2.2.4: urgent data is part of \
+               the data stream (and RFC 862 sends back all data received)",
+        needs_echo: true,
+        strict: true,
+        reason: "100 bytes, 1 byte sent as urgent data (MSG_OOB), 100 bytes: all 201 come \
+                 back in order (catches servers that drop the urgent byte, or stop reading at \
+                 the urgent mark)",
+        waits: 1,
+        fixed: Duration::ZERO,
+        run: stream::urgent_inline,
+    },
+    CheckInfo {
         name: "reset-survival",
         transport: Transport::Tcp,
         rule: "RFC 9293 section 3.5.3 and RFC 1122 section 4.2.2.12: a reset ends that connection only",
@@ -583,6 +621,20 @@ pub static CHECKS: &[CheckInfo] = &[
         waits: 1,
         fixed: Duration::ZERO,
         run: datagram::source,
+    },
+    CheckInfo {
+        name: "udp-source-wildcard",
+        transport: Transport::Udp,
+        rule: "RFC 1122 section 4.1.3.5: a reply goes out from the specific address the \
+               request was sent to, also on a host (or socket) with several addresses",
+        needs_echo: false,
+        strict: true,
+        reason: "for a server on a loopback address: a datagram to another loopback address \
+                 (127.0.0.2) reaches a server on a wildcard address, and the reply must come \
+                 from 127.0.0.2 (catches wildcard servers that let routing pick the source)",
+        waits: 1,
+        fixed: Duration::ZERO,
+        run: datagram::source_wildcard,
     },
     CheckInfo {
         name: "udp-interleaved",
@@ -760,6 +812,8 @@ pub enum Request {
         config: CheckConfig,
         /// One JSON object instead of lines.
         json: bool,
+        /// Where to write a JUnit XML report too.
+        junit: Option<std::path::PathBuf>,
     },
 }
 
@@ -769,12 +823,16 @@ pub enum Request {
 /// an error.
 pub fn command(request: Result<Request, String>) -> ExitCode {
     let mut out = io::stdout().lock();
-    let (config, json) = match request {
+    let (config, json, junit) = match request {
         Ok(Request::List) => {
             let _ = out.write_all(report::render_list().as_bytes());
             return ExitCode::SUCCESS;
         }
-        Ok(Request::Run { config, json }) => (config, json),
+        Ok(Request::Run {
+            config,
+            json,
+            junit,
+        }) => (config, json, junit),
         Err(err) => {
             eprintln!("echod check: {err}");
             return ExitCode::from(2);
@@ -808,6 +866,16 @@ pub fn command(request: Result<Request, String>) -> ExitCode {
         report.render_summary()
     };
     let _ = writeln!(out, "{text}");
+    if let Some(path) = junit {
+        if let Err(err) = std::fs::write(&path, report.to_junit()) {
+            eprintln!(
+                "echod check: could not write the JUnit report to {}: {err}. Check that its \
+                 directory exists and is writable",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
     ExitCode::from(report.exit_code())
 }
 
@@ -836,29 +904,60 @@ mod tests {
 
     #[test]
     fn all_checks_of_the_transport_by_default() {
-        let tcp = select(Transport::Tcp, &[]).unwrap();
+        let tcp = select(Transport::Tcp, &[], false).unwrap();
         assert_eq!(tcp.len(), 9);
         assert_eq!(tcp.last().unwrap().name, "reset-survival");
-        let udp = select(Transport::Udp, &[]).unwrap();
+        let udp = select(Transport::Udp, &[], false).unwrap();
         assert_eq!(names(&udp), ["udp-sizes", "udp-source", "udp-interleaved"]);
+    }
+
+    #[test]
+    fn strict_adds_the_checks_a_server_may_skip() {
+        let tcp = select(Transport::Tcp, &[], true).unwrap();
+        assert_eq!(tcp.len(), 10);
+        assert!(tcp.iter().any(|c| c.name == "urgent-inline"));
+        assert_eq!(tcp.last().unwrap().name, "reset-survival");
+        let udp = select(Transport::Udp, &[], true).unwrap();
+        assert_eq!(
+            names(&udp),
+            [
+                "udp-sizes",
+                "udp-source",
+                "udp-source-wildcard",
+                "udp-interleaved"
+            ]
+        );
+        let only = ["urgent-inline".to_string()];
+        assert_eq!(names(&select(Transport::Tcp, &only, false).unwrap()), only);
+    }
+
+    #[test]
+    fn every_check_cites_its_rule() {
+        for check in CHECKS {
+            let (source, _) = check.rule.split_once(':').unwrap();
+            assert!(
+                source.starts_with("RFC ") || source.starts_with("CERT "),
+                "{source}"
+            );
+        }
     }
 
     #[test]
     fn only_keeps_catalogue_order_and_drops_repeats() {
         let only = ["half-close", "echo", "echo"].map(String::from);
-        let chosen = select(Transport::Tcp, &only).unwrap();
+        let chosen = select(Transport::Tcp, &only, false).unwrap();
         assert_eq!(names(&chosen), ["echo", "half-close"]);
     }
 
     #[test]
     fn only_explains_unknown_names_and_the_wrong_transport() {
-        let err = select(Transport::Tcp, &["echoo".into()]).unwrap_err();
+        let err = select(Transport::Tcp, &["echoo".into()], false).unwrap_err();
         assert!(err.contains("'echoo' is not a check"), "{err}");
-        let err = select(Transport::Tcp, &["127.0.0.1:7".into()]).unwrap_err();
+        let err = select(Transport::Tcp, &["127.0.0.1:7".into()], false).unwrap_err();
         assert!(err.contains("put ADDR before --only"), "{err}");
-        let err = select(Transport::Tcp, &["udp-sizes".into()]).unwrap_err();
+        let err = select(Transport::Tcp, &["udp-sizes".into()], false).unwrap_err();
         assert!(err.contains("add --udp"), "{err}");
-        let err = select(Transport::Udp, &["echo".into()]).unwrap_err();
+        let err = select(Transport::Udp, &["echo".into()], false).unwrap_err();
         assert!(err.contains("drop --udp"), "{err}");
     }
 
@@ -880,6 +979,7 @@ mod tests {
             Defect::SmallBacklog,
             Defect::BlocksOnSlowReader,
             Defect::UnboundedBuffering,
+            Defect::DropsUrgentData,
             Defect::DiesOnReset,
             Defect::StoppedServing,
             Defect::UdpTruncation,

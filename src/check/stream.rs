@@ -623,6 +623,62 @@ pub(super) fn eof_with_queued_output(ctx: &Context) -> Result<Verdict, Unreachab
     .millis("elapsed_ms", elapsed))
 }
 
+/// urgent-inline: 100 bytes, one urgent byte (MSG_OOB), 100 bytes; all
+/// 201 must come back in order. RFC 9293 keeps urgent data in the stream
+/// (the urgent pointer only marks it), so an echo sends it back with the
+/// rest; a server that lets the kernel keep it out of band (no
+/// SO_OOBINLINE) drops it, and one that takes the read stopped short at
+/// the mark for "drained" leaves the bytes behind it unread.
+pub(super) fn urgent_inline(ctx: &Context) -> Result<Verdict, Unreachable> {
+    let deadline = ctx.deadline();
+    let stream = ctx.connect_first(deadline)?;
+    let start = Instant::now();
+    let mut line = vec![b'a'; 100];
+    line.push(b'!');
+    line.extend_from_slice(&[b'b'; 100]);
+    let len = line.len() as u64;
+    let socket = socket2::SockRef::from(&stream);
+    let sent = (&stream)
+        .write_all(&line[..100])
+        .and_then(|()| socket.send_out_of_band(&line[100..101]).map(|_| ()))
+        .and_then(|()| (&stream).write_all(&line[101..]));
+    if let Err(err) = sent {
+        return Ok(Verdict::fail(None, format!("sending failed: {err}")));
+    }
+    let mut verifier = Verifier::new(Payload::Bytes(&line));
+    let rx = receive(&stream, &mut verifier, Until::Count(len), deadline);
+    if rx.exact(len) {
+        return Ok(Verdict::pass(format!(
+            "100 bytes, 1 urgent byte (MSG_OOB) and 100 bytes came back inline and in order in \
+             {}",
+            fmt_duration(took(start, &rx))
+        ))
+        .figure("bytes_sent", len)
+        .millis("round_trip_ms", took(start, &rx)));
+    }
+    let verdict = match (&rx.mismatch, rx.bytes, &rx.end) {
+        (Some(m), _, _) if m.offset == 100 && m.sent == b'!' => Verdict::fail(
+            Some(Defect::DropsUrgentData),
+            "the urgent byte did not come back in its place (byte 100 is the one after it): \
+             the server leaves urgent data out of the stream (it does not set SO_OOBINLINE)"
+                .to_string(),
+        ),
+        (None, 100, RecvEnd::TimedOut) => Verdict::fail(
+            Some(Defect::DropsUrgentData),
+            format!(
+                "the 100 bytes before the urgent byte came back, then nothing within {}: the \
+                 server stops at the urgent mark (it takes the short read there for \
+                 \"drained\") or drops the urgent byte and what follows",
+                fmt_duration(ctx.timeout)
+            ),
+        ),
+        _ => shortfall(&rx, len, ctx.timeout),
+    };
+    Ok(verdict
+        .figure("bytes_sent", len)
+        .figure("bytes_received", rx.bytes))
+}
+
 /// slow-drip: 1 byte every 10 ms for 2 s is echoed as it goes. A byte
 /// whose echo is still missing `timeout` after the last progress ends the
 /// check.

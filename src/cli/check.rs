@@ -17,6 +17,8 @@ Examples:
   echod check [::1]:7 --only echo half-close   two checks only
   echod check --list                           each check and the defect it looks for
   echod check host:7 --json | jq .summary      one JSON object, for scripts and CI
+  echod check host:7 --junit check.xml         a JUnit XML report too, for CI
+  echod check --strict 127.0.0.1:7007          the checks a server may skip, too
 
 Exit status:
   0  every check that ran passed (skipped ones do not count)
@@ -56,6 +58,18 @@ pub struct CheckArgs {
     /// (--list shows how many); slow-drip takes 2 s more by design.
     #[arg(short = 'W', long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
     pub timeout: Duration,
+
+    /// Add the checks a server may reasonably skip: urgent data (MSG_OOB)
+    /// echoed inline (TCP), and the reply coming from the address the
+    /// datagram was sent to when the server listens on a wildcard address
+    /// (UDP, from the server's host).
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Also write a JUnit XML report to FILE (one test case per check), for
+    /// CI systems.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
 
     /// Print one JSON object with every result and figure, on one line,
     /// instead of lines (`| jq .` shows it indented).
@@ -103,7 +117,7 @@ impl CheckArgs {
         Ok(CheckConfig {
             target: Target::parse(&addr)?,
             transport,
-            checks: select(transport, &only)?,
+            checks: select(transport, &only, self.strict)?,
             clients: usize::from(self.clients),
             timeout: self.timeout,
         })
@@ -117,6 +131,7 @@ impl CheckArgs {
         Ok(Request::Run {
             config: self.to_config()?,
             json: self.json,
+            junit: self.junit.clone(),
         })
     }
 }

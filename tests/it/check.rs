@@ -147,6 +147,8 @@ fn a_name_with_both_families_is_checked_on_each() {
         list: false,
         clients: 10,
         timeout: IO_TIMEOUT,
+        strict: false,
+        junit: None,
         json: false,
     }
     .to_config()
@@ -379,6 +381,75 @@ fn a_small_backlog_is_named_small_backlog() {
     let report = run(tcp(server.addr, 3.0).only(&["echo", "concurrency"]));
     assert_finds(&report, "concurrency", Defect::SmallBacklog, "backlog");
     assert_passes(&report, "echo");
+}
+
+// ---- --strict ----
+
+#[test]
+fn echod_passes_the_strict_checks() {
+    let server = InProcess::v4();
+    let report = run(tcp(server.tcp_addr(), 10.0).strict());
+    assert_all_pass(&report, 10);
+    assert_passes(&report, "urgent-inline");
+
+    // On the wildcard address, as the rule is about; checked at
+    // 127.0.0.1, answered at 127.0.0.2.
+    let server = InProcess::start(ServerConfig {
+        bind: vec!["0.0.0.0".parse().unwrap()],
+        ..ServerConfig::default()
+    });
+    let addr: SocketAddr = ([127, 0, 0, 1], server.udp_addr().port()).into();
+    let report = run(udp(addr, 10.0).strict());
+    assert_all_pass(&report, 4);
+    let wildcard = report.result("udp-source-wildcard").unwrap();
+    assert!(wildcard.detail.contains("127.0.0.2"), "{}", wildcard.detail);
+}
+
+/// A thread-per-connection echo without SO_OOBINLINE: the kernel keeps
+/// the urgent byte out of the stream, and the echo lacks it.
+#[test]
+fn dropping_urgent_data_fails_urgent_inline_with_strict_only() {
+    let server = broken::tcp(Serve::Threads, broken::plain_echo);
+    let report = run(tcp(server.addr, 1.0).only(&["echo", "urgent-inline"]));
+    assert!(report.result("urgent-inline").is_none(), "strict only");
+    let report = run(tcp(server.addr, 1.0)
+        .strict()
+        .only(&["echo", "urgent-inline"]));
+    assert_finds(
+        &report,
+        "urgent-inline",
+        Defect::DropsUrgentData,
+        "urgent byte",
+    );
+    let line = check::render_line(report.result("urgent-inline").unwrap());
+    assert!(line.contains("(RFC 9293 section 3.8.5"), "{line}");
+}
+
+/// A UDP echo on 0.0.0.0 that lets routing pick the source: sent to
+/// 127.0.0.2, its reply comes from 127.0.0.1.
+#[test]
+fn a_wildcard_server_replying_from_another_address_fails_udp_source_wildcard() {
+    let server = broken::udp_on_wildcard(broken::udp_echo);
+    let addr: SocketAddr = ([127, 0, 0, 1], server.addr.port()).into();
+    let report = run(udp(addr, 1.0)
+        .strict()
+        .only(&["udp-source", "udp-source-wildcard"]));
+    assert_passes(&report, "udp-source");
+    assert_finds(
+        &report,
+        "udp-source-wildcard",
+        Defect::UdpWrongSource,
+        "not from 127.0.0.2",
+    );
+    // Bound to 127.0.0.1 alone, 127.0.0.2 reaches nothing: the rule does
+    // not arise, and the check says so.
+    let server = broken::udp(broken::udp_echo);
+    let report = run(udp(server.addr, 0.5)
+        .strict()
+        .only(&["udp-source-wildcard"]));
+    let result = report.result("udp-source-wildcard").unwrap();
+    assert_eq!(result.outcome, Outcome::Skip, "{}", result.detail);
+    assert!(result.detail.contains("wildcard"), "{}", result.detail);
 }
 
 #[test]
@@ -672,16 +743,108 @@ fn check_takes_a_timeout_in_milliseconds_as_ping_does() {
 }
 
 #[test]
-fn list_gives_every_check_with_its_reason() {
+fn list_gives_every_check_with_its_reason_and_rule() {
     let (status, out, _) = echod(&["check", "--list"]);
     assert_eq!(status.code(), Some(0));
+    let lines: Vec<&str> = out.lines().collect();
     for check in echod::check::CHECKS {
-        let line = out
-            .lines()
-            .find(|l| l.starts_with(&format!("{} ", check.name)))
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("{} ", check.name)))
             .unwrap_or_else(|| panic!("{} is listed: {out}", check.name));
-        assert!(line.contains(check.reason), "{line}");
+        assert!(lines[at].contains(check.reason), "{}", lines[at]);
+        assert_eq!(
+            lines[at].contains("(--strict)"),
+            check.strict,
+            "{}",
+            lines[at]
+        );
+        let rule = lines[at + 1].trim();
+        assert_eq!(rule, format!("rule: {}", check.rule));
     }
+    for cited in ["RFC 862", "RFC 9293", "RFC 1122"] {
+        assert!(out.contains(cited), "{cited}: {out}");
+    }
+}
+
+/// A small structural check of XML: every tag closed in order, and the
+/// elements named `name` with their attributes.
+fn elements(xml: &str, name: &str) -> Vec<String> {
+    let mut open: Vec<String> = Vec::new();
+    let mut found = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find('<') {
+        let end = rest[start..].find('>').expect("a tag ends") + start;
+        let tag = &rest[start + 1..end];
+        rest = &rest[end + 1..];
+        if tag.starts_with('?') {
+            continue;
+        }
+        if let Some(closing) = tag.strip_prefix('/') {
+            assert_eq!(open.pop().as_deref(), Some(closing), "tags nest: {xml}");
+            continue;
+        }
+        let tag_name = tag.split([' ', '/']).next().unwrap().to_string();
+        if tag_name == name {
+            found.push(tag.to_string());
+        }
+        if !tag.ends_with('/') {
+            open.push(tag_name);
+        }
+    }
+    assert!(open.is_empty(), "unclosed {open:?}: {xml}");
+    found
+}
+
+#[test]
+fn junit_writes_a_test_case_per_check() {
+    let server = broken::tcp(Serve::Threads, broken::never_replying);
+    let addr = server.addr.to_string();
+    let dir = std::env::temp_dir().join(format!("echod-junit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("check.xml");
+    let file_arg = file.to_str().unwrap();
+    let (status, out, err) = echod(&["check", &addr, "-W", "0.3", "--junit", file_arg]);
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    let xml = std::fs::read_to_string(&file).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"),
+        "{xml}"
+    );
+    let suites = elements(&xml, "testsuites");
+    assert_eq!(suites.len(), 1);
+    assert!(suites[0].contains("tests=\"9\""), "{}", suites[0]);
+    assert_eq!(elements(&xml, "testsuite").len(), 1);
+    let cases = elements(&xml, "testcase");
+    let names: Vec<&str> = cases
+        .iter()
+        .map(|c| {
+            c.split("name=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    let expected: Vec<&str> = echod::check::CHECKS
+        .iter()
+        .filter(|c| c.transport == Transport::Tcp && !c.strict)
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, expected);
+    let failures = elements(&xml, "failure");
+    let skipped = elements(&xml, "skipped");
+    let failed = out.lines().filter(|l| l.starts_with("FAIL  ")).count();
+    let skips = out.lines().filter(|l| l.starts_with("SKIP  ")).count();
+    assert_eq!((failures.len(), skipped.len()), (failed, skips), "{xml}");
+    assert!(
+        failures[0].contains("type=\"never-replying\""),
+        "{}",
+        failures[0]
+    );
+    assert!(xml.contains("rule: RFC 862"), "{xml}");
 }
 
 #[test]

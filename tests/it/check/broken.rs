@@ -104,8 +104,23 @@ pub fn small_backlog() -> Broken {
 const SLOW_ACCEPT: Duration = Duration::from_millis(20);
 
 /// A UDP server calling `handle` for each datagram, until dropped.
-pub fn udp(mut handle: impl FnMut(&UdpSocket, &[u8], SocketAddr) + Send + 'static) -> Broken {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+pub fn udp(handle: impl FnMut(&UdpSocket, &[u8], SocketAddr) + Send + 'static) -> Broken {
+    udp_on("127.0.0.1:0", handle)
+}
+
+/// [`udp`] on the IPv4 wildcard address, as many servers listen: `addr`
+/// is then 0.0.0.0 and its port (check it at 127.0.0.1).
+pub fn udp_on_wildcard(
+    handle: impl FnMut(&UdpSocket, &[u8], SocketAddr) + Send + 'static,
+) -> Broken {
+    udp_on("0.0.0.0:0", handle)
+}
+
+fn udp_on(
+    bind: &str,
+    mut handle: impl FnMut(&UdpSocket, &[u8], SocketAddr) + Send + 'static,
+) -> Broken {
+    let socket = UdpSocket::bind(bind).unwrap();
     let addr = socket.local_addr().unwrap();
     socket.set_read_timeout(Some(POLL * 5)).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -296,6 +311,12 @@ pub fn dies_on_reset(stream: TcpStream, stop: &AtomicBool) {
 /// Echoes datagrams cut at 1,024 bytes: a receive buffer too small.
 pub fn udp_truncating(socket: &UdpSocket, datagram: &[u8], peer: SocketAddr) {
     let _ = socket.send_to(&datagram[..datagram.len().min(1024)], peer);
+}
+
+/// A correct echo of each datagram, from the socket it arrived on (on a
+/// wildcard address, the kernel then picks the reply's source).
+pub fn udp_echo(socket: &UdpSocket, datagram: &[u8], peer: SocketAddr) {
+    let _ = socket.send_to(datagram, peer);
 }
 
 /// Never answers a datagram.
