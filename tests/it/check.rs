@@ -559,7 +559,7 @@ fn socat_gets_a_report_for_every_tcp_check() {
         .iter()
         .filter(|c| c.transport == Transport::Tcp)
         .map(|c| {
-            let config = tcp(addr, 3.0).only(&[c.name]);
+            let config = tcp(addr, 3.0).strict().only(&[c.name]);
             thread::spawn(move || run(config))
         })
         .collect();
