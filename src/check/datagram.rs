@@ -337,6 +337,101 @@ pub(super) fn source_wildcard(ctx: &Context) -> Result<Verdict, Unreachable> {
     )))
 }
 
+/// The service ports udp-loop-guard sends from, in order of preference:
+/// chargen and echo are the pair CERT CA-1996-01 describes; the others
+/// answer datagrams too, for when those are taken on this host.
+const SERVICE_PORTS: [(u16, &str); 5] = [
+    (19, "chargen"),
+    (7, "echo"),
+    (13, "daytime"),
+    (17, "qotd"),
+    (37, "time"),
+];
+
+/// A socket on the first of [`SERVICE_PORTS`] free on this host, or the
+/// reason the check cannot run.
+fn service_port_socket(target: SocketAddr) -> Result<(UdpSocket, u16, &'static str), String> {
+    let ip: std::net::IpAddr = if target.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    for (port, service) in SERVICE_PORTS {
+        match UdpSocket::bind((ip, port)) {
+            Ok(socket) => return Ok((socket, port, service)),
+            Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(format!(
+                    "sending from a service port (such as chargen's, 19) needs root or \
+                     CAP_NET_BIND_SERVICE here ({err}); run the check so to test this rule"
+                ));
+            }
+            Err(_) => continue,
+        }
+    }
+    Err("every service port this check sends from (19, 7, 13, 17, 37) is in use here".into())
+}
+
+/// udp-loop-guard (strict): a datagram from a service port that answers
+/// datagrams (chargen's 19, or echo's 7…) gets no answer, while one from
+/// an ordinary port does. An echo service that answers such a datagram
+/// can be set talking to a chargen or another echo service by one forged
+/// datagram, forever (CERT CA-1996-01, "UDP Port Denial-of-Service
+/// Attack").
+pub(super) fn loop_guard(ctx: &Context) -> Result<Verdict, Unreachable> {
+    const LINE: &[u8] = b"echod check: as if from a service that answers datagrams";
+    let (service_socket, port, service) = match service_port_socket(ctx.addr) {
+        Ok(found) => found,
+        Err(why) => return Ok(Verdict::skip(why)),
+    };
+    let deadline = ctx.deadline();
+    if let Err(err) = service_socket.send_to(LINE, ctx.addr) {
+        return Ok(Verdict::fail(
+            None,
+            format!("sending from port {port} failed: {err}"),
+        ));
+    }
+    // Then one from an ordinary port: once it is answered, an answer to
+    // the first (sent before it) would be on its way too.
+    let ordinary = udp_socket(ctx.addr, true).map_err(Unreachable)?;
+    let mut buf = vec![0; RECV_BUF];
+    let mut unanswered = Vec::new();
+    let reply = match probe_datagram(&ordinary, LINE, &mut unanswered, deadline, &mut buf) {
+        Ok(reply) => reply,
+        Err(err) => return Err(Unreachable(err)),
+    };
+    if !matches!(reply, Reply::Same(_)) {
+        return Ok(Verdict::skip(format!(
+            "a datagram from an ordinary port got no exact answer within {} either, so \
+             silence to port {port} says nothing (udp-sizes tells more)",
+            fmt_duration(ctx.timeout)
+        )));
+    }
+    let grace = Deadline::after(ctx.stall());
+    let answered = loop {
+        match recv_datagram(&service_socket, &mut buf, grace) {
+            Ok(Some((n, from))) if buf[..n] == *LINE => break Some(from),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => break None,
+        }
+    };
+    let verdict = match answered {
+        Some(from) => Verdict::fail(
+            Some(Defect::UdpLoopRisk),
+            format!(
+                "a datagram from port {port} ({service}) was answered from {}: two services \
+                 that answer every datagram can be set talking to each other forever by one \
+                 forged datagram; refuse datagrams from such ports",
+                display_addr(from)
+            ),
+        ),
+        None => Verdict::pass(format!(
+            "a datagram from port {port} ({service}) got no answer, one from an ordinary \
+             port did: the server refuses datagrams from services that answer datagrams"
+        )),
+    };
+    Ok(verdict.figure("source_port", port))
+}
+
 fn source_verdict(sent_to: SocketAddr, from: SocketAddr) -> Verdict {
     let from = display_addr(from);
     if from == display_addr(sent_to) {

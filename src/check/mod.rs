@@ -217,6 +217,8 @@ pub enum Defect {
     UdpWrongSource,
     /// Sends replies to the wrong sender.
     UdpCrossedReplies,
+    /// Answers datagrams from service ports: a UDP loop waiting to happen.
+    UdpLoopRisk,
 }
 
 impl Defect {
@@ -244,6 +246,7 @@ impl Defect {
             Defect::UdpTruncation => "udp-truncation",
             Defect::UdpWrongSource => "udp-wrong-source",
             Defect::UdpCrossedReplies => "udp-crossed-replies",
+            Defect::UdpLoopRisk => "udp-loop-risk",
         }
     }
 }
@@ -276,6 +279,7 @@ impl Defect {
             Defect::UdpTruncation => "truncates datagrams",
             Defect::UdpWrongSource => "replies from another address than the one written to",
             Defect::UdpCrossedReplies => "sends replies to the wrong sender",
+            Defect::UdpLoopRisk => "answers datagrams from service ports (a UDP loop risk)",
         }
     }
 }
@@ -637,6 +641,20 @@ pub static CHECKS: &[CheckInfo] = &[
         run: datagram::source_wildcard,
     },
     CheckInfo {
+        name: "udp-loop-guard",
+        transport: Transport::Udp,
+        rule: "CERT CA-1996-01: a UDP echo service must not answer datagrams from services \
+               that answer datagrams (chargen 19, echo 7, ...), or one forged datagram makes \
+               the two loop forever",
+        needs_echo: false,
+        strict: true,
+        reason: "a datagram from port 19 (or 7, 13, 17, 37: needs root) gets no answer, while \
+                 one from an ordinary port does",
+        waits: 1,
+        fixed: STALL,
+        run: datagram::loop_guard,
+    },
+    CheckInfo {
         name: "udp-interleaved",
         transport: Transport::Udp,
         rule: "RFC 862: each datagram is answered to its own sender",
@@ -924,6 +942,7 @@ mod tests {
                 "udp-sizes",
                 "udp-source",
                 "udp-source-wildcard",
+                "udp-loop-guard",
                 "udp-interleaved"
             ]
         );
@@ -985,6 +1004,7 @@ mod tests {
             Defect::UdpTruncation,
             Defect::UdpWrongSource,
             Defect::UdpCrossedReplies,
+            Defect::UdpLoopRisk,
         ];
         for (i, d) in all.iter().enumerate() {
             assert!(all[..i].iter().all(|e| e.name() != d.name()));

@@ -60,9 +60,10 @@ pub struct CheckArgs {
     pub timeout: Duration,
 
     /// Add the checks a server may reasonably skip: urgent data (MSG_OOB)
-    /// echoed inline (TCP), and the reply coming from the address the
-    /// datagram was sent to when the server listens on a wildcard address
-    /// (UDP, from the server's host).
+    /// echoed inline (TCP); with --udp, the reply coming from the address
+    /// the datagram was sent to when the server listens on a wildcard
+    /// address (from the server's host), and no answer to a datagram from
+    /// a service port such as chargen's (CERT CA-1996-01; needs root).
     #[arg(long)]
     pub strict: bool,
 

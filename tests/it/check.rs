@@ -400,9 +400,35 @@ fn echod_passes_the_strict_checks() {
     });
     let addr: SocketAddr = ([127, 0, 0, 1], server.udp_addr().port()).into();
     let report = run(udp(addr, 10.0).strict());
-    assert_all_pass(&report, 4);
+    let guard = report.result("udp-loop-guard").unwrap();
+    if guard.outcome == Outcome::Skip && guard.detail.contains("needs root") {
+        crate::util::skip(&guard.detail);
+        return;
+    }
+    assert_all_pass(&report, 5);
     let wildcard = report.result("udp-source-wildcard").unwrap();
     assert!(wildcard.detail.contains("127.0.0.2"), "{}", wildcard.detail);
+}
+
+/// A UDP echo that answers every datagram, from chargen's port too: the
+/// loop CERT CA-1996-01 describes.
+#[test]
+fn answering_a_service_port_fails_udp_loop_guard() {
+    let server = broken::udp(broken::udp_echo);
+    let report = run(udp(server.addr, 1.0).strict().only(&["udp-loop-guard"]));
+    let result = report.result("udp-loop-guard").unwrap();
+    if result.outcome == Outcome::Skip && result.detail.contains("needs root") {
+        crate::util::skip(&result.detail);
+        return;
+    }
+    assert_finds(
+        &report,
+        "udp-loop-guard",
+        Defect::UdpLoopRisk,
+        "was answered",
+    );
+    let line = check::render_line(result);
+    assert!(line.contains("(CERT CA-1996-01)"), "{line}");
 }
 
 /// A thread-per-connection echo without SO_OOBINLINE: the kernel keeps
