@@ -385,6 +385,24 @@ pub(crate) struct Known {
 }
 
 impl Known {
+    /// A TCP failure named never-replying after a check passed would say
+    /// the opposite of that PASS line: the server does reply, only not to
+    /// this, so it is named for what was seen (the echo stopped) and says
+    /// so.
+    fn reconcile(&self, transport: Transport, mut verdict: Verdict) -> Verdict {
+        if self.echoes
+            && transport == Transport::Tcp
+            && verdict.outcome == Outcome::Fail
+            && verdict.defect == Some(Defect::NeverReplying)
+        {
+            verdict.defect = Some(Defect::Stalls);
+            verdict.detail.push_str(
+                " (earlier checks got their echo back, so the server replies, but not here)",
+            );
+        }
+        verdict
+    }
+
     /// Takes in what check `name` came to.
     fn learn(&mut self, name: &str, verdict: &Verdict) {
         match verdict.outcome {
@@ -750,6 +768,7 @@ pub fn run_on(
                     .server_gone(),
                 }
             };
+            let verdict = context.known.reconcile(config.transport, verdict);
             context.known.learn(check.name, &verdict);
             if verdict.server_gone && gone_during.is_none() {
                 gone_during = Some(check.name);
@@ -874,6 +893,11 @@ pub fn command(request: Result<Request, String>) -> ExitCode {
                 // Scripts reading stdout get an object too, with the reason.
                 let _ = writeln!(out, "{}", report::error_json(&config, &err));
             }
+            if let Some(path) = &junit {
+                // CI finds a report that says why nothing ran; if even that
+                // cannot be written, the sentence above says enough.
+                let _ = std::fs::write(path, report::error_junit(&config, &err));
+            }
             return ExitCode::from(2);
         }
     };
@@ -978,6 +1002,24 @@ mod tests {
         assert!(err.contains("add --udp"), "{err}");
         let err = select(Transport::Udp, &["echo".into()], false).unwrap_err();
         assert!(err.contains("drop --udp"), "{err}");
+    }
+
+    #[test]
+    fn never_replying_after_a_pass_is_named_for_what_was_seen() {
+        let known = Known {
+            echoes: true,
+            silent: false,
+        };
+        let fail = || Verdict::fail(Some(Defect::NeverReplying), "nothing came back".into());
+        let verdict = known.reconcile(Transport::Tcp, fail());
+        assert_eq!(verdict.defect, Some(Defect::Stalls));
+        assert!(
+            verdict
+                .detail
+                .contains("earlier checks got their echo back")
+        );
+        let verdict = Known::default().reconcile(Transport::Tcp, fail());
+        assert_eq!(verdict.defect, Some(Defect::NeverReplying));
     }
 
     #[test]

@@ -242,6 +242,23 @@ pub fn error_json(config: &CheckConfig, error: &str) -> Value {
     })
 }
 
+/// `--junit` when the run could not start: one test case, in error, with
+/// the reason.
+pub fn error_junit(config: &CheckConfig, error: &str) -> String {
+    let suite = escape(&format!(
+        "echod check {} {}",
+        config.transport, config.target
+    ));
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <testsuites name=\"echod check\" tests=\"1\" failures=\"0\" skipped=\"0\" errors=\"1\">\n  \
+         <testsuite name=\"{suite}\" tests=\"1\" failures=\"0\" skipped=\"0\" errors=\"1\">\n    \
+         <testcase name=\"resolve\" classname=\"{suite}\">\n      \
+         <error message=\"{}\" type=\"unresolved\"/>\n    </testcase>\n  </testsuite>\n</testsuites>\n",
+        escape(error)
+    )
+}
+
 fn result_json(result: &CheckResult) -> Value {
     let figures: Map<String, Value> = result
         .figures

@@ -823,6 +823,26 @@ fn elements(xml: &str, name: &str) -> Vec<String> {
 }
 
 #[test]
+fn junit_for_a_name_that_does_not_resolve_has_the_error() {
+    let dir = std::env::temp_dir().join(format!("echod-junit-err-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("check.xml");
+    let (status, out, err) = echod(&[
+        "check",
+        "no-such-host.invalid:7",
+        "--junit",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(2), "{out}{err}");
+    let xml = std::fs::read_to_string(&file).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let errors = elements(&xml, "error");
+    assert_eq!(errors.len(), 1, "{xml}");
+    assert!(errors[0].contains("no-such-host.invalid"), "{xml}");
+    assert_eq!(elements(&xml, "testcase").len(), 1, "{xml}");
+}
+
+#[test]
 fn junit_writes_a_test_case_per_check() {
     let server = broken::tcp(Serve::Threads, broken::never_replying);
     let addr = server.addr.to_string();
