@@ -489,8 +489,8 @@ pub(super) enum Pace {
 /// reads at all. A server that reads on while it holds echo meets the EOF
 /// within this time with its echo still queued (the client is not
 /// reading, every buffer between is full), so what it does then shows:
-/// keep it and flush it (RFC 9293 section 3.6: a CLOSE "will not cause the
-/// loss of data already queued"), or throw it away and close. Read at
+/// keep it and flush it (RFC 9293 section 3.6: what was sent before a
+/// CLOSE is still delivered), or throw it away and close. Read at
 /// once, and a server that makes one nonblocking send of what it holds
 /// and closes finds the client draining at full speed and passes by luck.
 pub(super) const EOF_PAUSE: Duration = Duration::from_millis(500);
@@ -498,9 +498,10 @@ pub(super) const EOF_PAUSE: Duration = Duration::from_millis(500);
 /// Then it reads [`SLOW_READ`] bytes every [`SLOW_GAP`] for this long (a
 /// slow link, 400 KiB/s), so that a server which reads the EOF only once
 /// the client reads (its buffer bounded) meets it with a slow reader too:
-/// with the client's small send buffer ([`CLIENT_RECV_BUFFER`]) the input still
-/// queued when the server stops taking bytes is mostly its own receive
-/// buffer, often less than this phase reads.
+/// with the client's small buffers ([`CLIENT_SEND_BUFFER`],
+/// [`CLIENT_RECV_BUFFER`]) the input still queued when the server stops
+/// taking bytes is mostly its own receive buffer, often less than this
+/// phase reads.
 pub(super) const SLOW_PHASE: Duration = Duration::from_millis(1000);
 const SLOW_READ: u64 = 4 * 1024;
 const SLOW_GAP: Duration = Duration::from_millis(10);
@@ -659,8 +660,9 @@ pub(super) fn urgent_inline(ctx: &Context) -> Result<Verdict, Unreachable> {
     let verdict = match (&rx.mismatch, rx.bytes, &rx.end) {
         (Some(m), _, _) if m.offset == 100 && m.sent == b'!' => Verdict::fail(
             Some(Defect::DropsUrgentData),
-            "the urgent byte did not come back in its place (byte 100 is the one after it): \
-             the server leaves urgent data out of the stream (it does not set SO_OOBINLINE)"
+            "byte 100, the urgent one, did not come back in its place (the bytes after it \
+             did): the server leaves urgent data out of the stream (it does not set \
+             SO_OOBINLINE)"
                 .to_string(),
         ),
         (None, 100, RecvEnd::TimedOut) => Verdict::fail(

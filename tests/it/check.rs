@@ -445,7 +445,7 @@ fn dropping_urgent_data_fails_urgent_inline_with_strict_only() {
         &report,
         "urgent-inline",
         Defect::DropsUrgentData,
-        "urgent byte",
+        "SO_OOBINLINE",
     );
     let line = check::render_line(report.result("urgent-inline").unwrap());
     assert!(line.contains("(RFC 9293 section 3.8.5"), "{line}");
