@@ -546,9 +546,11 @@ pub static CHECKS: &[CheckInfo] = &[
         rule: "RFC 9293 section 3.6: closing does not lose data already queued; RFC 1122 section 4.2.2.13",
         needs_echo: true,
         strict: false,
-        reason: "send MiBs without reading, so the server holds echo it cannot write yet, then \
-                 shut down the write side: every byte must still arrive (catches closing on \
-                 EOF without flushing)",
+        reason: "with a small window, send without reading until the server stops taking \
+                 bytes, so it holds echo it cannot write yet; shut down the write side, read \
+                 nothing for 0.5 s, then slowly for 1 s: every byte must still arrive (catches \
+                 servers that lose what they hold when the client half-closes: closing on EOF, \
+                 or one nonblocking send and close)",
         waits: 2,
         fixed: Duration::from_millis(
             stream::EOF_PAUSE.as_millis() as u64 + stream::SLOW_PHASE.as_millis() as u64,

@@ -15,7 +15,7 @@ Examples:
   echod check localhost:7007                   every TCP check (IPv4 and IPv6 if the name has both)
   echod check -u 127.0.0.1:7007                the UDP checks
   echod check [::1]:7 --only echo half-close   two checks only
-  echod check --list                           each check and the defect it looks for
+  echod check --list                           each check, the defect it looks for, its rule
   echod check host:7 --json | jq .summary      one JSON object, for scripts and CI
   echod check host:7 --junit check.xml         a JUnit XML report too, for CI
   echod check --strict 127.0.0.1:7007          the checks a server may skip, too
@@ -23,7 +23,8 @@ Examples:
 Exit status:
   0  every check that ran passed (skipped ones do not count)
   1  at least one check failed
-  2  the command line was wrong, the name did not resolve, or the server could not be reached";
+  2  the command line was wrong, the name did not resolve, the server could not be reached,
+     or the --junit file could not be written";
 
 /// Options of `echod check`.
 #[derive(Debug, Args)]
@@ -43,7 +44,8 @@ pub struct CheckArgs {
     #[arg(long, value_name = "NAME", num_args = 1.., value_delimiter = ',')]
     pub only: Vec<String>,
 
-    /// List the checks, with what each looks for, and exit.
+    /// List the checks, with what each looks for and the rule it tests,
+    /// and exit.
     #[arg(long)]
     pub list: bool,
 
@@ -55,7 +57,8 @@ pub struct CheckArgs {
 
     /// How long a check waits for the server before it fails (5, 0.5,
     /// 250ms; 10 ms to an hour). A check in steps gives each step this long
-    /// (--list shows how many); slow-drip takes 2 s more by design.
+    /// (--list shows how many); slow-drip takes 2 s more by design, and
+    /// eof-with-queued-output 1.5 s (its pause and slow reads).
     #[arg(short = 'W', long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
     pub timeout: Duration,
 
