@@ -376,6 +376,21 @@ fn a_half_close_fault_is_named_as_such_after_echoes_worked() {
     );
 }
 
+/// A pool of 10 threads serves 10 clients and leaves the others waiting,
+/// however long: limited-clients, after the second wait, with the count.
+#[test]
+fn a_pool_of_ten_threads_is_named_limited_clients() {
+    let server = broken::tcp(Serve::Pool(10), broken::plain_echo);
+    let report = run(tcp(server.addr, 1.0).only(&["echo", "concurrency"]));
+    assert_finds(
+        &report,
+        "concurrency",
+        Defect::LimitedClients,
+        "serves at most 10 clients at a time",
+    );
+    assert_passes(&report, "echo");
+}
+
 /// A backlog that overflows is small-backlog, whether the clients wait
 /// to connect or connect and wait to be served: never limited-clients.
 #[test]

@@ -38,6 +38,9 @@ pub enum Serve {
     Threads,
     /// One connection at a time, on the accept thread.
     OneAtATime,
+    /// A pool of this many threads, each serving one connection at a
+    /// time; the others wait, accepted, until a thread is free.
+    Pool(usize),
 }
 
 /// A TCP server running `handle` for each connection. A handler may set
@@ -48,6 +51,10 @@ pub fn tcp(serve: Serve, handle: fn(TcpStream, &AtomicBool)) -> Broken {
     listener.set_nonblocking(true).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
+    let pool = match serve {
+        Serve::Pool(threads) => Some(pool(threads, handle, &stop)),
+        _ => None,
+    };
     thread::spawn(move || {
         while !flag.load(Ordering::SeqCst) {
             match listener.accept() {
@@ -57,6 +64,11 @@ pub fn tcp(serve: Serve, handle: fn(TcpStream, &AtomicBool)) -> Broken {
                     stream.set_write_timeout(Some(HANDLER_TIMEOUT)).unwrap();
                     match serve {
                         Serve::OneAtATime => handle(stream, &flag),
+                        Serve::Pool(_) => {
+                            if let Some(pool) = &pool {
+                                let _ = pool.send(stream);
+                            }
+                        }
                         Serve::Threads => {
                             let flag = Arc::clone(&flag);
                             thread::spawn(move || handle(stream, &flag));
@@ -102,6 +114,37 @@ pub fn small_backlog() -> Broken {
 
 /// How often [`small_backlog`] accepts.
 const SLOW_ACCEPT: Duration = Duration::from_millis(20);
+
+/// `threads` threads taking accepted connections from the channel
+/// returned, each running `handle` on one at a time. They end when the
+/// server stops (the channel's sender is dropped with the accept loop)
+/// or the stop flag is set.
+fn pool(
+    threads: usize,
+    handle: fn(TcpStream, &AtomicBool),
+    stop: &Arc<AtomicBool>,
+) -> mpsc::Sender<TcpStream> {
+    let (tx, rx) = mpsc::channel::<TcpStream>();
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for _ in 0..threads {
+        let rx = Arc::clone(&rx);
+        let flag = Arc::clone(stop);
+        thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                let next = rx
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .recv_timeout(POLL * 5);
+                match next {
+                    Ok(stream) => handle(stream, &flag),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        });
+    }
+    tx
+}
 
 /// A UDP server calling `handle` for each datagram, until dropped.
 pub fn udp(handle: impl FnMut(&UdpSocket, &[u8], SocketAddr) + Send + 'static) -> Broken {
