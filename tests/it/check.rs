@@ -391,6 +391,22 @@ fn a_pool_of_ten_threads_is_named_limited_clients() {
     assert_passes(&report, "echo");
 }
 
+/// Clients that connected at once but are served only a while later, as
+/// when a backlog overflowed after their connect returned: small-backlog,
+/// found by the second wait, not limited-clients.
+#[test]
+fn clients_served_late_are_named_small_backlog() {
+    let server = broken::tcp(Serve::Threads, broken::late_beyond_ten);
+    let report = run(tcp(server.addr, 1.0).only(&["echo", "concurrency"]));
+    assert_finds(
+        &report,
+        "concurrency",
+        Defect::SmallBacklog,
+        "serves them late",
+    );
+    assert_passes(&report, "echo");
+}
+
 /// A backlog that overflows is small-backlog, whether the clients wait
 /// to connect or connect and wait to be served: never limited-clients.
 #[test]

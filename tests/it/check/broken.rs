@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -307,6 +307,23 @@ pub fn one_send_on_eof(stream: TcpStream, _: &AtomicBool) {
 
 /// What [`one_send_on_eof`] holds at most.
 const ONE_SEND_HOLD: usize = 16 * 1024;
+
+/// Serves its first ten connections at once and every later one only
+/// after [`LATE`]: the symptom clients see when a listen backlog
+/// overflowed after their connect had already returned (the server's
+/// kernel dropped their handshake's last packet and the data behind it,
+/// and takes them in when those are sent again). One test uses it: the
+/// count is for the whole process.
+pub fn late_beyond_ten(stream: TcpStream, stop: &AtomicBool) {
+    static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+    if CONNECTIONS.fetch_add(1, Ordering::SeqCst) >= 10 {
+        thread::sleep(LATE);
+    }
+    plain_echo(stream, stop);
+}
+
+/// How late [`late_beyond_ten`] serves.
+const LATE: Duration = Duration::from_millis(1500);
 
 /// A correct echo, served one connection at a time.
 pub fn plain_echo(stream: TcpStream, _: &AtomicBool) {
