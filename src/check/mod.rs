@@ -4,9 +4,15 @@
 //! half-close, wait for a newline, serve one client at a time, truncate big
 //! datagrams or buffer without bound. Each named check here looks for one
 //! such defect from the outside, with real sockets, and says what it
-//! measured: bytes, time, the first wrong offset. Every wait is bounded by
-//! the check's timeout, so a server that never answers ends the run with
-//! FAIL lines, not a hang.
+//! measured: bytes, time, the first wrong offset, and cites the rule it
+//! holds the server to (RFC 862, RFC 9293, RFC 1122, CERT CA-1996-01).
+//! Every wait is bounded by the check's timeout, so a server that never
+//! answers ends the run with FAIL lines, not a hang.
+//!
+//! Checks run in order and later ones read their results in the light of
+//! earlier ones (`Known`): a server seen to echo is not called a discard
+//! server, one that echoes nothing is not probed further, and the run
+//! ends with one root-cause line per address.
 //!
 //! # Layout
 //!
@@ -18,11 +24,14 @@
 //!   ([`crate::kit`]: the address, connect, deadlines, payloads and the
 //!   verifier);
 //! - `stream.rs`: the checks on one TCP connection (echo, binary,
-//!   unbuffered, half-close, eof-with-queued-output, slow-drip);
+//!   unbuffered, half-close, eof-with-queued-output, slow-drip, and the
+//!   strict urgent-inline);
 //! - `clients.rs`: the checks with several TCP clients (concurrency,
 //!   backpressure, reset-survival);
-//! - `datagram.rs`: the UDP checks;
-//! - `report.rs`: the report, as text lines or one JSON object.
+//! - `datagram.rs`: the UDP checks (with the strict udp-source-wildcard
+//!   and udp-loop-guard);
+//! - `report.rs`: the report, as text lines, one JSON object or JUnit XML,
+//!   and the root-cause line.
 
 mod clients;
 mod datagram;
