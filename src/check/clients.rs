@@ -12,8 +12,8 @@ use super::probe::{
     self, Received, RecvEnd, SendEnd, Until, echo_line, exchange, receive, receive_ready, send,
 };
 use super::report::{fmt_bytes, fmt_duration};
-use super::stream::{after_half_close, fill_without_reading, read_back, shortfall};
-use super::{Context, Defect, Outcome, Unreachable, Verdict};
+use super::stream::{Pace, after_half_close, fill_without_reading, read_back, shortfall};
+use super::{Context, Defect, Known, Outcome, Unreachable, Verdict};
 use crate::kit::deadline::Deadline;
 use crate::kit::payload::Payload;
 use crate::kit::target::connect_by as connect;
@@ -95,11 +95,11 @@ pub(super) fn concurrency(ctx: &Context) -> Result<Verdict, Unreachable> {
             .figure("connected", i)
             .figure("slow_connects", slow));
     }
-    if let Some(verdict) = first_echoes(&streams, deadline, ctx.timeout) {
+    if let Some(verdict) = first_echoes(&streams, deadline, ctx.timeout, slow, &ctx.known) {
         return Ok(verdict.figure("clients", n));
     }
     let first_round = start.elapsed();
-    if let Some(verdict) = each_finishes(&streams, deadline, ctx.timeout) {
+    if let Some(verdict) = each_finishes(&streams, deadline, ctx.timeout, &ctx.known) {
         return Ok(verdict.figure("clients", n));
     }
     let elapsed = start.elapsed();
@@ -182,7 +182,13 @@ fn connect_all(
 
 /// Concurrency, first phase: every client sends its greeting, then each
 /// must get it back while all are connected. `None` when all did.
-fn first_echoes(streams: &[TcpStream], deadline: Deadline, timeout: Duration) -> Option<Verdict> {
+fn first_echoes(
+    streams: &[TcpStream],
+    deadline: Deadline,
+    timeout: Duration,
+    slow: usize,
+    known: &Known,
+) -> Option<Verdict> {
     let n = streams.len();
     for (i, stream) in streams.iter().enumerate() {
         let greeting = greeting(i);
@@ -199,6 +205,7 @@ fn first_echoes(streams: &[TcpStream], deadline: Deadline, timeout: Duration) ->
     }
     let mut served = 0;
     let mut silent = 0;
+    let mut waiting = Vec::new();
     let mut first_failure: Option<(usize, Received, u64)> = None;
     for (i, stream) in streams.iter().enumerate() {
         let greeting = greeting(i);
@@ -217,13 +224,24 @@ fn first_echoes(streams: &[TcpStream], deadline: Deadline, timeout: Duration) ->
         }
         if rx.bytes == 0 && matches!(rx.end, RecvEnd::TimedOut) {
             silent += 1;
+            waiting.push(i);
         }
         if first_failure.is_none() {
             first_failure = Some((i, rx, len));
         }
     }
     let (i, rx, len) = first_failure?;
-    let verdict = if silent == n {
+    let verdict = if silent == n && known.echoes {
+        Verdict::fail(
+            Some(Defect::LimitedClients),
+            format!(
+                "all {n} clients connected, and none got its first line back within {}, \
+                 although a lone client was echoed in earlier checks: the server serves no \
+                 one once this many clients are connected",
+                fmt_duration(timeout)
+            ),
+        )
+    } else if silent == n {
         Verdict::fail(
             Some(Defect::NeverReplying),
             format!(
@@ -242,20 +260,62 @@ fn first_echoes(streams: &[TcpStream], deadline: Deadline, timeout: Duration) ->
             ),
         )
     } else if silent == n - served && served > 1 {
-        Verdict::fail(
-            Some(Defect::LimitedClients),
-            format!(
-                "only {served} of {n} clients got their first echo while all were connected; \
-                 the other {} got nothing within {}: the server serves at most {served} \
-                 clients at a time",
-                n - served,
-                fmt_duration(timeout)
-            ),
-        )
+        // A server that serves so many at a time never serves the others
+        // while the first stay connected; one whose listen backlog
+        // overflowed serves them late, once the kernel retransmits what
+        // it dropped. A second wait tells the two apart.
+        let late = late_echoes(streams, &waiting, Deadline::after(timeout));
+        if late > 0 || slow > 0 {
+            Verdict::fail(
+                Some(Defect::SmallBacklog),
+                format!(
+                    "only {served} of {n} clients got their first echo within {} while all \
+                     were connected; {late} more got it within {} after that, although no \
+                     client had left ({slow} waited a second or more to connect): the server \
+                     serves them late, as when its listen backlog overflows and the kernel \
+                     drops their packets until they are sent again (give it a larger backlog)",
+                    fmt_duration(timeout),
+                    fmt_duration(timeout)
+                ),
+            )
+            .figure("served_late", late)
+        } else {
+            Verdict::fail(
+                Some(Defect::LimitedClients),
+                format!(
+                    "only {served} of {n} clients got their first echo while all were \
+                     connected; the other {} got nothing within {}, nor in {} more: the \
+                     server serves at most {served} clients at a time",
+                    n - served,
+                    fmt_duration(timeout),
+                    fmt_duration(timeout)
+                ),
+            )
+        }
     } else {
         shortfall(&rx, len, timeout).about(&format!("client {i} of {n}, first line"))
     };
     Some(verdict.figure("served_at_once", served))
+}
+
+/// Concurrency, after a first wait: how many of the clients `waiting`
+/// (which got nothing yet) get their first echo before `deadline`.
+fn late_echoes(streams: &[TcpStream], waiting: &[usize], deadline: Deadline) -> usize {
+    let mut late = 0;
+    for &i in waiting {
+        let greeting = greeting(i);
+        let len = greeting.len() as u64;
+        let mut verifier = Verifier::new(Payload::Bytes(&greeting));
+        let rx = if deadline.passed() {
+            receive_ready(&streams[i], &mut verifier, len)
+        } else {
+            receive(&streams[i], &mut verifier, Until::Count(len), deadline)
+        };
+        if rx.exact(len) {
+            late += 1;
+        }
+    }
+    late
 }
 
 /// What one client's second phase came to.
@@ -267,7 +327,12 @@ struct Finish {
 /// Concurrency, second phase: each client sends its own random bytes,
 /// shuts down its side and reads back to EOF, on a few worker threads.
 /// `None` when every client got exactly its bytes and EOF.
-fn each_finishes(streams: &[TcpStream], deadline: Deadline, timeout: Duration) -> Option<Verdict> {
+fn each_finishes(
+    streams: &[TcpStream],
+    deadline: Deadline,
+    timeout: Duration,
+    known: &Known,
+) -> Option<Verdict> {
     let n = streams.len();
     let next = AtomicUsize::new(0);
     let failures: Mutex<Vec<Finish>> = Mutex::new(Vec::new());
@@ -285,7 +350,7 @@ fn each_finishes(streams: &[TcpStream], deadline: Deadline, timeout: Duration) -
                     };
                     let (sent, rx) = exchange(stream, payload, true, Until::Eof, deadline);
                     let finished = matches!(sent.end, SendEnd::Done);
-                    let verdict = after_half_close(&rx, payload.len(), finished, timeout);
+                    let verdict = after_half_close(&rx, payload.len(), finished, timeout, known);
                     if verdict.outcome != Outcome::Pass {
                         // A poisoned lock means another worker panicked;
                         // its failure is lost but this one is still kept.
@@ -322,7 +387,7 @@ pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
     let deadline = ctx.deadline();
     let slow = ctx.connect_first(deadline)?;
     let start = Instant::now();
-    let sent = match fill_without_reading(&slow, SEED, BACKPRESSURE_LIMIT, ctx, deadline) {
+    let sent = match fill_without_reading(&slow, SEED, BACKPRESSURE_LIMIT, ctx, deadline, false) {
         Ok(filled) => filled,
         Err(verdict) => return Ok(verdict),
     };
@@ -344,6 +409,19 @@ pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
     };
     let other_took = match other {
         Ok(took) => took,
+        Err(verdict) if sent.stalled && !ctx.known.echoes => {
+            // Nothing earlier showed a lone client echoed: the second
+            // client's trouble may be the server's for everyone (output
+            // held back, a pipe that buffers), not the slow reader's.
+            let verdict = verdict.about(&format!(
+                "while a first client had {} of echo unread, a second client was not served \
+                 either, and no earlier check showed a lone client echoed (run echo too to \
+                 tell)",
+                fmt_bytes(sent.bytes)
+            ));
+            let _ = slow.shutdown(Shutdown::Both);
+            return Ok(verdict.figure("bytes_sent", sent.bytes));
+        }
         Err(verdict) if sent.stalled => {
             let mut verdict = verdict;
             verdict.detail = format!(
@@ -371,7 +449,7 @@ pub(super) fn backpressure(ctx: &Context) -> Result<Verdict, Unreachable> {
         }
     };
     // Now read everything back.
-    let (rx, verdict) = read_back(&slow, SEED, &sent, ctx);
+    let (rx, verdict) = read_back(&slow, SEED, &sent, ctx, Pace::AtOnce);
     if verdict.outcome != Outcome::Pass {
         return Ok(verdict.about(&format!(
             "reading back {} sent without reading",
@@ -462,23 +540,21 @@ pub(super) fn reset_survival(ctx: &Context) -> Result<Verdict, Unreachable> {
             return Ok(verdict.figure("resets", resets).server_gone());
         }
     };
-    let payload = Payload::Random {
-        seed: 7,
-        len: 64 * 1024,
-    };
-    let (sent, rx) = exchange(&fresh, payload, true, Until::Eof, deadline);
-    let verdict = after_half_close(
-        &rx,
-        payload.len(),
-        matches!(sent.end, SendEnd::Done),
-        ctx.timeout,
-    );
-    if verdict.outcome != Outcome::Pass {
-        let mut verdict = verdict.about(&format!(
-            "after {resets} clients reset their connections, a fresh client"
+    // A round trip without half-close: whether the server survived is the
+    // question here, and a half-close fault (which half-close and
+    // eof-with-queued-output report) must not pass for a death.
+    let fresh_line = b"echod check: a fresh client after the resets\n";
+    let rx = echo_line(&fresh, fresh_line, deadline);
+    if !rx.exact(fresh_line.len() as u64) {
+        let mut verdict = shortfall(&rx, fresh_line.len() as u64, ctx.timeout).about(&format!(
+            "after {resets} clients reset their connections, a fresh client connected, but"
         ));
-        if matches!(rx.end, RecvEnd::Reset | RecvEnd::Eof) && rx.bytes == 0 {
+        if rx.bytes == 0 && matches!(rx.end, RecvEnd::Reset | RecvEnd::Eof) {
             verdict.defect = Some(Defect::DiesOnReset);
+            verdict.detail.push_str(
+                " (the server accepts, but drops connections at once: it may have lost its \
+                 serving process on ECONNRESET, EPIPE or SIGPIPE)",
+            );
         }
         return Ok(verdict.figure("resets", resets));
     }

@@ -5,12 +5,12 @@
 //! lost, and a missing reply is the server's doing.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use super::probe::recv_datagram;
 use super::report::fmt_duration;
-use super::{Context, Defect, Unreachable, Verdict};
+use super::{Context, Defect, Outcome, Unreachable, Verdict};
 use crate::kit::deadline::Deadline;
 use crate::kit::payload::Payload;
 use crate::kit::target::udp_socket_blocking as udp_socket;
@@ -262,6 +262,174 @@ pub(super) fn source(ctx: &Context) -> Result<Verdict, Unreachable> {
         Some(Defect::NeverReplying),
         format!("no reply within {} (sent twice)", fmt_duration(ctx.timeout)),
     ))
+}
+
+/// The other loopback address udp-source-wildcard sends to: 127.0.0.2
+/// (127.0.0.3 if the target is 127.0.0.2). Every 127/8 address is the
+/// host's own on Linux, so a server on 0.0.0.0 gets the datagram, and one
+/// bound to the target address alone does not.
+fn other_loopback(target: SocketAddr) -> Option<SocketAddr> {
+    let SocketAddr::V4(v4) = target else {
+        return None;
+    };
+    if !v4.ip().is_loopback() {
+        return None;
+    }
+    let other = if v4.ip().octets() == [127, 0, 0, 2] {
+        Ipv4Addr::new(127, 0, 0, 3)
+    } else {
+        Ipv4Addr::new(127, 0, 0, 2)
+    };
+    Some((other, v4.port()).into())
+}
+
+/// udp-source-wildcard (strict): a datagram to another loopback address
+/// must be answered from that address. A server on a wildcard address
+/// that replies without saying the source lets routing pick it, here the
+/// target address: the RFC 1122 section 4.1.3.5 defect that a multihomed
+/// host shows on its real interfaces.
+pub(super) fn source_wildcard(ctx: &Context) -> Result<Verdict, Unreachable> {
+    const LINE: &[u8] = b"echod check: which of my addresses answers?";
+    let Some(other) = other_loopback(ctx.addr) else {
+        return Ok(Verdict::skip(format!(
+            "{} is not an IPv4 loopback address: this check needs a second address of the \
+             server's host, so it runs on that host against 127.0.0.1 (with a server on \
+             0.0.0.0)",
+            ctx.addr
+        )));
+    };
+    let deadline = ctx.deadline();
+    let socket = udp_socket(ctx.addr, false).map_err(Unreachable)?;
+    let mut buf = vec![0; RECV_BUF];
+    let half = Deadline::after(ctx.timeout / 2);
+    for wait in [half, deadline] {
+        if let Err(err) = socket.send_to(LINE, other) {
+            return Ok(Verdict::fail(
+                None,
+                format!("sending to {other} failed: {err}"),
+            ));
+        }
+        loop {
+            let (n, from) = match recv_datagram(&socket, &mut buf, wait) {
+                Ok(Some(got)) => got,
+                Ok(None) => break,
+                Err(err) => return Ok(Verdict::fail(None, format!("receiving failed: {err}"))),
+            };
+            if buf[..n] == *LINE {
+                let verdict = source_verdict(other, from);
+                return Ok(if verdict.outcome == Outcome::Pass {
+                    Verdict::pass(format!(
+                        "a datagram to {other}, another address of the host, was answered from \
+                         {other}: the server replies from the address each datagram was sent to"
+                    ))
+                    .figure("sent_to", other.to_string())
+                    .figure("reply_from", display_addr(from).to_string())
+                } else {
+                    verdict.figure("sent_to", other.to_string())
+                });
+            }
+        }
+    }
+    Ok(Verdict::skip(format!(
+        "no reply to a datagram sent to {other} (twice, within {}): the server does not \
+         listen on a wildcard address, so the rule does not arise",
+        fmt_duration(ctx.timeout)
+    )))
+}
+
+/// The service ports udp-loop-guard sends from, in order of preference:
+/// chargen and echo are the pair CERT CA-1996-01 describes; the others
+/// answer datagrams too, for when those are taken on this host.
+const SERVICE_PORTS: [(u16, &str); 5] = [
+    (19, "chargen"),
+    (7, "echo"),
+    (13, "daytime"),
+    (17, "qotd"),
+    (37, "time"),
+];
+
+/// A socket on the first of [`SERVICE_PORTS`] free on this host, or the
+/// reason the check cannot run.
+fn service_port_socket(target: SocketAddr) -> Result<(UdpSocket, u16, &'static str), String> {
+    let ip: std::net::IpAddr = if target.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    for (port, service) in SERVICE_PORTS {
+        match UdpSocket::bind((ip, port)) {
+            Ok(socket) => return Ok((socket, port, service)),
+            Err(err) if err.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(format!(
+                    "sending from a service port (such as chargen's, 19) needs root or \
+                     CAP_NET_BIND_SERVICE here ({err}); run the check so to test this rule"
+                ));
+            }
+            Err(_) => continue,
+        }
+    }
+    Err("every service port this check sends from (19, 7, 13, 17, 37) is in use here".into())
+}
+
+/// udp-loop-guard (strict): a datagram from a service port that answers
+/// datagrams (chargen's 19, or echo's 7…) gets no answer, while one from
+/// an ordinary port does. An echo service that answers such a datagram
+/// can be set talking to a chargen or another echo service by one forged
+/// datagram, forever (CERT CA-1996-01, "UDP Port Denial-of-Service
+/// Attack").
+pub(super) fn loop_guard(ctx: &Context) -> Result<Verdict, Unreachable> {
+    const LINE: &[u8] = b"echod check: as if from a service that answers datagrams";
+    let (service_socket, port, service) = match service_port_socket(ctx.addr) {
+        Ok(found) => found,
+        Err(why) => return Ok(Verdict::skip(why)),
+    };
+    let deadline = ctx.deadline();
+    if let Err(err) = service_socket.send_to(LINE, ctx.addr) {
+        return Ok(Verdict::fail(
+            None,
+            format!("sending from port {port} failed: {err}"),
+        ));
+    }
+    // Then one from an ordinary port: once it is answered, an answer to
+    // the first (sent before it) would be on its way too.
+    let ordinary = udp_socket(ctx.addr, true).map_err(Unreachable)?;
+    let mut buf = vec![0; RECV_BUF];
+    let mut unanswered = Vec::new();
+    let reply = match probe_datagram(&ordinary, LINE, &mut unanswered, deadline, &mut buf) {
+        Ok(reply) => reply,
+        Err(err) => return Err(Unreachable(err)),
+    };
+    if !matches!(reply, Reply::Same(_)) {
+        return Ok(Verdict::skip(format!(
+            "a datagram from an ordinary port got no exact answer within {} either, so \
+             silence to port {port} says nothing (udp-sizes tells more)",
+            fmt_duration(ctx.timeout)
+        )));
+    }
+    let grace = Deadline::after(ctx.stall());
+    let answered = loop {
+        match recv_datagram(&service_socket, &mut buf, grace) {
+            Ok(Some((n, from))) if buf[..n] == *LINE => break Some(from),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => break None,
+        }
+    };
+    let verdict = match answered {
+        Some(from) => Verdict::fail(
+            Some(Defect::UdpLoopRisk),
+            format!(
+                "a datagram from port {port} ({service}) was answered from {}: two services \
+                 that answer every datagram can be set talking to each other forever by one \
+                 forged datagram; refuse datagrams from such ports",
+                display_addr(from)
+            ),
+        ),
+        None => Verdict::pass(format!(
+            "a datagram from port {port} ({service}) got no answer, one from an ordinary \
+             port did: the server refuses datagrams from services that answer datagrams"
+        )),
+    };
+    Ok(verdict.figure("source_port", port))
 }
 
 fn source_verdict(sent_to: SocketAddr, from: SocketAddr) -> Verdict {

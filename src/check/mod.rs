@@ -4,9 +4,15 @@
 //! half-close, wait for a newline, serve one client at a time, truncate big
 //! datagrams or buffer without bound. Each named check here looks for one
 //! such defect from the outside, with real sockets, and says what it
-//! measured: bytes, time, the first wrong offset. Every wait is bounded by
-//! the check's timeout, so a server that never answers ends the run with
-//! FAIL lines, not a hang.
+//! measured: bytes, time, the first wrong offset, and cites the rule it
+//! holds the server to (RFC 862, RFC 9293, RFC 1122, CERT CA-1996-01).
+//! Every wait is bounded by the check's timeout, so a server that never
+//! answers ends the run with FAIL lines, not a hang.
+//!
+//! Checks run in order and later ones read their results in the light of
+//! earlier ones (`Known`): a server seen to echo is not called a discard
+//! server, one that echoes nothing is not probed further, and the run
+//! ends with one root-cause line per address.
 //!
 //! # Layout
 //!
@@ -18,11 +24,14 @@
 //!   ([`crate::kit`]: the address, connect, deadlines, payloads and the
 //!   verifier);
 //! - `stream.rs`: the checks on one TCP connection (echo, binary,
-//!   unbuffered, half-close, eof-with-queued-output, slow-drip);
+//!   unbuffered, half-close, eof-with-queued-output, slow-drip, and the
+//!   strict urgent-inline);
 //! - `clients.rs`: the checks with several TCP clients (concurrency,
 //!   backpressure, reset-survival);
-//! - `datagram.rs`: the UDP checks;
-//! - `report.rs`: the report, as text lines or one JSON object.
+//! - `datagram.rs`: the UDP checks (with the strict udp-source-wildcard
+//!   and udp-loop-guard);
+//! - `report.rs`: the report, as text lines, one JSON object or JUnit XML,
+//!   and the root-cause line.
 
 mod clients;
 mod datagram;
@@ -49,10 +58,18 @@ pub const DEFAULT_CLIENTS: usize = 50;
 /// The most clients `--clients` accepts: each is a socket of this process.
 pub const MAX_CLIENTS: usize = 1000;
 
-/// The checks to run: every one of `transport`, or those named.
-pub fn select(transport: Transport, only: &[String]) -> Result<Vec<&'static CheckInfo>, String> {
+/// The checks to run: every one of `transport` (the strict ones too if
+/// `strict`), or those named (strict or not).
+pub fn select(
+    transport: Transport,
+    only: &[String],
+    strict: bool,
+) -> Result<Vec<&'static CheckInfo>, String> {
     if only.is_empty() {
-        return Ok(CHECKS.iter().filter(|c| c.transport == transport).collect());
+        return Ok(CHECKS
+            .iter()
+            .filter(|c| c.transport == transport && (strict || !c.strict))
+            .collect());
     }
     let mut chosen: Vec<&'static CheckInfo> = Vec::new();
     for name in only {
@@ -112,10 +129,22 @@ impl CheckConfig {
                 port: addr.port(),
             },
             transport,
-            checks: CHECKS.iter().filter(|c| c.transport == transport).collect(),
+            checks: CHECKS
+                .iter()
+                .filter(|c| c.transport == transport && !c.strict)
+                .collect(),
             clients: DEFAULT_CLIENTS,
             timeout,
         }
+    }
+
+    /// Adds the strict checks of the transport (`--strict`).
+    pub fn strict(mut self) -> CheckConfig {
+        self.checks = CHECKS
+            .iter()
+            .filter(|c| c.transport == self.transport)
+            .collect();
+        self
     }
 
     /// Keeps only the named checks (in catalogue order).
@@ -185,6 +214,8 @@ pub enum Defect {
     BlocksOnSlowReader,
     /// Keeps taking bytes from a client that reads nothing back.
     UnboundedBuffering,
+    /// Drops urgent (MSG_OOB) data, or stops reading at the urgent mark.
+    DropsUrgentData,
     /// Dies (or stops serving) when clients reset their connections.
     DiesOnReset,
     /// Stopped accepting connections part way through the run.
@@ -195,6 +226,8 @@ pub enum Defect {
     UdpWrongSource,
     /// Sends replies to the wrong sender.
     UdpCrossedReplies,
+    /// Answers datagrams from service ports: a UDP loop waiting to happen.
+    UdpLoopRisk,
 }
 
 impl Defect {
@@ -216,11 +249,46 @@ impl Defect {
             Defect::SmallBacklog => "small-backlog",
             Defect::BlocksOnSlowReader => "blocks-on-slow-reader",
             Defect::UnboundedBuffering => "unbounded-buffering",
+            Defect::DropsUrgentData => "drops-urgent-data",
             Defect::DiesOnReset => "dies-on-reset",
             Defect::StoppedServing => "stopped-serving",
             Defect::UdpTruncation => "udp-truncation",
             Defect::UdpWrongSource => "udp-wrong-source",
             Defect::UdpCrossedReplies => "udp-crossed-replies",
+            Defect::UdpLoopRisk => "udp-loop-risk",
+        }
+    }
+}
+
+impl Defect {
+    /// What a server with this defect does, as the end of "the server …":
+    /// the root-cause line's words.
+    pub fn what(self) -> &'static str {
+        match self {
+            Defect::NeverReplying => "sends nothing back",
+            Defect::CorruptsBytes => "changes the bytes it echoes",
+            Defect::ExtraBytes => "adds bytes of its own",
+            Defect::LineBuffering => "waits for a newline before it echoes",
+            Defect::HoldsBackBytes => "holds small pieces back",
+            Defect::Stalls => "stops echoing part way",
+            Defect::ClosesEarly => "closes connections before echoing everything",
+            Defect::ResetsConnection => "resets connections instead of closing them",
+            Defect::IgnoresHalfClose => "does not close its side when the client half-closes",
+            Defect::CloseOnEofWithoutFlush => "loses what it holds when the client half-closes",
+            Defect::OneClientAtATime => "serves one client at a time",
+            Defect::LimitedClients => "serves only so many clients at a time",
+            Defect::SmallBacklog => {
+                "serves clients that arrive together late (its listen backlog is too small)"
+            }
+            Defect::BlocksOnSlowReader => "lets one client that does not read stop it for everyone",
+            Defect::UnboundedBuffering => "buffers without bound for a client that does not read",
+            Defect::DropsUrgentData => "drops urgent data (or stops reading at its mark)",
+            Defect::DiesOnReset => "dies when clients reset their connections",
+            Defect::StoppedServing => "stopped serving during the run",
+            Defect::UdpTruncation => "truncates datagrams",
+            Defect::UdpWrongSource => "replies from another address than the one written to",
+            Defect::UdpCrossedReplies => "sends replies to the wrong sender",
+            Defect::UdpLoopRisk => "answers datagrams from service ports (a UDP loop risk)",
         }
     }
 }
@@ -313,8 +381,53 @@ impl Verdict {
 #[derive(Debug)]
 pub(crate) struct Unreachable(pub(crate) io::Error);
 
+/// What earlier checks on an address established, so that later ones
+/// name what they see in its light: a server seen to echo is not called a
+/// discard server when a half-close fails, and one that echoes nothing is
+/// not probed further.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Known {
+    /// A check passed, so bytes sent came back exact.
+    pub(crate) echoes: bool,
+    /// `echo` got nothing at all back.
+    pub(crate) silent: bool,
+}
+
+impl Known {
+    /// A TCP failure named never-replying after a check passed would say
+    /// the opposite of that PASS line: the server does reply, only not to
+    /// this, so it is named for what was seen (the echo stopped) and says
+    /// so.
+    fn reconcile(&self, transport: Transport, mut verdict: Verdict) -> Verdict {
+        if self.echoes
+            && transport == Transport::Tcp
+            && verdict.outcome == Outcome::Fail
+            && verdict.defect == Some(Defect::NeverReplying)
+        {
+            verdict.defect = Some(Defect::Stalls);
+            verdict.detail.push_str(
+                " (earlier checks got their echo back, so the server replies, but not here)",
+            );
+        }
+        verdict
+    }
+
+    /// Takes in what check `name` came to.
+    fn learn(&mut self, name: &str, verdict: &Verdict) {
+        match verdict.outcome {
+            Outcome::Pass => self.echoes = true,
+            Outcome::Fail if name == "echo" && verdict.defect == Some(Defect::NeverReplying) => {
+                self.silent = true;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// What a check is given.
 pub(crate) struct Context {
+    /// What the checks before it established.
+    pub(crate) known: Known,
     /// The address under test.
     pub(crate) addr: SocketAddr,
     /// The bound on the check's waiting.
@@ -354,6 +467,15 @@ pub struct CheckInfo {
     pub name: &'static str,
     /// TCP or UDP.
     pub transport: Transport,
+    /// The rule it tests, with its source (an RFC and section, a CERT
+    /// advisory), for `--list`, the report and `--junit`.
+    pub rule: &'static str,
+    /// It cannot pass unless the server echoes at all: skipped once
+    /// `echo` got nothing back.
+    pub needs_echo: bool,
+    /// Run only with `--strict`: behaviour RFC 862 does not require but
+    /// careful servers have.
+    pub strict: bool,
     /// What it does and the defect it finds, for `--list`.
     pub reason: &'static str,
     /// How many waits of `--timeout` it may take one after another.
@@ -383,6 +505,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "echo",
         transport: Transport::Tcp,
+        rule: "RFC 862: once a connection is established, any data received is sent back",
+        needs_echo: false,
+        strict: false,
         reason: "a short line comes back: the server is there and echoes at all",
         waits: 1,
         fixed: Duration::ZERO,
@@ -391,6 +516,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "binary",
         transport: Transport::Tcp,
+        rule: "RFC 862: any data received is sent back (data, not text: every byte value)",
+        needs_echo: true,
+        strict: false,
         reason: "all 256 byte values, then 1 MiB of random bytes with no newline, come back \
                  exact: catches text-only servers (NUL, CR/LF or UTF-8 mangling) and line buffering",
         waits: 1,
@@ -400,6 +528,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "unbuffered",
         transport: Transport::Tcp,
+        rule: "RFC 862: data is sent back as it is received, not by lines",
+        needs_echo: true,
+        strict: false,
         reason: "a few bytes with no newline come back promptly: catches servers that wait for \
                  a newline before echoing (line buffering)",
         waits: 1,
@@ -409,6 +540,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "half-close",
         transport: Transport::Tcp,
+        rule: "RFC 9293 section 3.6 and RFC 1122 section 4.2.2.13: after a CLOSE (FIN) a connection still carries data the other way, and a FIN is answered by closing",
+        needs_echo: false,
+        strict: false,
         reason: "send, shut down the write side, then receive every byte and EOF: not a reset, \
                  not a hang (what `nc -N` and scripts rely on)",
         waits: 1,
@@ -418,26 +552,39 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "eof-with-queued-output",
         transport: Transport::Tcp,
-        reason: "send MiBs without reading, so the server holds echo it cannot write yet, then \
-                 shut down the write side: every byte must still arrive (catches closing on \
-                 EOF without flushing)",
+        rule: "RFC 9293 section 3.6: closing does not lose data already queued; RFC 1122 section 4.2.2.13",
+        needs_echo: true,
+        strict: false,
+        reason: "with a small window, send without reading until the server stops taking \
+                 bytes, so it holds echo it cannot write yet; shut down the write side, read \
+                 nothing for 0.5 s, then slowly for 1 s: every byte must still arrive (catches \
+                 servers that lose what they hold when the client half-closes: closing on EOF, \
+                 or one nonblocking send and close)",
         waits: 2,
-        fixed: Duration::ZERO,
+        fixed: Duration::from_millis(
+            stream::EOF_PAUSE.as_millis() as u64 + stream::SLOW_PHASE.as_millis() as u64,
+        ),
         run: stream::eof_with_queued_output,
     },
     CheckInfo {
         name: "concurrency",
         transport: Transport::Tcp,
+        rule: "RFC 862: the service answers every connection, not one at a time",
+        needs_echo: true,
+        strict: false,
         reason: "N clients (--clients) connect and each gets a first echo before any finishes, \
                  then each sends more, half-closes and gets exactly its bytes: catches servers \
                  that serve one client at a time",
-        waits: 1,
+        waits: 2,
         fixed: Duration::ZERO,
         run: clients::concurrency,
     },
     CheckInfo {
         name: "backpressure",
         transport: Transport::Tcp,
+        rule: "RFC 9293 section 3.8.6: flow control, the receive window is the bound",
+        needs_echo: true,
+        strict: false,
         reason: "a client writes without reading until the server stops taking bytes; meanwhile \
                  a second client is served; then the first reads everything back: catches \
                  unbounded buffering and servers one slow reader can stall",
@@ -448,6 +595,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "slow-drip",
         transport: Transport::Tcp,
+        rule: "RFC 862: data is sent back as it is received",
+        needs_echo: true,
+        strict: false,
         reason: "1 byte every 10 ms for 2 s is echoed as it goes: catches servers that hold \
                  small pieces back (interactive use feels dead)",
         waits: 1,
@@ -455,8 +605,25 @@ pub static CHECKS: &[CheckInfo] = &[
         run: stream::slow_drip,
     },
     CheckInfo {
+        name: "urgent-inline",
+        transport: Transport::Tcp,
+        rule: "RFC 9293 section 3.8.5 and RFC 1122 section 4.2.2.4: urgent data is part of \
+               the data stream (and RFC 862 sends back all data received)",
+        needs_echo: true,
+        strict: true,
+        reason: "100 bytes, 1 byte sent as urgent data (MSG_OOB), 100 bytes: all 201 come \
+                 back in order (catches servers that drop the urgent byte, or stop reading at \
+                 the urgent mark)",
+        waits: 1,
+        fixed: Duration::ZERO,
+        run: stream::urgent_inline,
+    },
+    CheckInfo {
         name: "reset-survival",
         transport: Transport::Tcp,
+        rule: "RFC 9293 section 3.5.3 and RFC 1122 section 4.2.2.12: a reset ends that connection only",
+        needs_echo: true,
+        strict: false,
         reason: "clients that reset mid-transfer do not take the server down: a client connected \
                  before them and a fresh one are still served (catches dying on ECONNRESET, \
                  EPIPE or SIGPIPE)",
@@ -467,6 +634,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "udp-sizes",
         transport: Transport::Udp,
+        rule: "RFC 862: each datagram is sent back in an answering datagram, the data as received (RFC 768: up to 65,507 bytes over IPv4)",
+        needs_echo: false,
+        strict: false,
         reason: "datagrams of 0, 1, 1472, 8192 and 65,507 bytes come back identical: reports \
                  the size a server truncates at",
         waits: 1,
@@ -476,6 +646,9 @@ pub static CHECKS: &[CheckInfo] = &[
     CheckInfo {
         name: "udp-source",
         transport: Transport::Udp,
+        rule: "RFC 1122 section 4.1.3.5: a reply goes out from the specific address the request was sent to",
+        needs_echo: false,
+        strict: false,
         reason: "the reply comes from the address and port the datagram was sent to, or \
                  connected clients (nc -u) never see it",
         waits: 1,
@@ -483,8 +656,39 @@ pub static CHECKS: &[CheckInfo] = &[
         run: datagram::source,
     },
     CheckInfo {
+        name: "udp-source-wildcard",
+        transport: Transport::Udp,
+        rule: "RFC 1122 section 4.1.3.5: a reply goes out from the specific address the \
+               request was sent to, also on a host (or socket) with several addresses",
+        needs_echo: false,
+        strict: true,
+        reason: "for a server on a loopback address: a datagram to another loopback address \
+                 (127.0.0.2) reaches a server on a wildcard address, and the reply must come \
+                 from 127.0.0.2 (catches wildcard servers that let routing pick the source)",
+        waits: 1,
+        fixed: Duration::ZERO,
+        run: datagram::source_wildcard,
+    },
+    CheckInfo {
+        name: "udp-loop-guard",
+        transport: Transport::Udp,
+        rule: "CERT CA-1996-01: a UDP echo service must not answer datagrams from services \
+               that answer datagrams (chargen 19, echo 7, ...), or one forged datagram makes \
+               the two loop forever",
+        needs_echo: false,
+        strict: true,
+        reason: "a datagram from port 19 (or 7, 13, 17, 37: needs root) gets no answer, while \
+                 one from an ordinary port does",
+        waits: 1,
+        fixed: STALL,
+        run: datagram::loop_guard,
+    },
+    CheckInfo {
         name: "udp-interleaved",
         transport: Transport::Udp,
+        rule: "RFC 862: each datagram is answered to its own sender",
+        needs_echo: false,
+        strict: false,
         reason: "several senders interleave datagrams and each gets exactly its own replies",
         waits: 1,
         fixed: Duration::ZERO,
@@ -524,6 +728,7 @@ pub fn run_on(
     for &addr in addrs {
         on_event(Event::Address(addr));
         let context = Context {
+            known: Known::default(),
             addr,
             timeout: config.timeout,
             clients: config.clients,
@@ -537,6 +742,7 @@ pub fn run_on(
         // that means the server went away during the run.
         let mut reached = false;
         let mut gone_during: Option<&str> = None;
+        let mut context = context;
         for check in &config.checks {
             let start = Instant::now();
             let verdict = if let Some(why) = &report.unreachable {
@@ -545,6 +751,12 @@ pub fn run_on(
                 Verdict::skip(format!(
                     "not run: the server stopped accepting connections during {earlier}"
                 ))
+            } else if context.known.silent && check.needs_echo {
+                Verdict::skip(
+                    "not run: echo got nothing back, and this check cannot pass against a \
+                     server that echoes nothing"
+                        .to_string(),
+                )
             } else {
                 match (check.run)(&context) {
                     Ok(verdict) => {
@@ -567,6 +779,8 @@ pub fn run_on(
                     .server_gone(),
                 }
             };
+            let verdict = context.known.reconcile(config.transport, verdict);
+            context.known.learn(check.name, &verdict);
             if verdict.server_gone && gone_during.is_none() {
                 gone_during = Some(check.name);
             }
@@ -646,6 +860,8 @@ pub enum Request {
         config: CheckConfig,
         /// One JSON object instead of lines.
         json: bool,
+        /// Where to write a JUnit XML report too.
+        junit: Option<std::path::PathBuf>,
     },
 }
 
@@ -655,12 +871,16 @@ pub enum Request {
 /// an error.
 pub fn command(request: Result<Request, String>) -> ExitCode {
     let mut out = io::stdout().lock();
-    let (config, json) = match request {
+    let (config, json, junit) = match request {
         Ok(Request::List) => {
             let _ = out.write_all(report::render_list().as_bytes());
             return ExitCode::SUCCESS;
         }
-        Ok(Request::Run { config, json }) => (config, json),
+        Ok(Request::Run {
+            config,
+            json,
+            junit,
+        }) => (config, json, junit),
         Err(err) => {
             eprintln!("echod check: {err}");
             return ExitCode::from(2);
@@ -680,15 +900,35 @@ pub fn command(request: Result<Request, String>) -> ExitCode {
         Ok(report) => report,
         Err(err) => {
             eprintln!("echod check: {err}");
+            if json {
+                // Scripts reading stdout get an object too, with the reason.
+                let _ = writeln!(out, "{}", report::error_json(&config, &err));
+            }
+            if let Some(path) = &junit {
+                // CI finds a report that says why nothing ran; if even that
+                // cannot be written, the sentence above says enough.
+                let _ = std::fs::write(path, report::error_junit(&config, &err));
+            }
             return ExitCode::from(2);
         }
     };
+    // One line, as `bench --json`: for machines; `jq .` indents it.
     let text = if json {
-        serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()
+        report.to_json().to_string()
     } else {
         report.render_summary()
     };
     let _ = writeln!(out, "{text}");
+    if let Some(path) = junit {
+        if let Err(err) = std::fs::write(&path, report.to_junit()) {
+            eprintln!(
+                "echod check: could not write the JUnit report to {}: {err}. Check that its \
+                 directory exists and is writable",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
     ExitCode::from(report.exit_code())
 }
 
@@ -717,30 +957,80 @@ mod tests {
 
     #[test]
     fn all_checks_of_the_transport_by_default() {
-        let tcp = select(Transport::Tcp, &[]).unwrap();
+        let tcp = select(Transport::Tcp, &[], false).unwrap();
         assert_eq!(tcp.len(), 9);
         assert_eq!(tcp.last().unwrap().name, "reset-survival");
-        let udp = select(Transport::Udp, &[]).unwrap();
+        let udp = select(Transport::Udp, &[], false).unwrap();
         assert_eq!(names(&udp), ["udp-sizes", "udp-source", "udp-interleaved"]);
+    }
+
+    #[test]
+    fn strict_adds_the_checks_a_server_may_skip() {
+        let tcp = select(Transport::Tcp, &[], true).unwrap();
+        assert_eq!(tcp.len(), 10);
+        assert!(tcp.iter().any(|c| c.name == "urgent-inline"));
+        assert_eq!(tcp.last().unwrap().name, "reset-survival");
+        let udp = select(Transport::Udp, &[], true).unwrap();
+        assert_eq!(
+            names(&udp),
+            [
+                "udp-sizes",
+                "udp-source",
+                "udp-source-wildcard",
+                "udp-loop-guard",
+                "udp-interleaved"
+            ]
+        );
+        let only = ["urgent-inline".to_string()];
+        assert_eq!(names(&select(Transport::Tcp, &only, false).unwrap()), only);
+    }
+
+    #[test]
+    fn every_check_cites_its_rule() {
+        for check in CHECKS {
+            let (source, _) = check.rule.split_once(':').unwrap();
+            assert!(
+                source.starts_with("RFC ") || source.starts_with("CERT "),
+                "{source}"
+            );
+        }
     }
 
     #[test]
     fn only_keeps_catalogue_order_and_drops_repeats() {
         let only = ["half-close", "echo", "echo"].map(String::from);
-        let chosen = select(Transport::Tcp, &only).unwrap();
+        let chosen = select(Transport::Tcp, &only, false).unwrap();
         assert_eq!(names(&chosen), ["echo", "half-close"]);
     }
 
     #[test]
     fn only_explains_unknown_names_and_the_wrong_transport() {
-        let err = select(Transport::Tcp, &["echoo".into()]).unwrap_err();
+        let err = select(Transport::Tcp, &["echoo".into()], false).unwrap_err();
         assert!(err.contains("'echoo' is not a check"), "{err}");
-        let err = select(Transport::Tcp, &["127.0.0.1:7".into()]).unwrap_err();
+        let err = select(Transport::Tcp, &["127.0.0.1:7".into()], false).unwrap_err();
         assert!(err.contains("put ADDR before --only"), "{err}");
-        let err = select(Transport::Tcp, &["udp-sizes".into()]).unwrap_err();
+        let err = select(Transport::Tcp, &["udp-sizes".into()], false).unwrap_err();
         assert!(err.contains("add --udp"), "{err}");
-        let err = select(Transport::Udp, &["echo".into()]).unwrap_err();
+        let err = select(Transport::Udp, &["echo".into()], false).unwrap_err();
         assert!(err.contains("drop --udp"), "{err}");
+    }
+
+    #[test]
+    fn never_replying_after_a_pass_is_named_for_what_was_seen() {
+        let known = Known {
+            echoes: true,
+            silent: false,
+        };
+        let fail = || Verdict::fail(Some(Defect::NeverReplying), "nothing came back".into());
+        let verdict = known.reconcile(Transport::Tcp, fail());
+        assert_eq!(verdict.defect, Some(Defect::Stalls));
+        assert!(
+            verdict
+                .detail
+                .contains("earlier checks got their echo back")
+        );
+        let verdict = Known::default().reconcile(Transport::Tcp, fail());
+        assert_eq!(verdict.defect, Some(Defect::NeverReplying));
     }
 
     #[test]
@@ -761,11 +1051,13 @@ mod tests {
             Defect::SmallBacklog,
             Defect::BlocksOnSlowReader,
             Defect::UnboundedBuffering,
+            Defect::DropsUrgentData,
             Defect::DiesOnReset,
             Defect::StoppedServing,
             Defect::UdpTruncation,
             Defect::UdpWrongSource,
             Defect::UdpCrossedReplies,
+            Defect::UdpLoopRisk,
         ];
         for (i, d) in all.iter().enumerate() {
             assert!(all[..i].iter().all(|e| e.name() != d.name()));

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::{CHECKS, CheckConfig, CheckResult, Outcome};
+use super::{CHECKS, CheckConfig, CheckResult, Defect, Outcome};
 use echod_server::net::Transport;
 
 /// Everything a run found.
@@ -42,6 +42,62 @@ pub struct AddressReport {
 impl AddressReport {
     fn count(&self, outcome: Outcome) -> usize {
         self.results.iter().filter(|r| r.outcome == outcome).count()
+    }
+
+    fn outcome_of(&self, name: &str) -> Option<Outcome> {
+        self.results
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.outcome)
+    }
+
+    /// What the results come to, in one sentence about the server: the
+    /// defect of the first failure (later checks build on earlier ones,
+    /// so the first is the cause), said in the light of what passed, and
+    /// any other defect seen after it. `None` when nothing ran.
+    pub fn root_cause(&self) -> Option<String> {
+        if self.unreachable.is_some() || self.results.is_empty() {
+            return None;
+        }
+        let failures: Vec<&CheckResult> = self
+            .results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Fail)
+            .collect();
+        let Some(first) = failures.first() else {
+            return Some(if self.count(Outcome::Pass) == 0 {
+                "was not tested: every check was skipped".to_string()
+            } else {
+                "echoes as RFC 862 asks: no check failed".to_string()
+            });
+        };
+        let echoes = self.count(Outcome::Pass) > 0;
+        let mut text = match first.defect {
+            Some(Defect::NeverReplying) if first.name == "echo" => {
+                if self.outcome_of("half-close") == Some(Outcome::Pass) {
+                    "holds every echo back until the client half-closes (its output is \
+                     buffered until EOF)"
+                        .to_string()
+                } else {
+                    "accepts connections but echoes nothing".to_string()
+                }
+            }
+            Some(defect) if echoes => format!("echoes, but {}", defect.what()),
+            Some(defect) => defect.what().to_string(),
+            None => format!("fails {}: its line says what was seen", first.name),
+        };
+        let mut also: Vec<&str> = Vec::new();
+        for failure in &failures[1..] {
+            if let Some(defect) = failure.defect {
+                if Some(defect) != first.defect && !also.contains(&defect.name()) {
+                    also.push(defect.name());
+                }
+            }
+        }
+        if !also.is_empty() {
+            let _ = write!(text, " (also seen: {})", also.join(", "));
+        }
+        Some(text)
     }
 }
 
@@ -104,6 +160,9 @@ impl Report {
                 let _ = write!(text, " ({})", failed.join(", "));
             }
             text.push('\n');
+            if let Some(cause) = address.root_cause() {
+                let _ = writeln!(text, "root cause: the server {cause}");
+            }
         }
         let _ = write!(
             text,
@@ -130,6 +189,7 @@ impl Report {
                     "passed": a.count(Outcome::Pass),
                     "failed": a.count(Outcome::Fail),
                     "skipped": a.count(Outcome::Skip),
+                    "root_cause": a.root_cause(),
                     "checks": a.results.iter().map(result_json).collect::<Vec<_>>(),
                 })
             })
@@ -152,6 +212,53 @@ impl Report {
     }
 }
 
+/// The rule check `name` tests, from the catalogue.
+fn rule_of(name: &str) -> &'static str {
+    CHECKS
+        .iter()
+        .find(|c| c.name == name)
+        .map_or("", |c| c.rule)
+}
+
+/// The source a rule cites: `RFC 862`, `RFC 9293 section 3.6 and …`.
+pub fn cited(rule: &str) -> &str {
+    rule.split_once(':').map_or(rule, |(source, _)| source)
+}
+
+/// `--json` when the run could not start (the name did not resolve): the
+/// target, the error, and the exit status, in the report's shape.
+pub fn error_json(config: &CheckConfig, error: &str) -> Value {
+    json!({
+        "target": config.target.to_string(),
+        "transport": config.transport.to_string(),
+        "error": error,
+        "addresses": [],
+        "summary": {
+            "passed": 0,
+            "failed": 0,
+            "skipped": 0,
+            "exit_code": 2,
+        },
+    })
+}
+
+/// `--junit` when the run could not start: one test case, in error, with
+/// the reason.
+pub fn error_junit(config: &CheckConfig, error: &str) -> String {
+    let suite = escape(&format!(
+        "echod check {} {}",
+        config.transport, config.target
+    ));
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <testsuites name=\"echod check\" tests=\"1\" failures=\"0\" skipped=\"0\" errors=\"1\">\n  \
+         <testsuite name=\"{suite}\" tests=\"1\" failures=\"0\" skipped=\"0\" errors=\"1\">\n    \
+         <testcase name=\"resolve\" classname=\"{suite}\">\n      \
+         <error message=\"{}\" type=\"unresolved\"/>\n    </testcase>\n  </testsuite>\n</testsuites>\n",
+        escape(error)
+    )
+}
+
 fn result_json(result: &CheckResult) -> Value {
     let figures: Map<String, Value> = result
         .figures
@@ -160,6 +267,7 @@ fn result_json(result: &CheckResult) -> Value {
         .collect();
     json!({
         "name": result.name,
+        "rule": rule_of(result.name),
         "outcome": result.outcome.label().to_ascii_lowercase(),
         "detail": result.detail,
         "defect": result.defect.map(|d| d.name()),
@@ -170,6 +278,99 @@ fn result_json(result: &CheckResult) -> Value {
 
 fn seconds(time: Duration) -> f64 {
     (time.as_secs_f64() * 1e6).round() / 1e6
+}
+
+impl Report {
+    /// The report as JUnit XML, the format CI systems read: one
+    /// `<testsuite>` per address, one `<testcase>` per check, a failure
+    /// with its defect as `type` and the rule in the text, a skip with its
+    /// reason.
+    pub fn to_junit(&self) -> String {
+        let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let count = |o| self.addresses.iter().map(|a| a.count(o)).sum::<usize>();
+        let total: usize = self.addresses.iter().map(|a| a.results.len()).sum();
+        let _ = writeln!(
+            xml,
+            "<testsuites name=\"echod check\" tests=\"{total}\" failures=\"{}\" \
+             skipped=\"{}\" errors=\"0\" time=\"{}\">",
+            count(Outcome::Fail),
+            count(Outcome::Skip),
+            seconds(self.elapsed)
+        );
+        for address in &self.addresses {
+            let suite = format!("echod check {} {}", self.transport, address.addr);
+            let elapsed: Duration = address.results.iter().map(|r| r.elapsed).sum();
+            let _ = writeln!(
+                xml,
+                "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" \
+                 errors=\"0\" time=\"{}\">",
+                escape(&suite),
+                address.results.len(),
+                address.count(Outcome::Fail),
+                address.count(Outcome::Skip),
+                seconds(elapsed)
+            );
+            for result in &address.results {
+                let _ = write!(
+                    xml,
+                    "    <testcase name=\"{}\" classname=\"{}\" time=\"{}\">",
+                    escape(result.name),
+                    escape(&suite),
+                    seconds(result.elapsed)
+                );
+                let rule = rule_of(result.name);
+                match result.outcome {
+                    Outcome::Pass => {}
+                    Outcome::Fail => {
+                        let kind = result.defect.map_or("failed", |d| d.name());
+                        let _ = write!(
+                            xml,
+                            "\n      <failure message=\"{}\" type=\"{kind}\">{}\nrule: {}</failure>",
+                            escape(&result.detail),
+                            escape(&result.detail),
+                            escape(rule)
+                        );
+                    }
+                    Outcome::Skip => {
+                        let _ = write!(
+                            xml,
+                            "\n      <skipped message=\"{}\"/>",
+                            escape(&result.detail)
+                        );
+                    }
+                }
+                let _ = writeln!(
+                    xml,
+                    "\n      <system-out>{}\nrule: {}</system-out>\n    </testcase>",
+                    escape(&result.detail),
+                    escape(rule)
+                );
+            }
+            xml.push_str("  </testsuite>\n");
+        }
+        xml.push_str("</testsuites>\n");
+        xml
+    }
+}
+
+/// Text for an XML attribute or element: the five characters XML reserves
+/// escaped, and control characters other than tab and newline (which XML
+/// 1.0 cannot carry) replaced.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' => out.push(c),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The line before an address's results.
@@ -196,6 +397,12 @@ pub fn render_line(result: &CheckResult) -> String {
         result.name,
         result.detail
     );
+    if result.outcome == Outcome::Fail {
+        let rule = rule_of(result.name);
+        if !rule.is_empty() {
+            let _ = write!(line, " ({})", cited(rule));
+        }
+    }
     if let Some(defect) = result.defect {
         let _ = write!(line, " [{}]", defect.name());
     }
@@ -210,15 +417,17 @@ pub fn render_list() -> String {
             1 => String::new(),
             n => format!(" ({n} steps)"),
         };
+        let strict = if check.strict { " (--strict)" } else { "" };
         let _ = writeln!(
             text,
-            "{:<NAME_WIDTH$}  {}  {}{steps}",
+            "{:<NAME_WIDTH$}  {}  {}{steps}{strict}",
             check.name, check.transport, check.reason
         );
+        let _ = writeln!(text, "{:<NAME_WIDTH$}       rule: {}", "", check.rule);
     }
     text.push_str(
-        "\nTCP checks run by default, UDP checks with --udp; --only NAME... picks some.\n\
-         Each step waits at most --timeout for the server.\n",
+        "\nTCP checks run by default, UDP checks with --udp; --strict adds the checks marked\n\
+         so; --only NAME... picks some. Each step waits at most --timeout for the server.\n",
     );
     text
 }
@@ -256,7 +465,6 @@ pub fn fmt_duration(time: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::Defect;
 
     #[test]
     fn bytes_read_naturally() {
@@ -322,7 +530,7 @@ mod tests {
         let line = render_line(&report.addresses[0].results[0]);
         assert!(line.starts_with("FAIL  echo  "), "{line}");
         assert!(
-            line.ends_with("31 bytes came back exact [never-replying]"),
+            line.ends_with("31 bytes came back exact (RFC 862) [never-replying]"),
             "{line}"
         );
         let summary = report.render_summary();
@@ -343,6 +551,27 @@ mod tests {
         assert_eq!(checks[0]["defect"], Value::Null);
         assert_eq!(checks[1]["defect"], "never-replying");
         assert_eq!(checks[1]["figures"]["bytes_sent"], 31);
+    }
+
+    #[test]
+    fn xml_text_is_escaped() {
+        assert_eq!(
+            escape("a<b>&\"c'\u{1}\n"),
+            "a&lt;b&gt;&amp;&quot;c&apos;\u{fffd}\n"
+        );
+    }
+
+    #[test]
+    fn junit_marks_failures_and_skips() {
+        let xml = report(&[Outcome::Pass, Outcome::Fail, Outcome::Skip], false).to_junit();
+        assert_eq!(xml.matches("<testcase ").count(), 3, "{xml}");
+        assert_eq!(xml.matches("<failure ").count(), 1, "{xml}");
+        assert!(xml.contains("type=\"never-replying\""), "{xml}");
+        assert_eq!(xml.matches("<skipped ").count(), 1, "{xml}");
+        assert!(
+            xml.contains("tests=\"3\" failures=\"1\" skipped=\"1\""),
+            "{xml}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::probe::{self, Received, RecvEnd, SendEnd, Sent, Until, exchange, receive, send};
 use super::report::{fmt_bytes, fmt_duration};
-use super::{Context, Defect, Outcome, Unreachable, Verdict};
+use super::{Context, Defect, Known, Outcome, Unreachable, Verdict};
 use crate::kit::deadline::Deadline;
 use crate::kit::payload::Payload;
 use crate::kit::verify::Verifier;
@@ -30,6 +30,12 @@ const HALF_CLOSE_BYTES: u64 = 64 * 1024;
 /// loopback: after about 8 MiB, most of it in socket buffers); one without
 /// a bound is then holding echo it has not written yet.
 const QUEUED_OUTPUT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// eof-with-queued-output's own socket buffers (SO_SNDBUF, SO_RCVBUF;
+/// Linux doubles them): a small window, and a send buffer large enough to
+/// keep a server that reads on busy.
+const CLIENT_SEND_BUFFER: usize = 64 * 1024;
+const CLIENT_RECV_BUFFER: usize = 16 * 1024;
 
 /// Slow-drip: one byte every [`DRIP_GAP`] for [`DRIP`], a person typing
 /// fast (so [`DRIP_BYTES`] in all).
@@ -129,12 +135,15 @@ pub(super) fn shortfall(rx: &Received, sent: u64, waited: Duration) -> Verdict {
 /// The verdict after the client sent `sent`, shut down its side, and read
 /// until EOF: every byte then EOF passes; what else came is named.
 /// `client_finished` says whether the client's shutdown was sent, so that
-/// a close after it is "on EOF" and one before it is "early".
+/// a close after it is "on EOF" and one before it is "early"; `known` is
+/// what earlier checks established, so that a server already seen to echo
+/// is not called a discard server.
 pub(super) fn after_half_close(
     rx: &Received,
     sent: u64,
     client_finished: bool,
     waited: Duration,
+    known: &Known,
 ) -> Verdict {
     let got = rx.bytes;
     let figures = |v: Verdict| v.figure("bytes_sent", sent).figure("bytes_received", got);
@@ -165,7 +174,12 @@ pub(super) fn after_half_close(
             )),
         };
     }
-    if got == 0 && matches!(rx.end, RecvEnd::Eof) {
+    let ended = match rx.end {
+        RecvEnd::Eof => Some("closed"),
+        RecvEnd::Reset => Some("reset"),
+        _ => None,
+    };
+    if got == 0 && matches!(rx.end, RecvEnd::Eof) && !known.echoes {
         return figures(Verdict::fail(
             Some(Defect::NeverReplying),
             format!(
@@ -176,22 +190,24 @@ pub(super) fn after_half_close(
         ));
     }
     if rx.mismatch.is_none() && rx.extra == 0 && client_finished {
-        let cut = match rx.end {
-            RecvEnd::Eof => Some("closed"),
-            RecvEnd::Reset => Some("reset"),
-            _ => None,
-        };
-        if let Some(how) = cut {
+        if let Some(how) = ended {
+            let echoes = if known.echoes {
+                "; earlier checks got their echo back, so the server echoes but"
+            } else {
+                ": the server"
+            };
             return figures(Verdict::fail(
                 Some(Defect::CloseOnEofWithoutFlush),
                 format!(
-                    "after the client finished sending, the server {how} the connection with \
-                     only {} of {} echoed: it closes on EOF without flushing what it still \
-                     held",
+                    "after the client shut down its write side, the server {how} the connection \
+                     with only {} of {} echoed, {} missing{echoes} loses what it holds when the \
+                     client half-closes (it closes on EOF without flushing its echo)",
                     fmt_bytes(got),
-                    fmt_bytes(sent)
+                    fmt_bytes(sent),
+                    fmt_bytes(sent - got)
                 ),
-            ));
+            ))
+            .figure("bytes_missing", sent - got);
         }
     }
     shortfall(rx, sent, waited)
@@ -376,7 +392,7 @@ pub(super) fn half_close(ctx: &Context) -> Result<Verdict, Unreachable> {
     };
     let (sent, rx) = exchange(&stream, payload, true, Until::Eof, deadline);
     let finished = matches!(sent.end, SendEnd::Done);
-    let verdict = after_half_close(&rx, payload.len(), finished, ctx.timeout);
+    let verdict = after_half_close(&rx, payload.len(), finished, ctx.timeout, &ctx.known);
     let verdict = if verdict.outcome == Outcome::Pass {
         let elapsed = took(start, &rx);
         Verdict::pass(format!(
@@ -403,13 +419,15 @@ pub(super) struct Filled {
 
 /// Sends up to `limit` random bytes from `seed` without reading, until the
 /// server stops taking them (see [`Context::stall`]). A server that keeps
-/// taking them too slowly to tell is a skip; a failed send is a failure.
+/// taking them until `deadline` is a skip (too slow to tell), unless
+/// `enough_when_time_is_up`; a failed send is a failure.
 pub(super) fn fill_without_reading(
     stream: &TcpStream,
     seed: u64,
     limit: u64,
     ctx: &Context,
     deadline: Deadline,
+    enough_when_time_is_up: bool,
 ) -> Result<Filled, Verdict> {
     let payload = Payload::Random { seed, len: limit };
     let sent = send(stream, payload, deadline, Some(ctx.stall()));
@@ -422,6 +440,12 @@ pub(super) fn fill_without_reading(
         SendEnd::Stalled => Ok(Filled {
             bytes,
             stalled: true,
+        }),
+        // The server is still taking bytes it cannot have echoed: it
+        // holds them, which is all some checks need.
+        SendEnd::TimedOut if enough_when_time_is_up => Ok(Filled {
+            bytes,
+            stalled: false,
         }),
         SendEnd::TimedOut => Err(Verdict::skip(format!(
             "the server took {} in {} from a client that was not reading, without stopping \
@@ -449,40 +473,133 @@ pub(super) fn fill_without_reading(
     }
 }
 
+/// How [`read_back`] reads after shutting down its write side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pace {
+    /// At once and at full speed (backpressure: what is tested there is
+    /// that the bytes come back at all).
+    AtOnce,
+    /// Not at all for [`EOF_PAUSE`], then slowly for [`SLOW_PHASE`], then
+    /// at full speed: the server meets the EOF while it still holds echo
+    /// and the client is not draining it, as on a slow link.
+    Patient,
+}
+
+/// How long eof-with-queued-output waits after its shutdown before it
+/// reads at all. A server that reads on while it holds echo meets the EOF
+/// within this time with its echo still queued (the client is not
+/// reading, every buffer between is full), so what it does then shows:
+/// keep it and flush it (RFC 9293 section 3.6: what was sent before a
+/// CLOSE is still delivered), or throw it away and close. Read at
+/// once, and a server that makes one nonblocking send of what it holds
+/// and closes finds the client draining at full speed and passes by luck.
+pub(super) const EOF_PAUSE: Duration = Duration::from_millis(500);
+
+/// Then it reads [`SLOW_READ`] bytes every [`SLOW_GAP`] for this long (a
+/// slow link, 400 KiB/s), so that a server which reads the EOF only once
+/// the client reads (its buffer bounded) meets it with a slow reader too:
+/// with the client's small buffers ([`CLIENT_SEND_BUFFER`],
+/// [`CLIENT_RECV_BUFFER`]) the input still queued when the server stops
+/// taking bytes is mostly its own receive buffer, often less than this
+/// phase reads.
+pub(super) const SLOW_PHASE: Duration = Duration::from_millis(1000);
+const SLOW_READ: u64 = 4 * 1024;
+const SLOW_GAP: Duration = Duration::from_millis(10);
+
 /// Shuts down the write side of a connection filled by
-/// [`fill_without_reading`] and reads the echo back to EOF: a second wait,
-/// with a timeout of its own. The FIN goes out after whatever the kernel
-/// still holds for the server, so the server meets EOF with echo of its own
+/// [`fill_without_reading`] and reads the echo back to EOF at `pace`: a
+/// second wait, with a timeout of its own (after the pause, for
+/// [`Pace::Patient`]). The FIN goes out after whatever the kernel still
+/// holds for the server, so the server meets EOF with echo of its own
 /// still queued.
 pub(super) fn read_back(
     stream: &TcpStream,
     seed: u64,
     filled: &Filled,
     ctx: &Context,
+    pace: Pace,
 ) -> (Received, Verdict) {
-    let deadline = ctx.deadline();
     let shut = stream.shutdown(Shutdown::Write);
     let mut verifier = Verifier::new(Payload::Random {
         seed,
         len: filled.bytes,
     });
-    let rx = receive(stream, &mut verifier, Until::Eof, deadline);
-    let verdict = after_half_close(&rx, filled.bytes, shut.is_ok(), ctx.timeout);
+    let rx = match pace {
+        Pace::AtOnce => receive(stream, &mut verifier, Until::Eof, ctx.deadline()),
+        Pace::Patient => {
+            thread::sleep(EOF_PAUSE);
+            let deadline = Deadline::after(SLOW_PHASE + ctx.timeout);
+            match receive_slowly(stream, &mut verifier, deadline) {
+                Some(ended) => ended,
+                None => receive(stream, &mut verifier, Until::Eof, deadline),
+            }
+        }
+    };
+    let verdict = after_half_close(&rx, filled.bytes, shut.is_ok(), ctx.timeout, &ctx.known);
     (rx, verdict)
 }
 
+/// Reads [`SLOW_READ`] bytes every [`SLOW_GAP`] for [`SLOW_PHASE`]:
+/// `Some` when receiving ended meanwhile (EOF, reset, an error), `None`
+/// when the slow phase is over and reading goes on.
+fn receive_slowly(
+    stream: &TcpStream,
+    verifier: &mut Verifier<'_>,
+    deadline: Deadline,
+) -> Option<Received> {
+    let slow = Deadline::after(SLOW_PHASE).min(deadline);
+    while !slow.passed() {
+        let want = Until::Count(verifier.received() + SLOW_READ);
+        let rx = receive(stream, verifier, want, slow);
+        match rx.end {
+            RecvEnd::Complete => thread::sleep(SLOW_GAP.min(slow.remaining())),
+            RecvEnd::TimedOut => return None,
+            _ => return Some(rx),
+        }
+    }
+    None
+}
+
+/// eof-with-queued-output's connection, with small socket buffers on
+/// this side ([`CLIENT_RECV_BUFFER`]), set before the connect so that the
+/// window the client offers is small from the start: what is in flight
+/// when the server stops taking bytes is then mostly in the server's
+/// hands, and each slow read opens the window by little, so the server
+/// meets its EOF with the path still full. Failing to connect is the
+/// server being unreachable, as for every check's first connection.
+fn connect_small(ctx: &Context, deadline: Deadline) -> Result<TcpStream, Unreachable> {
+    let setup = || -> io::Result<TcpStream> {
+        let wait = deadline.socket_timeout().ok_or(io::ErrorKind::TimedOut)?;
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(ctx.addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        // If the system refuses, the check runs with the buffers it has.
+        let _ = socket.set_send_buffer_size(CLIENT_SEND_BUFFER);
+        let _ = socket.set_recv_buffer_size(CLIENT_RECV_BUFFER);
+        socket.connect_timeout(&ctx.addr.into(), wait)?;
+        Ok(socket.into())
+    };
+    setup().map_err(Unreachable)
+}
+
 /// eof-with-queued-output: send MiBs without reading, shut down the write
-/// side, then read: every byte must arrive before EOF.
+/// side, pause, then read (slowly at first): every byte must arrive before
+/// EOF.
 pub(super) fn eof_with_queued_output(ctx: &Context) -> Result<Verdict, Unreachable> {
     const SEED: u64 = 3;
     let deadline = ctx.deadline();
-    let stream = ctx.connect_first(deadline)?;
+    let stream = connect_small(ctx, deadline)?;
     let start = Instant::now();
-    let filled = match fill_without_reading(&stream, SEED, QUEUED_OUTPUT_BYTES, ctx, deadline) {
-        Ok(filled) => filled,
-        Err(verdict) => return Ok(verdict),
-    };
-    let (rx, verdict) = read_back(&stream, SEED, &filled, ctx);
+    // Half the wait to fill: a server still taking bytes then holds them.
+    let fill_until = Deadline::after(ctx.timeout / 2).min(deadline);
+    let filled =
+        match fill_without_reading(&stream, SEED, QUEUED_OUTPUT_BYTES, ctx, fill_until, true) {
+            Ok(filled) => filled,
+            Err(verdict) => return Ok(verdict),
+        };
+    let (rx, verdict) = read_back(&stream, SEED, &filled, ctx, Pace::Patient);
     if verdict.outcome != Outcome::Pass {
         return Ok(verdict);
     }
@@ -493,15 +610,75 @@ pub(super) fn eof_with_queued_output(ctx: &Context) -> Result<Verdict, Unreachab
         ""
     };
     Ok(Verdict::pass(format!(
-        "sent {} without reading{until}, then shut down the write side: all came back, then \
-         EOF, in {}",
+        "sent {} without reading{until}, shut down the write side and read nothing for {}, \
+         then slowly: all came back, then EOF, in {}",
         fmt_bytes(filled.bytes),
+        fmt_duration(EOF_PAUSE),
         fmt_duration(elapsed)
     ))
     .figure("bytes_sent", filled.bytes)
     .figure("bytes_received", rx.bytes)
+    .figure("bytes_missing", 0)
     .figure("server_stopped_reading", filled.stalled)
+    .millis("pause_ms", EOF_PAUSE)
     .millis("elapsed_ms", elapsed))
+}
+
+/// urgent-inline: 100 bytes, one urgent byte (MSG_OOB), 100 bytes; all
+/// 201 must come back in order. RFC 9293 keeps urgent data in the stream
+/// (the urgent pointer only marks it), so an echo sends it back with the
+/// rest; a server that lets the kernel keep it out of band (no
+/// SO_OOBINLINE) drops it, and one that takes the read stopped short at
+/// the mark for "drained" leaves the bytes behind it unread.
+pub(super) fn urgent_inline(ctx: &Context) -> Result<Verdict, Unreachable> {
+    let deadline = ctx.deadline();
+    let stream = ctx.connect_first(deadline)?;
+    let start = Instant::now();
+    let mut line = vec![b'a'; 100];
+    line.push(b'!');
+    line.extend_from_slice(&[b'b'; 100]);
+    let len = line.len() as u64;
+    let socket = socket2::SockRef::from(&stream);
+    let sent = (&stream)
+        .write_all(&line[..100])
+        .and_then(|()| socket.send_out_of_band(&line[100..101]).map(|_| ()))
+        .and_then(|()| (&stream).write_all(&line[101..]));
+    if let Err(err) = sent {
+        return Ok(Verdict::fail(None, format!("sending failed: {err}")));
+    }
+    let mut verifier = Verifier::new(Payload::Bytes(&line));
+    let rx = receive(&stream, &mut verifier, Until::Count(len), deadline);
+    if rx.exact(len) {
+        return Ok(Verdict::pass(format!(
+            "100 bytes, 1 urgent byte (MSG_OOB) and 100 bytes came back inline and in order in \
+             {}",
+            fmt_duration(took(start, &rx))
+        ))
+        .figure("bytes_sent", len)
+        .millis("round_trip_ms", took(start, &rx)));
+    }
+    let verdict = match (&rx.mismatch, rx.bytes, &rx.end) {
+        (Some(m), _, _) if m.offset == 100 && m.sent == b'!' => Verdict::fail(
+            Some(Defect::DropsUrgentData),
+            "byte 100, the urgent one, did not come back in its place (the bytes after it \
+             did): the server leaves urgent data out of the stream (it does not set \
+             SO_OOBINLINE)"
+                .to_string(),
+        ),
+        (None, 100, RecvEnd::TimedOut) => Verdict::fail(
+            Some(Defect::DropsUrgentData),
+            format!(
+                "the 100 bytes before the urgent byte came back, then nothing within {}: the \
+                 server stops at the urgent mark (it takes the short read there for \
+                 \"drained\") or drops the urgent byte and what follows",
+                fmt_duration(ctx.timeout)
+            ),
+        ),
+        _ => shortfall(&rx, len, ctx.timeout),
+    };
+    Ok(verdict
+        .figure("bytes_sent", len)
+        .figure("bytes_received", rx.bytes))
 }
 
 /// slow-drip: 1 byte every 10 ms for 2 s is echoed as it goes. A byte
@@ -745,7 +922,7 @@ mod tests {
     fn after_half_close_tells_hang_reset_and_lost_bytes_apart() {
         let all_then = |end| received(100, Some(b'x'), end);
         assert_eq!(
-            after_half_close(&all_then(RecvEnd::Eof), 100, true, WAIT).outcome,
+            after_half_close(&all_then(RecvEnd::Eof), 100, true, WAIT, &Known::default()).outcome,
             Outcome::Pass
         );
         let cases = [
@@ -763,7 +940,7 @@ mod tests {
             ),
         ];
         for (rx, finished, defect) in cases {
-            let verdict = after_half_close(&rx, 100, finished, WAIT);
+            let verdict = after_half_close(&rx, 100, finished, WAIT, &Known::default());
             assert_eq!(verdict.defect, Some(defect), "{rx:?}: {}", verdict.detail);
         }
     }

@@ -13,15 +13,18 @@ use echod_server::net::Transport;
 const CHECK_HELP: &str = "\
 Examples:
   echod check localhost:7007                   every TCP check (IPv4 and IPv6 if the name has both)
-  echod check --udp 127.0.0.1:7007             the UDP checks
+  echod check -u 127.0.0.1:7007                the UDP checks
   echod check [::1]:7 --only echo half-close   two checks only
-  echod check --list                           each check and the defect it looks for
+  echod check --list                           each check, the defect it looks for, its rule
   echod check host:7 --json | jq .summary      one JSON object, for scripts and CI
+  echod check host:7 --junit check.xml         a JUnit XML report too, for CI
+  echod check --strict 127.0.0.1:7007          the checks a server may skip, too
 
 Exit status:
   0  every check that ran passed (skipped ones do not count)
   1  at least one check failed
-  2  the command line was wrong, the name did not resolve, or the server could not be reached";
+  2  the command line was wrong, the name did not resolve, the server could not be reached,
+     or the --junit file could not be written";
 
 /// Options of `echod check`.
 #[derive(Debug, Args)]
@@ -34,14 +37,15 @@ pub struct CheckArgs {
     pub addr: Option<String>,
 
     /// Check the UDP service instead of TCP.
-    #[arg(long)]
+    #[arg(short, long)]
     pub udp: bool,
 
     /// Run only the named checks (see --list), separated by spaces or commas.
     #[arg(long, value_name = "NAME", num_args = 1.., value_delimiter = ',')]
     pub only: Vec<String>,
 
-    /// List the checks, with what each looks for, and exit.
+    /// List the checks, with what each looks for and the rule it tests,
+    /// and exit.
     #[arg(long)]
     pub list: bool,
 
@@ -53,11 +57,26 @@ pub struct CheckArgs {
 
     /// How long a check waits for the server before it fails (5, 0.5,
     /// 250ms; 10 ms to an hour). A check in steps gives each step this long
-    /// (--list shows how many); slow-drip takes 2 s more by design.
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
+    /// (--list shows how many); slow-drip takes 2 s more by design, and
+    /// eof-with-queued-output 1.5 s (its pause and slow reads).
+    #[arg(short = 'W', long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
     pub timeout: Duration,
 
-    /// Print one JSON object with every result and figure, instead of lines.
+    /// Add the checks a server may reasonably skip: urgent data (MSG_OOB)
+    /// echoed inline (TCP); with --udp, the reply coming from the address
+    /// the datagram was sent to when the server listens on a wildcard
+    /// address (from the server's host), and no answer to a datagram from
+    /// a service port such as chargen's (CERT CA-1996-01; needs root).
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Also write a JUnit XML report to FILE (one test case per check), for
+    /// CI systems.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
+
+    /// Print one JSON object with every result and figure, on one line,
+    /// instead of lines (`| jq .` shows it indented).
     #[arg(long)]
     pub json: bool,
 }
@@ -102,7 +121,7 @@ impl CheckArgs {
         Ok(CheckConfig {
             target: Target::parse(&addr)?,
             transport,
-            checks: select(transport, &only)?,
+            checks: select(transport, &only, self.strict)?,
             clients: usize::from(self.clients),
             timeout: self.timeout,
         })
@@ -116,6 +135,7 @@ impl CheckArgs {
         Ok(Request::Run {
             config: self.to_config()?,
             json: self.json,
+            junit: self.junit.clone(),
         })
     }
 }
