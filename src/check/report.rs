@@ -161,7 +161,13 @@ impl Report {
             }
             text.push('\n');
             if let Some(cause) = address.root_cause() {
-                let _ = writeln!(text, "root cause: the server {cause}");
+                // A cause is what failures have; a clean run has a verdict.
+                let label = if failed.is_empty() {
+                    "verdict"
+                } else {
+                    "root cause"
+                };
+                let _ = writeln!(text, "{label}: the server {cause}");
             }
         }
         let _ = write!(
