@@ -290,17 +290,33 @@ impl Report {
     /// The report as JUnit XML, the format CI systems read: one
     /// `<testsuite>` per address, one `<testcase>` per check, a failure
     /// with its defect as `type` and the rule in the text, a skip with its
-    /// reason.
+    /// reason. The checks of an address that could not be reached are
+    /// errors, not skips: the run is incomplete (exit status 2), and a CI
+    /// system that reads only the report must not count it as passed.
     pub fn to_junit(&self) -> String {
         let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        let count = |o| self.addresses.iter().map(|a| a.count(o)).sum::<usize>();
+        let count = |o| {
+            self.addresses
+                .iter()
+                .filter(|a| a.unreachable.is_none())
+                .map(|a| a.count(o))
+                .sum::<usize>()
+        };
+        let errors = |a: &AddressReport| {
+            if a.unreachable.is_some() {
+                a.results.len()
+            } else {
+                0
+            }
+        };
         let total: usize = self.addresses.iter().map(|a| a.results.len()).sum();
         let _ = writeln!(
             xml,
             "<testsuites name=\"echod check\" tests=\"{total}\" failures=\"{}\" \
-             skipped=\"{}\" errors=\"0\" time=\"{}\">",
+             skipped=\"{}\" errors=\"{}\" time=\"{}\">",
             count(Outcome::Fail),
             count(Outcome::Skip),
+            self.addresses.iter().map(errors).sum::<usize>(),
             seconds(self.elapsed)
         );
         for address in &self.addresses {
@@ -309,11 +325,16 @@ impl Report {
             let _ = writeln!(
                 xml,
                 "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" \
-                 errors=\"0\" time=\"{}\">",
+                 errors=\"{}\" time=\"{}\">",
                 escape(&suite),
                 address.results.len(),
                 address.count(Outcome::Fail),
-                address.count(Outcome::Skip),
+                if address.unreachable.is_some() {
+                    0
+                } else {
+                    address.count(Outcome::Skip)
+                },
+                errors(address),
                 seconds(elapsed)
             );
             for result in &address.results {
@@ -335,6 +356,13 @@ impl Report {
                             escape(&result.detail),
                             escape(&result.detail),
                             escape(rule)
+                        );
+                    }
+                    Outcome::Skip if address.unreachable.is_some() => {
+                        let _ = write!(
+                            xml,
+                            "\n      <error message=\"{}\" type=\"unreachable\"/>",
+                            escape(&result.detail)
                         );
                     }
                     Outcome::Skip => {
@@ -576,6 +604,20 @@ mod tests {
         assert_eq!(xml.matches("<skipped ").count(), 1, "{xml}");
         assert!(
             xml.contains("tests=\"3\" failures=\"1\" skipped=\"1\""),
+            "{xml}"
+        );
+    }
+
+    /// An address that could not be reached leaves its checks not run:
+    /// errors in the report, so that a CI system reading only the XML does
+    /// not count the run as passed.
+    #[test]
+    fn junit_counts_an_unreachable_address_as_errors() {
+        let xml = report(&[Outcome::Skip, Outcome::Skip], true).to_junit();
+        assert_eq!(xml.matches("<error ").count(), 2, "{xml}");
+        assert_eq!(xml.matches("<skipped ").count(), 0, "{xml}");
+        assert!(
+            xml.contains("tests=\"2\" failures=\"0\" skipped=\"0\" errors=\"2\""),
             "{xml}"
         );
     }
