@@ -433,6 +433,7 @@ fn echod_passes_the_strict_checks() {
         ..ServerConfig::default()
     });
     let addr: SocketAddr = ([127, 0, 0, 1], server.udp_addr().port()).into();
+    let _low_ports = crate::util::low_ports();
     let report = run(udp(addr, 10.0).strict());
     let guard = report.result("udp-loop-guard").unwrap();
     if guard.outcome == Outcome::Skip && guard.detail.contains("needs root") {
@@ -449,6 +450,7 @@ fn echod_passes_the_strict_checks() {
 #[test]
 fn answering_a_service_port_fails_udp_loop_guard() {
     let server = broken::udp(broken::udp_echo);
+    let _low_ports = crate::util::low_ports();
     let report = run(udp(server.addr, 1.0).strict().only(&["udp-loop-guard"]));
     let result = report.result("udp-loop-guard").unwrap();
     if result.outcome == Outcome::Skip && result.detail.contains("needs root") {

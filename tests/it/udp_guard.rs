@@ -16,7 +16,6 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::util::{Binary, IO_TIMEOUT, udp_socket_for};
@@ -32,17 +31,6 @@ fn server(args: &[&str]) -> (Binary, SocketAddr) {
     let binary = Binary::start(&all);
     let addr = binary.udp.expect("serves UDP");
     (binary, addr)
-}
-
-/// Held by the tests that bind ports 7 and 19 on 127.0.0.1, which would
-/// otherwise take them from each other when run at the same time.
-static LOW_PORTS: Mutex<()> = Mutex::new(());
-
-fn low_ports() -> MutexGuard<'static, ()> {
-    // A test that failed holding the lock leaves nothing to clean up.
-    LOW_PORTS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A socket on `ip`:`port`, or `None` after printing why the test cannot
@@ -118,7 +106,7 @@ fn assert_refused(server: SocketAddr, sources: &[&UdpSocket]) {
 
 #[test]
 fn datagrams_from_ports_7_and_19_get_no_answer() {
-    let _low_ports = low_ports();
+    let _low_ports = crate::util::low_ports();
     let Some(echo_port) = source(Ipv4Addr::LOCALHOST, 7) else {
         return;
     };
@@ -151,7 +139,7 @@ fn datagrams_from_the_memcached_port_get_no_answer() {
 
 #[test]
 fn allowing_port_7_gets_it_answered_and_only_it() {
-    let _low_ports = low_ports();
+    let _low_ports = crate::util::low_ports();
     let Some(echo_port) = source(Ipv4Addr::LOCALHOST, 7) else {
         return;
     };

@@ -15,6 +15,19 @@ use std::time::{Duration, Instant};
 
 use echod_server::server::{GuardConfig, Outcome, Server, ServerConfig, StopHandle};
 
+/// Held by the tests that bind UDP ports 7 and 19: the `udp_guard` tests
+/// on 127.0.0.1, and check's udp-loop-guard on the wildcard address. Run
+/// at the same time, they would take the ports from each other.
+static LOW_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Waits for [`LOW_PORTS`]. A test that failed holding it leaves nothing
+/// to clean up, so a poisoned lock is taken all the same.
+pub fn low_ports() -> std::sync::MutexGuard<'static, ()> {
+    LOW_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// How long any single network wait in a test may take before the test
 /// fails. Generous: a loaded CI machine is slow, but never this slow.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
