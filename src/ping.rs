@@ -128,8 +128,13 @@ pub fn run(config: &PingConfig) -> ExitCode {
         else {
             break;
         };
-        if clock.end.is_some_and(|end| due >= end) {
-            break; // the next probe would start after the deadline
+        if let Some(end) = clock.end
+            && due >= end
+        {
+            // The next probe would start at or after the deadline: as
+            // ping(8), the run lasts until the deadline all the same.
+            tool::sleep_until(end, &interrupted);
+            break;
         }
         if seq > 1 && !tool::sleep_until(due, &interrupted) {
             break;

@@ -34,6 +34,10 @@ const BACKPRESSURE_LIMIT: u64 = 64 * 1024 * 1024;
 /// reset-survival: how many clients reset, and what each sends first.
 const RESETTERS: usize = 6;
 const RESETTER_BYTES: u64 = 256 * 1024;
+/// The most a resetter waits to send its bytes and to read part of their
+/// echo: enough on any link a check runs over, and six of them leave the
+/// fresh client its own whole `--timeout`.
+const RESETTER_STEP: Duration = Duration::from_secs(1);
 
 /// True for "this process has too many files open".
 fn out_of_files(err: &io::Error) -> bool {
@@ -76,8 +80,8 @@ pub(super) fn concurrency(ctx: &Context) -> Result<Verdict, Unreachable> {
                 format!(
                     "only {i} of {n} clients connected within {} ({err}), and {slow} of those \
                      waited a second or more to be accepted: the server's listen backlog \
-                     overflows when clients arrive together (socat's default is 5; give it \
-                     backlog=128)",
+                     overflows when clients arrive together (raise the backlog its listen() \
+                     asks for, e.g. to 128; socat's default is 5: give it backlog=128)",
                     fmt_duration(ctx.timeout)
                 ),
             )
@@ -116,7 +120,8 @@ pub(super) fn concurrency(ctx: &Context) -> Result<Verdict, Unreachable> {
                 "all {n} clients were served, but {slow} of them waited a second or more for \
                  the server to accept their connection (the first echo of all came within \
                  {}): its listen backlog overflows when clients arrive together, and the \
-                 kernel drops their SYNs (socat's default backlog is 5; give it backlog=128)",
+                 kernel drops their SYNs (raise the backlog its listen() asks for, e.g. to \
+                 128; socat's default is 5: give it backlog=128)",
                 fmt_duration(first_round)
             ),
         )));
@@ -495,9 +500,14 @@ pub(super) fn reset_survival(ctx: &Context) -> Result<Verdict, Unreachable> {
     }
     let mut resets = 0;
     for i in 0..RESETTERS {
-        let Ok(stream) = connect(ctx.addr, deadline) else {
+        // Each resetter has waits of its own, bounded by a step: a server
+        // that holds its echo back (line buffering, say: these bytes hold
+        // no newline) must not use up the time the fresh client needs, or
+        // its silence would read as a death.
+        let Ok(stream) = connect(ctx.addr, ctx.deadline()) else {
             break;
         };
+        let step = Deadline::after(ctx.timeout.min(RESETTER_STEP));
         // Three ways to go: at once; after sending (the server holds echo
         // for us); after reading part of the echo.
         match i % 3 {
@@ -507,16 +517,16 @@ pub(super) fn reset_survival(ctx: &Context) -> Result<Verdict, Unreachable> {
                     seed: 5,
                     len: RESETTER_BYTES,
                 };
-                send(&stream, payload, deadline, Some(ctx.stall()));
+                send(&stream, payload, step, Some(ctx.stall()));
             }
             _ => {
                 let payload = Payload::Random {
                     seed: 6,
                     len: RESETTER_BYTES,
                 };
-                send(&stream, payload, deadline, Some(ctx.stall()));
+                send(&stream, payload, step, Some(ctx.stall()));
                 let mut verifier = Verifier::new(payload);
-                receive(&stream, &mut verifier, Until::Count(1024), deadline);
+                receive(&stream, &mut verifier, Until::Count(1024), step);
             }
         }
         if probe::reset_on_close(&stream).is_ok() {
@@ -525,19 +535,42 @@ pub(super) fn reset_survival(ctx: &Context) -> Result<Verdict, Unreachable> {
         drop(stream);
     }
     // Give the server a moment to meet the resets before asking more of it.
-    std::thread::sleep(ctx.stall().min(deadline.remaining()));
+    std::thread::sleep(ctx.stall());
+    // The fresh client and the bystander get the whole timeout again.
+    let deadline = ctx.deadline();
     let fresh = match connect(ctx.addr, deadline) {
         Ok(stream) => stream,
-        Err(err) => {
+        // Refused or reset: nothing listens any more.
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+            ) =>
+        {
             let verdict = Verdict::fail(
                 Some(Defect::DiesOnReset),
                 format!(
                     "after {resets} clients reset their connections, a fresh client could not \
-                     connect ({err}): the server died or stopped accepting; it may exit on \
+                     connect ({err}): the server died or stopped listening; it may exit on \
                      ECONNRESET, EPIPE or SIGPIPE"
                 ),
             );
             return Ok(verdict.figure("resets", resets).server_gone());
+        }
+        // Not answered in time: the server may be alive but not accepting
+        // (busy, or stuck on a connection that was reset); a death is not
+        // shown.
+        Err(err) => {
+            let verdict = Verdict::fail(
+                Some(Defect::StoppedServing),
+                format!(
+                    "after {resets} clients reset their connections, a fresh client could not \
+                     connect within {} ({err}): the server stopped accepting, though it may \
+                     still be running",
+                    fmt_duration(ctx.timeout)
+                ),
+            );
+            return Ok(verdict.figure("resets", resets));
         }
     };
     // A round trip without half-close: whether the server survived is the
@@ -559,7 +592,7 @@ pub(super) fn reset_survival(ctx: &Context) -> Result<Verdict, Unreachable> {
         return Ok(verdict.figure("resets", resets));
     }
     let after = b"echod check: still here after the resets\n";
-    let rx = echo_line(&bystander, after, deadline);
+    let rx = echo_line(&bystander, after, ctx.deadline());
     if !rx.exact(after.len() as u64) {
         let mut verdict = shortfall(&rx, after.len() as u64, ctx.timeout).about(&format!(
             "after {resets} other clients reset their connections, a client connected before \

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::{CHECKS, CheckConfig, CheckResult, Defect, Outcome};
+use super::{CHECKS, CheckConfig, CheckResult, Defect, Outcome, got_bytes};
 use echod_server::net::Transport;
 
 /// Everything a run found.
@@ -77,6 +77,10 @@ impl AddressReport {
                 if self.outcome_of("half-close") == Some(Outcome::Pass) {
                     "holds every echo back until the client half-closes (its output is \
                      buffered until EOF)"
+                        .to_string()
+                } else if self.results.iter().any(|r| got_bytes(&r.figures)) {
+                    // Silent to `echo`, yet a later check got bytes back.
+                    "holds its echo back (its output is buffered) and sends it only later"
                         .to_string()
                 } else {
                     "accepts connections but echoes nothing".to_string()

@@ -189,7 +189,14 @@ fn a_family_the_server_does_not_serve_is_reported_unreachable() {
 #[test]
 fn line_buffering_fails_unbuffered_binary_and_slow_drip() {
     let server = broken::tcp(Serve::Threads, broken::line_buffering);
-    let checks = ["echo", "binary", "unbuffered", "half-close", "slow-drip"];
+    let checks = [
+        "echo",
+        "binary",
+        "unbuffered",
+        "half-close",
+        "slow-drip",
+        "reset-survival",
+    ];
     let report = run(tcp(server.addr, 1.0).only(&checks));
     assert_finds(
         &report,
@@ -202,6 +209,27 @@ fn line_buffering_fails_unbuffered_binary_and_slow_drip() {
     // A whole line, and a partial one flushed at EOF, come back.
     assert_passes(&report, "echo");
     assert_passes(&report, "half-close");
+    // Resetters whose bytes hold no newline wait for an echo that does
+    // not come; that must not use up the time the fresh client after them
+    // has, and read as a server that died.
+    assert_passes(&report, "reset-survival");
+}
+
+/// A server that holds its output until it has a block of it (stdio's
+/// buffering, as behind `socat SYSTEM:'tr a b'`) and changes bytes: echo
+/// gets nothing, half-close gets bytes. The checks after it still run, and
+/// the root cause does not say the server echoes nothing.
+#[test]
+fn block_buffering_is_not_called_echoing_nothing() {
+    let server = broken::tcp(Serve::Threads, broken::block_buffered_tr);
+    let checks = ["echo", "half-close", "slow-drip"];
+    let report = run(tcp(server.addr, 1.0).only(&checks));
+    assert_finds(&report, "echo", Defect::NeverReplying, "nothing back");
+    assert_finds(&report, "half-close", Defect::CorruptsBytes, "0x62");
+    let drip = report.result("slow-drip").unwrap();
+    assert_ne!(drip.outcome, Outcome::Skip, "{}", drip.detail);
+    let cause = report.addresses[0].root_cause().unwrap();
+    assert!(cause.starts_with("holds its echo back"), "{cause}");
 }
 
 /// The check failed as losing held echo at EOF, with the bytes missing,

@@ -203,6 +203,27 @@ fn a_deadline_stops_the_run_whatever_the_count() {
         "{out}"
     );
     assert!(out.contains("1 probes sent, 0 echoed intact"), "{out}");
+
+    // As ping(8), the run lasts until the deadline even when the next
+    // probe would start after it: probes at 0 and 200 ms, the next due at
+    // 400 ms, past the deadline; the run still waits to 300 ms. (A lower
+    // bound the tool's own clock guarantees, not a measurement.)
+    let server = InProcess::v4();
+    let addr = server.tcp_addr().to_string();
+    let run = echod(
+        &[
+            "ping", "-c", "100", "-i", "200ms", "-w", "300ms", "--json", &addr,
+        ],
+        Input::Bytes(b""),
+    );
+    assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
+    let summary: serde_json::Value = serde_json::from_str(run.stdout_text().trim()).unwrap();
+    assert_eq!(summary["sent"], 2, "{summary}");
+    let took = summary["time_ms"].as_f64().unwrap();
+    assert!(
+        took >= 300.0,
+        "the run ended at {took} ms, before its deadline"
+    );
 }
 
 /// Nothing came back at all: the summary is followed by a hint that names

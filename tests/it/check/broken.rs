@@ -211,6 +211,31 @@ pub fn line_buffering(stream: TcpStream, _: &AtomicBool) {
     let _ = writer.shutdown(Shutdown::Write);
 }
 
+/// Changes every `a` to `b` and writes only in blocks of 4 KiB (and the
+/// rest at EOF), as `tr a b` behind a pipe does with stdio's buffering.
+pub fn block_buffered_tr(mut stream: TcpStream, _: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(HANDLER_TIMEOUT));
+    let mut writer = stream.try_clone().unwrap();
+    let mut held = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                held.extend(buf[..n].iter().map(|&b| if b == b'a' { b'b' } else { b }));
+                while held.len() >= 4096 {
+                    if writer.write_all(&held[..4096]).is_err() {
+                        return;
+                    }
+                    held.drain(..4096);
+                }
+            }
+        }
+    }
+    let _ = writer.write_all(&held);
+    let _ = writer.shutdown(Shutdown::Write);
+}
+
 /// Reads on one thread and writes on another, and closes the connection
 /// as soon as the reader sees EOF: whatever the writer still holds is lost.
 /// A small send buffer, so that most of the echo waits in the writer's
