@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::tools::{Fault, Input, Run, echod, faulty_tcp};
-use crate::util::{Binary, ECHOD, IO_TIMEOUT, InProcess, free_port, wait_bounded};
+use crate::tools::{Fault, Input, Run, collect, echod, faulty_tcp};
+use crate::util::{Binary, ECHOD, IO_TIMEOUT, InProcess, free_port};
 
 /// Runs `echod bench --json --warmup 0 ARGS`; returns the run and its
 /// report.
@@ -199,31 +199,6 @@ fn spawn_bench(args: &[&str]) -> Child {
         .expect("echod starts")
 }
 
-/// Waits for `child` at most `bound` (failing the test after that) and
-/// collects what it printed.
-#[track_caller]
-fn finish(mut child: Child, bound: Duration) -> Run {
-    // Readers on their own threads, so a full pipe cannot block the child.
-    let mut out = child.stdout.take().expect("stdout is piped");
-    let mut err = child.stderr.take().expect("stderr is piped");
-    let out_reader = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let status = wait_bounded(&mut child, bound);
-    Run {
-        status,
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
-}
-
 #[test]
 fn a_closed_port_ends_the_run_at_once_with_one_sentence() {
     // Asked for 30 s; a server that was never reached is given up on
@@ -231,7 +206,7 @@ fn a_closed_port_ends_the_run_at_once_with_one_sentence() {
     // goes on for its whole duration fails it.
     let addr = format!("127.0.0.1:{}", free_port());
     let child = spawn_bench(&["-d", "30", "-c", "4", &addr]);
-    let run = finish(child, Duration::from_secs(15));
+    let run = collect(child, Duration::from_secs(15));
     assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
     assert!(run.stdout.is_empty(), "{}", run.stdout_text());
     let lines: Vec<&str> = run.stderr.lines().collect();
@@ -254,14 +229,14 @@ fn a_closed_port_ends_a_json_or_udp_run_at_once_too() {
     let addr = format!("127.0.0.1:{port}");
     // --json: the report still comes, for scripts, with the failures.
     let child = spawn_bench(&["--json", "-d", "30", "-c", "2", &addr]);
-    let run = finish(child, Duration::from_secs(15));
+    let run = collect(child, Duration::from_secs(15));
     assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
     let report: Value = serde_json::from_slice(&run.stdout).expect("one JSON object");
     assert!(count(&report, "connect_failures") > 0, "{report}");
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     // UDP: loopback answers with ICMP port unreachable.
     let child = spawn_bench(&["--udp", "-d", "30", "-c", "2", &addr]);
-    let run = finish(child, Duration::from_secs(15));
+    let run = collect(child, Duration::from_secs(15));
     assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
     assert!(
         run.stderr.starts_with(&format!(
@@ -319,7 +294,7 @@ fn ctrl_c_ends_the_run_with_a_report_that_says_so() {
         .status()
         .expect("kill runs");
     assert!(sent.success());
-    let run = finish(child, Duration::from_secs(30));
+    let run = collect(child, Duration::from_secs(30));
     assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
     let report: Value = serde_json::from_slice(&run.stdout).expect("one JSON object");
     assert_eq!(report["interrupted"], true, "{report}");

@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,19 @@ pub fn echod(args: &[&str], input: Input) -> Run {
             let _ = stdin.write_all(&bytes);
         })
     });
+    let run = collect(child, 3 * IO_TIMEOUT);
+    if let Some(writer) = writer {
+        writer.join().unwrap();
+    }
+    run
+}
+
+/// Waits for `child` at most `bound` (killing it and failing the test
+/// after that) and collects what it printed to its piped stdout and
+/// stderr.
+#[track_caller]
+pub fn collect(mut child: Child, bound: Duration) -> Run {
+    // Readers on their own threads, so a full pipe cannot block the child.
     let mut out = child.stdout.take().expect("stdout is piped");
     let mut err = child.stderr.take().expect("stderr is piped");
     let out_reader = thread::spawn(move || {
@@ -80,10 +93,7 @@ pub fn echod(args: &[&str], input: Input) -> Run {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let status = wait_bounded(&mut child);
-    if let Some(writer) = writer {
-        writer.join().unwrap();
-    }
+    let status = crate::util::wait_bounded(&mut child, bound);
     Run {
         status,
         stdout: out_reader.join().unwrap(),
