@@ -302,45 +302,9 @@ fn ctrl_c_ends_the_run_with_a_report_that_says_so() {
     assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
 }
 
-/// A TCP server on 127.0.0.1:0 that echoes only whole lines, as one built
-/// on `readline` does: bytes after the last newline wait for the next.
-/// Serves connections for a bounded time.
-fn line_buffered_tcp() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    thread::spawn(move || {
-        let deadline = Instant::now() + 2 * IO_TIMEOUT;
-        while Instant::now() < deadline {
-            match listener.accept() {
-                Ok((conn, _)) => {
-                    thread::spawn(move || echo_lines(conn));
-                }
-                Err(_) => thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    addr
-}
-
-fn echo_lines(mut conn: TcpStream) {
-    conn.set_nonblocking(false).unwrap();
-    conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let (mut held, mut buf) = (Vec::new(), [0u8; 4096]);
-    while let Ok(n @ 1..) = conn.read(&mut buf) {
-        held.extend_from_slice(&buf[..n]);
-        if let Some(end) = held.iter().rposition(|&b| b == b'\n') {
-            let line: Vec<u8> = held.drain(..=end).collect();
-            if conn.write_all(&line).is_err() {
-                break;
-            }
-        }
-    }
-}
-
 #[test]
 fn a_line_buffered_server_gets_a_hint_that_names_check() {
-    let addr = line_buffered_tcp().to_string();
+    let addr = faulty_tcp(Fault::LineBuffered).to_string();
     // One connection, and a stall timeout past the run's end, so the only
     // message sent is message 0 of connection 0 (which does not end in a
     // newline): the run sends the same bytes every time.

@@ -139,6 +139,9 @@ pub enum Fault {
     /// Echoes the first `n` bytes, then closes at once with input still
     /// unread, so the kernel resets the connection.
     CloseAfter(u64),
+    /// Echoes only whole lines, as a server built on `readline` does:
+    /// bytes after the last newline wait for the next.
+    LineBuffered,
 }
 
 /// A TCP echo server on 127.0.0.1:0 with a fault, serving connections for
@@ -162,6 +165,9 @@ pub fn faulty_tcp(fault: Fault) -> SocketAddr {
 }
 
 fn serve_faulty(mut conn: TcpStream, fault: Fault) {
+    if let Fault::LineBuffered = fault {
+        return echo_lines(conn);
+    }
     conn.set_nonblocking(false).unwrap();
     conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     conn.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -185,6 +191,8 @@ fn serve_faulty(mut conn: TcpStream, fault: Fault) {
                 let keep = limit.saturating_sub(offset).min(n as u64) as usize;
                 &chunk[..keep]
             }
+            // Served by `echo_lines` above.
+            Fault::LineBuffered => chunk,
         };
         if conn.write_all(echo).is_err() {
             break;
@@ -223,4 +231,19 @@ pub fn drop_every_other_udp() -> SocketAddr {
         }
     });
     addr
+}
+
+fn echo_lines(mut conn: TcpStream) {
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let (mut held, mut buf) = (Vec::new(), [0u8; 4096]);
+    while let Ok(n @ 1..) = conn.read(&mut buf) {
+        held.extend_from_slice(&buf[..n]);
+        if let Some(end) = held.iter().rposition(|&b| b == b'\n') {
+            let line: Vec<u8> = held.drain(..=end).collect();
+            if conn.write_all(&line).is_err() {
+                break;
+            }
+        }
+    }
 }
