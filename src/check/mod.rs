@@ -423,7 +423,11 @@ impl Known {
     fn learn(&mut self, name: &str, verdict: &Verdict) {
         match verdict.outcome {
             Outcome::Pass => self.echoes = true,
-            Outcome::Fail if name == "echo" && verdict.defect == Some(Defect::NeverReplying) => {
+            // The first check of each transport: nothing came back at all.
+            Outcome::Fail
+                if matches!(name, "echo" | "udp-sizes")
+                    && verdict.defect == Some(Defect::NeverReplying) =>
+            {
                 self.silent = true;
             }
             _ => {}
@@ -484,7 +488,8 @@ pub struct CheckInfo {
     /// advisory), for `--list`, the report and `--junit`.
     pub rule: &'static str,
     /// It cannot pass unless the server echoes at all: skipped once
-    /// `echo` got nothing back.
+    /// the first check of its transport (`echo`, `udp-sizes`) got nothing
+    /// back.
     pub needs_echo: bool,
     /// Run only with `--strict`: behaviour RFC 862 does not require but
     /// careful servers have.
@@ -663,7 +668,7 @@ pub static CHECKS: &[CheckInfo] = &[
         name: "udp-source",
         transport: Transport::Udp,
         rule: "RFC 1122 section 4.1.3.5: a reply goes out from the specific address the request was sent to",
-        needs_echo: false,
+        needs_echo: true,
         strict: false,
         reason: "the reply comes from the address and port the datagram was sent to, or \
                  connected clients (nc -u) never see it",
@@ -676,7 +681,7 @@ pub static CHECKS: &[CheckInfo] = &[
         transport: Transport::Udp,
         rule: "RFC 1122 section 4.1.3.5: a reply goes out from the specific address the \
                request was sent to, also on a host (or socket) with several addresses",
-        needs_echo: false,
+        needs_echo: true,
         strict: true,
         reason: "for a server on a loopback address: a datagram to another loopback address \
                  (127.0.0.2) reaches a server on a wildcard address, and the reply must come \
@@ -691,7 +696,7 @@ pub static CHECKS: &[CheckInfo] = &[
         rule: "CERT CA-1996-01: a UDP echo service must not answer datagrams from services \
                that answer datagrams (chargen 19, echo 7, ...), or one forged datagram makes \
                the two loop forever",
-        needs_echo: false,
+        needs_echo: true,
         strict: true,
         reason: "a datagram from port 19 (or 7, 13, 17, 37: needs root) gets no answer, while \
                  one from an ordinary port does",
@@ -703,7 +708,7 @@ pub static CHECKS: &[CheckInfo] = &[
         name: "udp-interleaved",
         transport: Transport::Udp,
         rule: "RFC 862: each datagram is answered to its own sender",
-        needs_echo: false,
+        needs_echo: true,
         strict: false,
         reason: "several senders interleave datagrams and each gets exactly its own replies",
         waits: 1,
@@ -768,10 +773,13 @@ pub fn run_on(
                     "not run: the server stopped accepting connections during {earlier}"
                 ))
             } else if context.known.silent && check.needs_echo {
-                Verdict::skip(
-                    "not run: echo got nothing back, and this check needs an echo to pass"
-                        .to_string(),
-                )
+                let first = match check.transport {
+                    Transport::Tcp => "echo",
+                    Transport::Udp => "udp-sizes",
+                };
+                Verdict::skip(format!(
+                    "not run: {first} got nothing back, and this check needs an echo to pass"
+                ))
             } else {
                 match (check.run)(&context) {
                     Ok(verdict) => {
