@@ -101,6 +101,8 @@
 //!
 //! # Layout
 //!
+//! Paths are relative to this crate, `server/` in the repository.
+//!
 //! ```text
 //! src/lib.rs                        this tour
 //! src/ring.rs                       Ring: fixed-capacity byte ring, vectored I/O (std only)

@@ -17,7 +17,7 @@
 //! 4. On Linux, a bulk stream (a read filled the whole scratch buffer) is
 //!    echoed through a pipe by `splice(2)` instead, with no copy through
 //!    user space: [`super::extras::splice`], reached from one place,
-//!    `Serving::echo`. A first reading can skip it.
+//!    `Serving::echo_through_pipe`. A first reading can skip it.
 //!
 //! Where the pending bytes are is one field, [`Pending`]: nowhere, in a
 //! ring, or in a pipe, never two at once, so order cannot be lost.
@@ -81,7 +81,7 @@ impl Stream for mio::net::TcpStream {
     }
 }
 
-/// Where a connection is in its life; see the diagram in DESIGN and
+/// Where a connection is in its life; see the diagram below and
 /// `Serving::set_state`, the one place it changes.
 ///
 /// ```text

@@ -18,7 +18,8 @@
 //!
 //! What the loop asks a connection is asked of the connection
 //! ([`Connection::serve`], [`Connection::due`], [`State::in_session`]): the
-//! loop never writes a connection's fields or reads its state machine from
+//! loop never writes a connection's fields (apart from the source it is
+//! counted against, set at accept) or reads its state machine from
 //! outside.
 
 mod bind;
@@ -127,8 +128,7 @@ const EVENTS_PER_POLL: usize = 1024;
 
 /// How many accepts one listener makes per turn before the loop serves
 /// everything else, as `READS_PER_TURN` bounds one connection's reads. Each
-/// accepted connection costs a few system calls (accept4, setsockopt,
-/// epoll_ctl), so a crowd connecting at once is taken in turns of 64 while
+/// accepted connection costs a few system calls (accept4, epoll_ctl), so a crowd connecting at once is taken in turns of 64 while
 /// open connections keep being echoed; and an accept error that comes back
 /// on every call can cost one turn's budget, never the whole loop. A
 /// listener that spends its budget goes on the ready queue: the clients
@@ -352,7 +352,7 @@ impl Server {
                 let outcome = self.outcome(true);
                 let open = self.connections.len() as u64;
                 // Closed here rather than dropped with the server, so that
-                // one holding echo bytes is reset (see `Connection::abort`).
+                // one holding echo bytes is reset (see `Serving::abort`).
                 self.close_all();
                 log::info!(
                     "stopping at once, {} cut; {outcome}; {}",
@@ -508,7 +508,8 @@ impl Server {
         let entry = self.connections.vacant_entry();
         let key = entry.key();
         // Registered once for both directions and never again: with edge
-        // triggering there is nothing to toggle (see DESIGN, "Register once").
+        // triggering there is nothing to toggle (docs/how-it-works.md, "The
+        // shape").
         let interest = CONNECTION_INTEREST;
         if let Err(err) =
             self.poll
@@ -550,7 +551,7 @@ impl Server {
                 .map(|p| display_addr(p).to_string())
                 .unwrap_or_else(|_| "peer address gone (see the accepted line)".to_string());
             // A reset says so, with the bytes it threw away: the client saw
-            // an error, not an EOF (see `Connection::abort`).
+            // an error, not an EOF (see `Serving::abort`).
             let (ended, discarded) = if reset {
                 (
                     "reset by the server",

@@ -178,7 +178,7 @@ impl Server {
     /// The grace period is over: close every session still open, with a
     /// FIN if it has every byte back (see `State::Draining`), with an RST
     /// if the server holds echo bytes it now throws away (see
-    /// `Connection::abort`). Returns how many there were.
+    /// `Serving::abort`). Returns how many there were.
     pub(super) fn cut_all(&mut self) -> u64 {
         let now = self.clock.now();
         let mut cut = 0;

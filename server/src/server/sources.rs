@@ -2,7 +2,8 @@
 //! client host cannot take every connection slot and lock the others out.
 //!
 //! Sources are keyed by [`SourceKey`], as `--udp-rate` keys them: an IPv4
-//! address (also when seen as `::ffff:a.b.c.d`), or an IPv6 /64. Loopback
+//! address (also when seen as `::ffff:a.b.c.d`), an IPv6 /64, or a whole
+//! link-local (`fe80::/10`) address. Loopback
 //! sources are exempt unless `--limit-loopback`: local tests and benchmarks
 //! open thousands of connections from 127.0.0.1, and Linux drops packets
 //! with a loopback source that arrive from another interface.

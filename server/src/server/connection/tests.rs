@@ -682,8 +682,9 @@ mod timers {
 /// Idle connections are the many: each costs its slab entry and nothing
 /// else (no ring, no peer address, no entry in a map of sources: the
 /// source a remote one is counted against is a four-byte id in what was
-/// padding). 48 bytes plus the slab's tag keeps the idle cost within the
-/// 64 bytes per connection benches/run.sh measures.
+/// padding). 48 bytes (the slab's tag fits in spare bits of the struct)
+/// keeps the idle cost within the 64 bytes per connection benches/run.sh
+/// measures.
 /// Measured with std's `TcpStream`, a bare descriptor as mio's is in the
 /// release build benches/run.sh measures: in a debug build mio's stream
 /// also carries the id of its poll (8 bytes, for its own assertions).

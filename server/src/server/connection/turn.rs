@@ -412,8 +412,8 @@ impl<'a, S: Stream> Serving<'a, S> {
     }
 
     /// Makes the close abortive, because the server is throwing away echo
-    /// bytes: a FIN means "you have every byte" (DESIGN, "Signals and
-    /// shutdown"), so a close that loses bytes must not send one. With
+    /// bytes: a FIN means "you have every byte" (docs/how-it-works.md,
+    /// "Closing on the server's side"), so a close that loses bytes must not send one. With
     /// `SO_LINGER` 0 the close sends an RST, and the peer's next read or
     /// send fails with ECONNRESET (or EPIPE) instead of a clean EOF. One
     /// system call, only on a close that discards: a connection that ends
