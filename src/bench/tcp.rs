@@ -28,8 +28,8 @@ use super::worker::{self, Core, Load};
 use super::{Live, Plan, WorkerResult};
 use crate::kit::duration::seconds;
 use crate::kit::payload;
-use crate::kit::readiness::Readiness;
 use crate::kit::target;
+use echod_server::net::Readiness;
 
 /// Most bytes of messages put in one write: batching small pipelined
 /// messages saves system calls; the cap keeps one connection from
@@ -206,7 +206,7 @@ impl<'a> Load<'a> for Worker<'a> {
         let Some(conn) = self.conns.get_mut(i) else {
             return;
         };
-        conn.ready.note(event);
+        conn.ready.add(Readiness::of(event));
         conn.read_closed |= event.is_read_closed() || event.is_error();
         self.serve(i);
     }

@@ -20,8 +20,8 @@ use super::worker::{self, Core, Load};
 use super::{Live, Plan, WorkerResult};
 use crate::kit::duration::seconds;
 use crate::kit::payload;
-use crate::kit::readiness::Readiness;
 use crate::kit::target;
+use echod_server::net::Readiness;
 
 /// How many answered or lost datagrams a socket remembers, to tell a late
 /// echo from a wrong one.
@@ -78,8 +78,8 @@ pub fn run(plan: &Plan, live: &Live) -> io::Result<WorkerResult> {
             id,
             socket,
             ready: Readiness {
-                readable: false,
                 writable: true,
+                ..Readiness::NONE
             },
             next_seq: 0,
             in_flight: VecDeque::new(),
@@ -160,7 +160,7 @@ impl<'a> Load<'a> for Worker<'a> {
         let Some(sock) = self.socks.get_mut(i) else {
             return;
         };
-        sock.ready.note(event);
+        sock.ready.add(Readiness::of(event));
         self.receive(i);
         self.send(i);
     }

@@ -34,10 +34,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::kit::duration::seconds;
 use crate::kit::exchange::ExchangeError;
-use crate::kit::readiness::Readiness;
 use crate::kit::target;
 use crate::kit::tool::{self, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 use crate::kit::verify::InFlight;
+use echod_server::net::Readiness;
 use echod_server::net::Transport;
 
 /// What `echod client` is to do: its command line, validated (by `cli.rs`).
@@ -206,7 +206,14 @@ pub fn run_tcp(config: &ClientConfig) -> Result<(), Failure> {
         source: Source::Reading,
         write_shut: false,
         send_error: None,
-        ready: Readiness::BOTH,
+        // Ready both ways until a call says otherwise: a call that cannot
+        // proceed costs one WouldBlock, waiting for an event that already
+        // came costs forever.
+        ready: Readiness {
+            readable: true,
+            writable: true,
+            ..Readiness::NONE
+        },
         sent: 0,
         received: 0,
         last_echo: Instant::now(),
@@ -236,7 +243,7 @@ pub fn run_tcp(config: &ClientConfig) -> Result<(), Failure> {
         }
         for event in events.iter() {
             if event.token() == SOCKET {
-                session.ready.note(event);
+                session.ready.add(Readiness::of(event));
             }
             // STDIN: the waker; the next turn takes the chunk.
         }

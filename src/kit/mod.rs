@@ -14,7 +14,6 @@
 //! - [`payload`]: what the tools send, made again to check the echo;
 //! - [`verify`]: checking an echo stream against what was sent;
 //! - [`exchange`]: one message out, its echo back, on a small mio loop;
-//! - [`readiness`]: what a nonblocking socket was last seen ready for;
 //! - [`tool`]: exit statuses, failures as sentences, Ctrl-C.
 
 pub mod deadline;
@@ -22,7 +21,6 @@ pub mod duration;
 pub mod exchange;
 pub mod number;
 pub mod payload;
-pub mod readiness;
 pub mod target;
 pub mod tool;
 pub mod verify;
