@@ -7,7 +7,7 @@ use std::io;
 
 use super::{Buffers, CloseReason, Connection, Pending, State, Stream, Turn};
 use crate::net::{Readiness, interrupted, would_block};
-use crate::server::buffers::lost_ring;
+use crate::server::buffers::{RingKey, lost_ring};
 use crate::server::extras::splice::{Ends, PipeKey, PipeStep};
 
 /// How many reads one connection may do per turn before others are served.
@@ -77,7 +77,6 @@ impl<'a, S: Stream> Serving<'a, S> {
                 Err(err) if interrupted(&err) => {}
                 Err(err) => {
                     log::trace!("connection {}: {err}", self.key);
-                    self.conn.release(self.bufs);
                     // A close the server began keeps its reason: a peer
                     // that resets after our FIN does not make it a "reset".
                     let reason = match self.conn.state {
@@ -86,7 +85,7 @@ impl<'a, S: Stream> Serving<'a, S> {
                     };
                     // An error of our own side (ENOMEM or ENOBUFS from a
                     // write or splice, WriteZero, Unsupported) leaves the
-                    // peer connected, and the bytes just released are lost:
+                    // peer connected, and the bytes it holds are lost:
                     // closing normally would send a FIN after a short echo.
                     // A peer that reset or went away needs no telling.
                     if matches!(reason, CloseReason::Error(_)) && self.conn.unechoed() > 0 {
@@ -212,7 +211,7 @@ impl<'a, S: Stream> Serving<'a, S> {
     fn echo(&mut self) -> io::Result<Step> {
         match self.conn.pending {
             Pending::Pipe(pipe) => self.echo_through_pipe(pipe),
-            Pending::Ring(_) => self.echo_through_ring(),
+            Pending::Ring(ring) => self.echo_through_ring(ring),
             // A bulk stream between bursts, with nothing pending anywhere
             // (so a pipe cannot reorder bytes): the next burst goes
             // through a pipe if one is free.
@@ -310,11 +309,8 @@ impl<'a, S: Stream> Serving<'a, S> {
     }
 
     /// Bytes pending: write from the ring, read behind them into the ring.
-    fn echo_through_ring(&mut self) -> io::Result<Step> {
-        let mut moved = self.write_ring()?;
-        let Pending::Ring(key) = self.conn.pending else {
-            return Ok(Step::Progress);
-        };
+    fn echo_through_ring(&mut self, key: RingKey) -> io::Result<Step> {
+        let mut moved = self.write_ring(key)?;
         let Some(ring) = self.bufs.ring_mut(key) else {
             return Err(lost_ring());
         };
@@ -355,14 +351,13 @@ impl<'a, S: Stream> Serving<'a, S> {
     fn flush(&mut self) -> io::Result<Step> {
         let moved = match self.conn.pending {
             Pending::Nothing => false,
-            Pending::Ring(_) => self.write_ring()?,
+            Pending::Ring(ring) => self.write_ring(ring)?,
             // The pipe path never reads an EOF (see `echo_through_pipe`),
             // so a connection flushing holds no pipe; were it to, a splice
             // out empties it.
             Pending::Pipe(pipe) => self.splice_out(pipe)?,
         };
         if self.conn.pending(self.bufs) == 0 {
-            self.conn.release(self.bufs);
             // Protohackers Smoke Test: "once you've reached end-of-file on
             // your receiving side, and sent back all the data you've
             // received, close the socket so that the client knows you've
@@ -498,10 +493,7 @@ impl<'a, S: Stream> Serving<'a, S> {
 
     /// One vectored write from the ring, if writable; true if bytes moved
     /// (or a signal cut the call short, and it is worth another try).
-    fn write_ring(&mut self) -> io::Result<bool> {
-        let Pending::Ring(key) = self.conn.pending else {
-            return Ok(false);
-        };
+    fn write_ring(&mut self, key: RingKey) -> io::Result<bool> {
         let Some(ring) = self.bufs.ring_mut(key) else {
             return Err(lost_ring());
         };
