@@ -105,4 +105,27 @@ mod tests {
         ready.take(&mut again);
         assert_eq!(again, [conn]);
     }
+
+    /// Every kind of source has a bit of its own: listeners, UDP sockets
+    /// and connections never share one, so one queued never hides another.
+    #[test]
+    fn no_two_sources_share_a_bit() {
+        let mut ready = ReadyQueue::default();
+        let sources = [
+            Source::Listener(0),
+            Source::Udp(0),
+            Source::Listener(super::super::MAX_BINDS - 1),
+            Source::Udp(super::super::MAX_BINDS - 1),
+            Source::Connection(0),
+            Source::Connection(1),
+            Source::Connection(2 * super::super::MAX_BINDS),
+        ];
+        let tokens = sources.map(|source| source.token());
+        for token in tokens {
+            ready.push(token);
+        }
+        let mut taken = Vec::new();
+        ready.take(&mut taken);
+        assert_eq!(taken, tokens);
+    }
 }
