@@ -23,10 +23,21 @@ use crate::net::{self, BindError, BindOptions, Transport};
 /// [`pipes_for`].
 pub const RESERVED_DESCRIPTORS: u64 = 32;
 
+/// How the open-files limit is shared out: connections, and pipes for
+/// bulk streams. Worked out once, from one reading of the limit, so the
+/// connections leave exactly the pipes' descriptors free.
+#[derive(Clone, Copy, Debug)]
+pub struct DescriptorBudget {
+    /// The default `--max-connections`: the limit less
+    /// [`RESERVED_DESCRIPTORS`] and the pipes' descriptors.
+    pub max_connections: usize,
+    /// Pipes the splice pool may open (see [`pipes_for`]).
+    pub pipes: usize,
+}
+
 /// Raises the soft open-files limit to the hard limit (servers need many
-/// descriptors; the soft limit is often 1,024) and returns the connection
-/// limit that leaves [`RESERVED_DESCRIPTORS`] and the pipes' descriptors free.
-pub fn default_max_connections() -> usize {
+/// descriptors; the soft limit is often 1,024) and shares it out.
+pub fn descriptor_budget() -> DescriptorBudget {
     let soft = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(soft) => {
             log::debug!("open-files limit raised to {soft} (the hard limit)");
@@ -38,8 +49,14 @@ pub fn default_max_connections() -> usize {
             soft
         }
     };
-    let pipes = 2 * pipes_for(soft) as u64;
-    usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS + pipes).max(1)).unwrap_or(usize::MAX)
+    let pipes = pipes_for(soft);
+    let max_connections = soft
+        .saturating_sub(RESERVED_DESCRIPTORS + 2 * pipes as u64)
+        .max(1);
+    DescriptorBudget {
+        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        pipes,
+    }
 }
 
 /// Most pipes open at once, in use or spare. Each costs two descriptors

@@ -14,7 +14,6 @@ use std::ops::Range;
 
 use slab::Slab;
 
-use super::bind::pipes_for;
 use super::extras::splice::Pipes;
 use crate::ring::Ring;
 
@@ -66,13 +65,10 @@ impl Buffers {
         }
     }
 
-    /// The same buffers, with bulk connections echoed through pipes if
-    /// `on` (and the system has `splice(2)`), as many as the open-files
-    /// limit leaves room for.
-    pub fn splicing(mut self, on: bool) -> Buffers {
-        // The limit as it is now: the server raised it before this.
-        let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
-        self.pipes = Pipes::with_max(self.scratch.len(), on, pipes_for(limit));
+    /// The same buffers, with bulk connections echoed through at most
+    /// `pipes` pipes if `on` (and the system has `splice(2)`).
+    pub fn splicing(mut self, on: bool, pipes: usize) -> Buffers {
+        self.pipes = Pipes::with_max(self.scratch.len(), on, pipes);
         self
     }
 

@@ -57,7 +57,7 @@ pub struct ServerConfig {
     /// autotuning.
     pub socket_buffer: usize,
     /// Most connections open at once; `None` derives it from the
-    /// open-files limit (see `bind::default_max_connections`).
+    /// open-files limit (see `bind::descriptor_budget`).
     pub max_connections: Option<usize>,
     /// Most connections open at once from one source (an IPv4 address or
     /// an IPv6 /64; see [`crate::net::SourceKey`]); one more is reset.

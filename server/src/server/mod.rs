@@ -37,7 +37,7 @@ pub mod stats;
 mod timers;
 mod udp;
 
-pub use bind::{MAX_PIPES, RESERVED_DESCRIPTORS, default_max_connections, pipes_for};
+pub use bind::{DescriptorBudget, MAX_PIPES, RESERVED_DESCRIPTORS, descriptor_budget, pipes_for};
 pub use buffers::Buffers;
 pub use clock::Millis;
 pub use config::{
@@ -204,8 +204,8 @@ impl Server {
         let (listeners, udp) = bind::bind_all(config)?;
         // Raise the open-files limit whether or not --max-connections was
         // given: a limit set by hand needs the descriptors just as much.
-        let derived = default_max_connections();
-        let max_connections = config.max_connections.unwrap_or(derived);
+        let budget = descriptor_budget();
+        let max_connections = config.max_connections.unwrap_or(budget.max_connections);
         let per_source = config
             .max_connections_per_source
             .unwrap_or(max_connections / 4);
@@ -220,7 +220,7 @@ impl Server {
             udp,
             udp_guard: bind::udp_guard(config),
             connections: Slab::new(),
-            buffers: Buffers::new(config.buffer).splicing(config.splice),
+            buffers: Buffers::new(config.buffer).splicing(config.splice, budget.pipes),
             datagram: vec![0; MAX_DATAGRAM].into_boxed_slice(),
             closed_udp: UdpCounters::default(),
             ready: ReadyQueue::default(),

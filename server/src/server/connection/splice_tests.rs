@@ -122,7 +122,7 @@ fn serve_until<S: Read + Write + AsFd>(
 #[test]
 fn a_full_read_takes_a_pipe_and_the_bytes_go_through_it() {
     let capacity = 1 << 16;
-    let mut bufs = Buffers::new(capacity).splicing(true);
+    let mut bufs = Buffers::new(capacity).splicing(true, MAX_PIPES);
     let payload = bytes(3 * capacity, 1);
     let (mut c, mut peer) = bulk_with_backlog(&mut bufs, &payload);
     assert!(c.pending.holds_pipe(), "{:?}", c.pending);
@@ -149,7 +149,7 @@ fn peek<S: AsFd>(c: &Connection<Pair<S>>, max: usize) -> io::Result<usize> {
 #[test]
 fn eof_with_bytes_in_the_pipe_flushes_them_then_closes() {
     let capacity = 1 << 16;
-    let mut bufs = Buffers::new(capacity).splicing(true);
+    let mut bufs = Buffers::new(capacity).splicing(true, MAX_PIPES);
     let payload = bytes(3 * capacity, 2);
     let (mut c, mut peer) = bulk_with_backlog(&mut bufs, &payload);
     let mut got = serve_until(&mut c, &mut peer, &mut bufs, 16 << 10, |c| {
@@ -173,7 +173,7 @@ fn eof_with_bytes_in_the_pipe_flushes_them_then_closes() {
 #[test]
 fn with_every_pipe_in_use_a_bulk_connection_copies() {
     let capacity = 1 << 16;
-    let mut bufs = Buffers::new(capacity).splicing(true);
+    let mut bufs = Buffers::new(capacity).splicing(true, MAX_PIPES);
     let payload = bytes(3 * capacity, 3);
     // The pool's limit follows the open-files limit (at most MAX_PIPES).
     assert!(bufs.pipes.limit() > 0 && bufs.pipes.limit() <= MAX_PIPES);
@@ -198,7 +198,7 @@ fn with_every_pipe_in_use_a_bulk_connection_copies() {
 #[test]
 fn a_pipe_with_bytes_in_it_is_not_reused() {
     let capacity = 1 << 16;
-    let mut bufs = Buffers::new(capacity).splicing(true);
+    let mut bufs = Buffers::new(capacity).splicing(true, MAX_PIPES);
     let (mut c, _peer) = bulk_with_backlog(&mut bufs, &bytes(3 * capacity, 4));
     assert!(c.pending(&bufs) > 0);
     c.begin_close(1, CloseReason::Shutdown, &mut bufs);
@@ -221,7 +221,7 @@ fn a_pipe_with_bytes_in_it_is_not_reused() {
 #[test]
 fn a_pipe_full_of_small_pieces_does_not_lose_readiness() {
     let capacity = 1 << 16;
-    let mut bufs = Buffers::new(capacity).splicing(true);
+    let mut bufs = Buffers::new(capacity).splicing(true, MAX_PIPES);
     let (mut c, mut peer) = pair();
     SockRef::from(&c.stream.0)
         .set_send_buffer_size(capacity)
@@ -311,7 +311,7 @@ fn wait_for_fin(c: &Connection<Pair<TcpStream>>) {
 #[test]
 fn urgent_data_does_not_stall_a_spliced_stream() {
     let capacity = 1 << 16;
-    let mut bufs = Buffers::new(capacity).splicing(true);
+    let mut bufs = Buffers::new(capacity).splicing(true, MAX_PIPES);
     let (mut c, mut peer) = tcp_pair(4 * capacity);
     let before = bytes(capacity + 1000, 7);
     let after = bytes(1000, 8);
@@ -345,7 +345,7 @@ fn urgent_data_does_not_stall_a_spliced_stream() {
 #[test]
 fn urgent_data_does_not_stall_the_next_burst() {
     let capacity = 1 << 16;
-    let mut bufs = Buffers::new(capacity).splicing(true);
+    let mut bufs = Buffers::new(capacity).splicing(true, MAX_PIPES);
     let (mut c, mut peer) = tcp_pair(4 * capacity);
     let before = bytes(2 * capacity + 1000, 9);
     let after = bytes(1000, 10);
@@ -392,7 +392,7 @@ fn urgent_data_does_not_stall_the_next_burst() {
 #[test]
 fn urgent_data_reached_with_bytes_in_the_pipe_does_not_stall() {
     let capacity = 1 << 16;
-    let mut bufs = Buffers::new(capacity).splicing(true);
+    let mut bufs = Buffers::new(capacity).splicing(true, MAX_PIPES);
     let (mut c, mut peer) = tcp_pair(capacity);
     let before = bytes(4 * capacity + 1000, 11);
     let after = bytes(1000, 12);
