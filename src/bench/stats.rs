@@ -7,11 +7,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use super::timeline::Interval;
-
-/// The slowest latency the histogram can tell apart from "slower": one
-/// minute, in nanoseconds. Slower echoes are recorded as one minute.
-const LATENCY_MAX_NS: u64 = 60_000_000_000;
+use super::timeline::{Interval, LATENCY_MAX_NS};
 
 /// Significant decimal digits the histogram keeps (0.1 % resolution):
 /// hdrhistogram's usual choice, a few hundred KiB per histogram.

@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-/// The slowest latency an interval tells apart: one minute, as the
-/// totals' histogram.
-const LATENCY_MAX_NS: u64 = 60_000_000_000;
+/// The slowest latency a histogram of the bench tells apart from
+/// "slower", the totals' and each interval's: one minute, in nanoseconds.
+/// Slower echoes are recorded as one minute.
+pub(super) const LATENCY_MAX_NS: u64 = 60_000_000_000;
 
 /// Significant digits of an interval's latencies: two (1 %) are plenty for
 /// a time series, and make each histogram a tenth of the totals' size.

@@ -4,9 +4,10 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-/// The shortest timeout given to a socket: std refuses a zero timeout, and
-/// a millisecond is enough to collect what has already arrived.
-pub const MIN_WAIT: Duration = Duration::from_millis(1);
+/// The shortest timeout given to a socket, the shortest a tool accepts:
+/// std refuses a zero timeout, and a millisecond is enough to collect what
+/// has already arrived.
+pub const MIN_WAIT: Duration = super::duration::MIN_TIMEOUT;
 
 /// The moment by which something must be done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
