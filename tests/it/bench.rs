@@ -136,7 +136,21 @@ fn two_threads_share_the_connections() {
     let (run, report) = bench_json(&["-d", "0.5", "-c", "5", "--threads", "2", &addr]);
     assert_eq!(run.code(), 0, "stderr: {}", run.stderr);
     assert_eq!(report["threads"], 2);
+    // Split 2 + 3, not 2 each: every connection asked for is opened.
+    assert_eq!(report["connections"], 5, "{report}");
     assert_eq!(count(&report, "errors"), 0, "{report}");
+}
+
+/// Over UDP a datagram that never comes back is counted lost, and fails
+/// the run.
+#[test]
+fn udp_datagrams_not_answered_are_lost() {
+    let addr = crate::tools::drop_every_other_udp().to_string();
+    let (run, report) = bench_json(&["--udp", "-d", "0.5", "-c", "1", "-W", "100ms", &addr]);
+    assert_eq!(run.code(), 1, "stderr: {}", run.stderr);
+    assert!(count(&report, "messages") > 0, "{report}");
+    assert!(count(&report, "lost") > 0, "{report}");
+    assert_eq!(count(&report, "mismatches"), 0, "{report}");
 }
 
 #[test]
