@@ -39,6 +39,9 @@ const RESETTER_BYTES: u64 = 256 * 1024;
 /// fresh client its own whole `--timeout`.
 const RESETTER_STEP: Duration = Duration::from_secs(1);
 
+/// The most all the resetters' steps take together.
+pub(super) const RESETTERS_AT_MOST: Duration = RESETTER_STEP.saturating_mul(RESETTERS as u32);
+
 /// True for "this process has too many files open".
 fn out_of_files(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))

@@ -58,6 +58,24 @@ pub const DEFAULT_CLIENTS: usize = 50;
 /// The most clients `--clients` accepts: each is a socket of this process.
 pub const MAX_CLIENTS: usize = 1000;
 
+/// Every check of `transport`, the strict ones too if `strict`, in
+/// catalogue order.
+fn of_transport(transport: Transport, strict: bool) -> Vec<&'static CheckInfo> {
+    CHECKS
+        .iter()
+        .filter(|c| c.transport == transport && (strict || !c.strict))
+        .collect()
+}
+
+/// The check that shows whether the server echoes at all: the first of
+/// its transport's.
+fn first_check(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Tcp => "echo",
+        Transport::Udp => "udp-sizes",
+    }
+}
+
 /// The checks to run: every one of `transport` (the strict ones too if
 /// `strict`), or those named (strict or not).
 pub fn select(
@@ -66,10 +84,7 @@ pub fn select(
     strict: bool,
 ) -> Result<Vec<&'static CheckInfo>, String> {
     if only.is_empty() {
-        return Ok(CHECKS
-            .iter()
-            .filter(|c| c.transport == transport && (strict || !c.strict))
-            .collect());
+        return Ok(of_transport(transport, strict));
     }
     let mut chosen: Vec<&'static CheckInfo> = Vec::new();
     for name in only {
@@ -129,10 +144,7 @@ impl CheckConfig {
                 port: addr.port(),
             },
             transport,
-            checks: CHECKS
-                .iter()
-                .filter(|c| c.transport == transport && !c.strict)
-                .collect(),
+            checks: of_transport(transport, false),
             clients: DEFAULT_CLIENTS,
             timeout,
         }
@@ -140,10 +152,7 @@ impl CheckConfig {
 
     /// Adds the strict checks of the transport (`--strict`).
     pub fn strict(mut self) -> CheckConfig {
-        self.checks = CHECKS
-            .iter()
-            .filter(|c| c.transport == self.transport)
-            .collect();
+        self.checks = of_transport(self.transport, true);
         self
     }
 
@@ -419,13 +428,13 @@ impl Known {
         verdict
     }
 
-    /// Takes in what check `name` came to.
-    fn learn(&mut self, name: &str, verdict: &Verdict) {
+    /// Takes in what `check` came to.
+    fn learn(&mut self, check: &CheckInfo, verdict: &Verdict) {
         match verdict.outcome {
             Outcome::Pass => self.echoes = true,
-            // The first check of each transport: nothing came back at all.
+            // The first check of the transport: nothing came back at all.
             Outcome::Fail
-                if matches!(name, "echo" | "udp-sizes")
+                if check.name == first_check(check.transport)
                     && verdict.defect == Some(Defect::NeverReplying) =>
             {
                 self.silent = true;
@@ -646,10 +655,9 @@ pub static CHECKS: &[CheckInfo] = &[
                  before them and a fresh one are still served (catches dying on ECONNRESET, \
                  EPIPE or SIGPIPE)",
         // The client before the resets, the fresh one, and the first
-        // again; each of the six resetters at most a second of its own,
-        // and a pause after them.
+        // again; each resetter's step of its own, and a pause after them.
         waits: 3,
-        fixed: Duration::from_millis(6_200),
+        fixed: clients::RESETTERS_AT_MOST.saturating_add(STALL),
         run: clients::reset_survival,
     },
     CheckInfo {
@@ -748,7 +756,7 @@ pub fn run_on(
     let mut addresses = Vec::new();
     for &addr in addrs {
         on_event(Event::Address(addr));
-        let context = Context {
+        let mut context = Context {
             known: Known::default(),
             addr,
             timeout: config.timeout,
@@ -763,7 +771,6 @@ pub fn run_on(
         // that means the server went away during the run.
         let mut reached = false;
         let mut gone_during: Option<&str> = None;
-        let mut context = context;
         for check in &config.checks {
             let start = Instant::now();
             let verdict = if let Some(why) = &report.unreachable {
@@ -773,12 +780,9 @@ pub fn run_on(
                     "not run: the server stopped accepting connections during {earlier}"
                 ))
             } else if context.known.silent && check.needs_echo {
-                let first = match check.transport {
-                    Transport::Tcp => "echo",
-                    Transport::Udp => "udp-sizes",
-                };
                 Verdict::skip(format!(
-                    "not run: {first} got nothing back, and this check needs an echo to pass"
+                    "not run: {} got nothing back, and this check needs an echo to pass",
+                    first_check(check.transport)
                 ))
             } else {
                 match (check.run)(&context) {
@@ -803,7 +807,7 @@ pub fn run_on(
                 }
             };
             let verdict = context.known.reconcile(config.transport, verdict);
-            context.known.learn(check.name, &verdict);
+            context.known.learn(check, &verdict);
             if verdict.server_gone && gone_during.is_none() {
                 gone_during = Some(check.name);
             }

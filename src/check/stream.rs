@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::probe::{self, Received, RecvEnd, SendEnd, Sent, Until, exchange, receive, send};
 use super::report::{fmt_bytes, fmt_duration};
 use super::{Context, Defect, Known, Outcome, Unreachable, Verdict};
-use crate::kit::deadline::Deadline;
+use crate::kit::deadline::{Deadline, out_of_time};
 use crate::kit::payload::Payload;
 use crate::kit::verify::Verifier;
 
@@ -569,7 +569,7 @@ fn receive_slowly(
 /// server being unreachable, as for every check's first connection.
 fn connect_small(ctx: &Context, deadline: Deadline) -> Result<TcpStream, Unreachable> {
     let setup = || -> io::Result<TcpStream> {
-        let wait = deadline.socket_timeout().ok_or(io::ErrorKind::TimedOut)?;
+        let wait = deadline.socket_timeout().ok_or_else(out_of_time)?;
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(ctx.addr),
             socket2::Type::STREAM,
