@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{ArgAction, Args, ValueEnum};
-use clap_complete::Shell;
+use clap_complete::{Generator, Shell};
 use roff::{Roff, bold, italic, roman};
 
 use echod_server::server::EXIT_STATUSES;
@@ -137,15 +137,10 @@ impl GenerateArgs {
                 }
                 written
             }
+            // The script as printed, under the name the shell looks for.
             Some(shell) => {
-                let name = command.get_name().to_string();
-                let path = clap_complete::generate_to(shell, &mut command, name, dir)?;
-                if shell == Shell::Fish {
-                    std::fs::OpenOptions::new()
-                        .append(true)
-                        .open(&path)?
-                        .write_all(fish_positionals(&command).as_bytes())?;
-                }
+                let path = dir.join(shell.file_name(command.get_name()));
+                std::fs::write(&path, self.render(command)?)?;
                 vec![path]
             }
         };

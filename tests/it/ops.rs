@@ -508,6 +508,15 @@ fn generate_with_dir_writes_the_files_it_lists() {
             let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             assert!(size > 0, "{what}: {path} is missing or empty");
         }
+        // A script written with --dir is the one printed without it.
+        if what != "man" {
+            let printed = run(Command::new(ECHOD).args(["generate", what]));
+            let written = fs::read(listing.trim()).unwrap();
+            assert!(
+                written == printed.stdout,
+                "{what}: --dir wrote another script"
+            );
+        }
     }
     assert!(dir.0.join("echod.1").exists() && dir.0.join("echod-generate.1").exists());
 }
