@@ -215,6 +215,22 @@ fn line_buffering_fails_unbuffered_binary_and_slow_drip() {
     assert_passes(&report, "reset-survival");
 }
 
+/// A server that echoed `echo` and then nothing: the later silence is
+/// named for what was seen (it stopped echoing), not "never replies",
+/// which would contradict echo's PASS line.
+#[test]
+fn silence_after_a_pass_is_named_stalls() {
+    let server = broken::tcp(Serve::Threads, broken::echoes_only_the_first);
+    let report = run(tcp(server.addr, 0.5).only(&["echo", "binary"]));
+    assert_passes(&report, "echo");
+    assert_finds(
+        &report,
+        "binary",
+        Defect::Stalls,
+        "earlier checks got their echo back",
+    );
+}
+
 /// A server that holds its output until it has a block of it (stdio's
 /// buffering, as behind `socat SYSTEM:'tr a b'`) and changes bytes: echo
 /// gets nothing, half-close gets bytes. The checks after it still run, and

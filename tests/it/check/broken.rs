@@ -351,6 +351,17 @@ pub fn late_beyond_ten(stream: TcpStream, stop: &AtomicBool) {
 const LATE: Duration = Duration::from_millis(1500);
 
 /// A correct echo, served one connection at a time.
+/// Echoes its first connection, and replies nothing on any later one:
+/// a server that stopped echoing part way through the run.
+pub fn echoes_only_the_first(stream: TcpStream, stop: &AtomicBool) {
+    static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+    if CONNECTIONS.fetch_add(1, Ordering::SeqCst) == 0 {
+        plain_echo(stream, stop);
+    } else {
+        never_replying(stream, stop);
+    }
+}
+
 pub fn plain_echo(stream: TcpStream, _: &AtomicBool) {
     let _ = echo_until_eof(&stream);
     let _ = stream.shutdown(Shutdown::Write);
