@@ -159,34 +159,40 @@ pub struct ServeArgs {
           value_parser = parse_buffer_size)]
     pub buffer: usize,
 
-    /// Kernel buffer each connection gets per direction (SO_RCVBUF and
-    /// SO_SNDBUF; Linux doubles the size asked), with TCP_NOTSENT_LOWAT
-    /// of 16 KiB. It bounds what a client that sends without reading holds
-    /// in the kernel: about 0.5 MiB per connection with the default. 4096
-    /// to 67108864, capped by the kernel at net.core.rmem_max and
-    /// wmem_max; 0 keeps the kernel's autotuning (up to net.ipv4.tcp_rmem
-    /// and tcp_wmem's maximum, several MiB per connection), for bulk
-    /// transfers over long fast paths, where the default limits throughput.
+    /// Kernel buffer each connection gets per direction (4096 to
+    /// 67108864); 0 keeps the kernel's autotuning.
+    ///
+    /// SO_RCVBUF and SO_SNDBUF (Linux doubles the size asked), with
+    /// TCP_NOTSENT_LOWAT of 16 KiB. It bounds what a client that sends
+    /// without reading holds in the kernel: about 0.5 MiB per connection
+    /// with the default. Capped by the kernel at net.core.rmem_max and
+    /// wmem_max. Autotuning (up to net.ipv4.tcp_rmem and tcp_wmem's
+    /// maximum, several MiB per connection) suits bulk transfers over long
+    /// fast paths, where the default limits throughput.
     #[arg(long, value_name = "BYTES", default_value_t = net::DEFAULT_SOCKET_BUFFER,
           value_parser = parse_socket_buffer)]
     pub socket_buffer: usize,
 
-    /// Most connections open at once; beyond it, new clients wait in the
-    /// kernel's backlog until one closes. Default: the open-files limit
+    /// Most connections open at once (1 to 2147483584); beyond it, new
+    /// clients wait in the kernel's backlog until one closes.
+    ///
+    /// Default: the open-files limit
     /// (raised to its hard maximum at start) less 32 kept for the process
     /// and up to 128 for the pipes bulk streams are spliced through (one
     /// pipe, two descriptors, per 16 of the limit, at most 64 pipes).
-    /// From 1 to 2147483584 (Linux's ceiling on open files).
+    /// 2147483584 is Linux's ceiling on open files.
     #[arg(long, value_name = "N", value_parser = parse_max_connections)]
     pub max_connections: Option<u64>,
 
-    /// Most connections open at once from one client: one IPv4 address
-    /// (also when seen as ::ffff:a.b.c.d), one IPv6 /64, or one whole
-    /// link-local (fe80::/10) address. A connection over it is reset at
-    /// once, so one host cannot take every slot.
-    /// Default: a quarter of --max-connections (at least 1); 1 to
-    /// 4294967295 (at --max-connections or above it never bites).
-    /// Loopback clients are exempt unless --limit-loopback.
+    /// Most connections open at once from one client (1 to 4294967295);
+    /// default: a quarter of --max-connections.
+    ///
+    /// A client is one IPv4 address (also when seen as ::ffff:a.b.c.d),
+    /// one IPv6 /64, or one whole link-local (fe80::/10) address. A
+    /// connection over the limit is reset at once, so one host cannot take
+    /// every slot. The default is at least 1; at --max-connections or above
+    /// the limit never bites. Loopback clients are exempt unless
+    /// --limit-loopback.
     #[arg(long, value_name = "N", value_parser = parse_max_connections_per_source)]
     pub max_connections_per_source: Option<u32>,
 
@@ -204,7 +210,9 @@ pub struct ServeArgs {
     pub grace: u64,
 
     /// UDP source ports to answer although they are refused by default,
-    /// as comma-separated ports and ranges (7,19,1000-1023). By default
+    /// as comma-separated ports and ranges (7,19,1000-1023); for testing.
+    ///
+    /// By default
     /// echod does not answer datagrams from port 0, ports below 1024, or
     /// the ports of known reflectors (1900, 2049, 3702, 5353, 5683, 11211),
     /// so that two services cannot bounce a forged datagram between them
@@ -213,33 +221,41 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PORTS", value_delimiter = ',')]
     pub udp_allow_ports: Vec<PortRange>,
 
-    /// UDP datagrams answered per second per source address (per /64 for
-    /// IPv6, per address for link-local), in bursts of as many; the rest
-    /// are dropped, so echod makes a poor reflector (0 to 10000000). Loopback sources are exempt (see
-    /// --limit-loopback). 0 turns the limit off (for load tests from
-    /// another host).
+    /// UDP datagrams answered per second per source address (0 to
+    /// 10000000); 0 turns the limit off.
+    ///
+    /// Per /64 for IPv6, per address for link-local, in bursts of as many;
+    /// the rest are dropped, so echod makes a poor reflector. Loopback
+    /// sources are exempt (see --limit-loopback). 0 is for load tests from
+    /// another host.
     #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE,
           value_parser = parse_udp_rate)]
     pub udp_rate: u32,
 
     /// UDP datagrams answered per second from all non-loopback sources
-    /// together, on all the addresses echod serves, in bursts of as many,
-    /// so that a flood forged from many addresses, each within --udp-rate,
-    /// is bounded too; the rest are dropped and counted as "total rate"
-    /// (0 to 10000000). 0 turns the budget off.
+    /// together (0 to 10000000); 0 turns the budget off.
+    ///
+    /// On all the addresses echod serves, in bursts of as many, so that a
+    /// flood forged from many addresses, each within --udp-rate, is bounded
+    /// too; the rest are dropped and counted as "total rate".
     #[arg(long, value_name = "PPS", default_value_t = DEFAULT_UDP_RATE_TOTAL,
           value_parser = parse_udp_rate)]
     pub udp_rate_total: u32,
 
     /// Share the port with other echod processes started with
-    /// --reuseport (SO_REUSEPORT): the kernel spreads new connections and
-    /// datagrams among them. Run one per core to use every core.
+    /// --reuseport: run one per core to use every core.
+    ///
+    /// SO_REUSEPORT: the kernel spreads new connections and datagrams
+    /// among them.
     #[arg(long)]
     pub reuseport: bool,
 
-    /// Apply the per-source limits (--udp-rate, --udp-rate-total, and the
-    /// per-source connection limit) to loopback clients too (127.0.0.0/8,
-    /// ::1). By default they are exempt: local tests and benchmarks come
+    /// Apply the per-source limits to loopback clients too (127.0.0.0/8,
+    /// ::1).
+    ///
+    /// The limits are --udp-rate, --udp-rate-total and
+    /// --max-connections-per-source. By default loopback clients are
+    /// exempt: local tests and benchmarks come
     /// from there, and Linux drops loopback sources arriving from another
     /// interface. UDP applies them anyway when it finds route_localnet on
     /// at start (it says so), since loopback sources can then come from
@@ -254,7 +270,9 @@ pub struct ServeArgs {
     pub trace_events: bool,
 
     /// Echo every connection by copying through a buffer, never through a
-    /// pipe with splice(2). By default (Linux only) a connection that
+    /// pipe with splice(2).
+    ///
+    /// By default (Linux only) a connection that
     /// streams in bulk is echoed socket → pipe → socket without its bytes
     /// being copied through echod: less CPU per byte. Turn it off to compare.
     #[arg(long)]
